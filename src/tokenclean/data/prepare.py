@@ -1,0 +1,206 @@
+"""The ``prepare`` stage: SFT file -> tokenised dataset with labels, plus a manifest.
+
+Output directory (``datasets.load_from_disk(DIR)`` works on it):
+
+- columns ``sample_id`` (str), ``input_ids`` (int32 list), ``labels`` (int32 list, -100 where not trained),
+  ``n_trained`` (int32), ``length`` (int32), ``truncated`` (bool), ``location`` (str, source file:line);
+- ``manifest.json``: input hash, tokenizer identity, template, max length, counts of samples read, written,
+  truncated, dropped (by reason) and skipped;
+- ``dropped.jsonl``: every row not written, with its location and reason (``kind`` "invalid" for rows
+  skipped by ``skip_invalid``, "dropped" for samples left with no trained token).
+
+The same inputs give byte-identical data files (the dataset fingerprint is the cache key, not random), and
+a directory whose manifest has the same cache key is reused instead of recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tokenclean import IGNORE_INDEX
+from tokenclean.data.formats import read_records
+from tokenclean.data.labels import encode_conversation
+from tokenclean.errors import DataError
+from tokenclean.utils import atomic_dir, get_logger, package_versions, sha256_file, sha256_json, sha256_tree
+
+log = get_logger("prepare")
+
+PREPARE_VERSION = 1  # bump when the output of prepare changes for the same inputs
+
+
+def input_identity(data: str | Path) -> dict[str, Any]:
+    from tokenclean.data.formats import builtin_path
+
+    p = builtin_path(str(data).removeprefix("builtin:")) if str(data).startswith("builtin:") else Path(data)
+    if p.is_file():
+        return {"path": str(p), "sha256": sha256_file(p), "kind": "file"}
+    if p.is_dir():
+        return {"path": str(p), "sha256": sha256_tree(p), "kind": "dir"}
+    return {"path": str(data), "sha256": None, "kind": "hub"}
+
+
+def tokenizer_fingerprint(tok: Any) -> str:
+    backend = getattr(tok, "backend_tokenizer", None)
+    blob = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
+    return sha256_json([blob, str(getattr(tok, "chat_template", "")), str(tok.eos_token)])
+
+
+def _features() -> Any:
+    import datasets
+
+    return datasets.Features(
+        {
+            "sample_id": datasets.Value("string"),
+            "input_ids": datasets.Sequence(datasets.Value("int32")),
+            "labels": datasets.Sequence(datasets.Value("int32")),
+            "n_trained": datasets.Value("int32"),
+            "length": datasets.Value("int32"),
+            "truncated": datasets.Value("bool"),
+            "location": datasets.Value("string"),
+        }
+    )
+
+
+def prepare(
+    data: str | Path,
+    tokenizer: Any,
+    out: str | Path,
+    fmt: str = "auto",
+    template: str = "tulu",
+    max_length: int = 2048,
+    skip_invalid: bool = False,
+    tokenizer_name: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Tokenise ``data`` and write the prepared dataset to ``out``. Returns the manifest."""
+    import datasets
+    import pyarrow as pa
+    from tqdm.auto import tqdm
+
+    from tokenclean.models.loader import tokenizer_identity
+
+    if max_length < 2:
+        raise DataError("max_length", f"must be >= 2, got {max_length}")
+    out = Path(out)
+    ident = input_identity(data)
+    key = sha256_json(
+        {
+            "v": PREPARE_VERSION,
+            "input": ident["sha256"] or ident["path"],
+            "tok": tokenizer_fingerprint(tokenizer),
+            "template": template,
+            "max_length": max_length,
+            "format": fmt,
+            "skip_invalid": skip_invalid,
+        }
+    )
+    manifest_path = out / "manifest.json"
+    if not force and ident["sha256"] and manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old.get("cache_key") == key:
+            log.info("reusing %s (same input, tokenizer, template and max length)", out)
+            return dict(old, reused=True)
+
+    t0 = time.time()
+    skipped: list[dict[str, Any]] = []
+    counts = {
+        "read": 0,
+        "written": 0,
+        "truncated": 0,
+        "dropped_no_trained_tokens": 0,
+        "skipped_invalid": 0,
+        "special_text_in_content": 0,
+    }
+
+    def on_error(err: DataError, row: dict[str, Any] | None) -> None:
+        counts["skipped_invalid"] += 1
+        skipped.append(
+            {
+                "kind": "invalid",
+                "location": err.location,
+                "field": err.field,
+                "reason": err.reason,
+                "row": row,
+            }
+        )
+
+    cols: dict[str, list[Any]] = {k: [] for k in _features()}
+    n_tokens = n_trained_total = 0
+    records = read_records(data, fmt, on_error if skip_invalid else None)
+    for rec in tqdm(records, desc="prepare", unit="sample", disable=not progress):
+        counts["read"] += 1
+        enc = encode_conversation(rec.messages, tokenizer, template, max_length)
+        labels = list(enc.labels)
+        labels[0] = IGNORE_INDEX  # position 0 is never predicted (alignment rule)
+        n_tr = sum(1 for x in labels if x != IGNORE_INDEX)
+        counts["truncated"] += int(enc.truncated)
+        counts["special_text_in_content"] += int(enc.special_text_in_content)
+        if n_tr == 0:
+            counts["dropped_no_trained_tokens"] += 1
+            reason = "no trained token after truncation" if enc.truncated else "no trained token"
+            skipped.append(
+                {"kind": "dropped", "location": rec.location, "reason": reason, "sample_id": rec.sample_id}
+            )
+            continue
+        for k, v in (
+            ("sample_id", rec.sample_id),
+            ("input_ids", enc.input_ids),
+            ("labels", labels),
+            ("n_trained", n_tr),
+            ("length", len(enc.input_ids)),
+            ("truncated", enc.truncated),
+            ("location", rec.location),
+        ):
+            cols[k].append(v)
+        n_tokens += len(enc.input_ids)
+        n_trained_total += n_tr
+    counts["read"] += counts["skipped_invalid"]
+    counts["written"] = len(cols["sample_id"])
+    if counts["written"] == 0:
+        raise DataError(str(data), "no sample left to write (every row was invalid or had no trained token)")
+
+    if counts["special_text_in_content"]:
+        log.warning(
+            "%d samples contain special-token text (e.g. a literal EOS string) in a message; it is "
+            "tokenised as the special token, as the HF stack does",
+            counts["special_text_in_content"],
+        )
+    features = _features()
+    table = pa.Table.from_pydict(cols, schema=features.arrow_schema)
+    ds = datasets.Dataset(table, info=datasets.DatasetInfo(features=features), fingerprint=key[:32])
+    manifest = {
+        "stage": "prepare",
+        "cache_key": key,
+        "input": ident,
+        "format": fmt,
+        "tokenizer": dict(tokenizer_identity(tokenizer), source=tokenizer_name or tokenizer.name_or_path),
+        "template": template,
+        "max_length": max_length,
+        "counts": counts,
+        "tokens": {"total": n_tokens, "trained": n_trained_total},
+        "versions": package_versions(),
+        "seconds": round(time.time() - t0, 3),
+    }
+    with atomic_dir(out) as tmp:
+        ds.save_to_disk(str(tmp))
+        if skipped:
+            with open(tmp / "dropped.jsonl", "w") as f:
+                for s in skipped:
+                    f.write(json.dumps(s, ensure_ascii=False, default=str) + "\n")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    log.info(
+        "prepared %d samples (%d read, %d truncated, %d dropped with no trained token, %d invalid skipped) "
+        "-> %s in %.1fs",
+        counts["written"],
+        counts["read"],
+        counts["truncated"],
+        counts["dropped_no_trained_tokens"],
+        counts["skipped_invalid"],
+        out,
+        manifest["seconds"],
+    )
+    return manifest

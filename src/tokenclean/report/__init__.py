@@ -1,0 +1,1 @@
+"""Report stage: terminal inspection, tables, plots and the token-highlight HTML page."""

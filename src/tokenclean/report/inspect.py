@@ -1,0 +1,132 @@
+"""``tokenclean inspect``: show samples in the terminal with token classes visibly distinguished.
+
+Token classes (one per position):
+
+- ``prompt``: never trained (prompt, template, system) -- dim;
+- ``kept``: trained (response tokens in a prepared set, kept tokens in a cleaned set) -- green;
+- ``dropped``: a response token that selection removed -- red, struck through.
+
+A prepared dataset has only prompt/kept. A cleaned dataset (with a ``response_labels`` column holding the
+labels before selection) has all three. With colour off (not a terminal, or ``--markers``), kept tokens are
+written as ``[+...+]`` and dropped ones as ``[-...-]`` so the classes survive copy-paste and logs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from tokenclean import IGNORE_INDEX
+
+PROMPT, KEPT, DROPPED = 0, 1, 2
+STYLES = {PROMPT: "dim", KEPT: "bold black on green3", DROPPED: "strike red"}
+MARKERS = {PROMPT: ("", ""), KEPT: ("[+", "+]"), DROPPED: ("[-", "-]")}
+
+
+def token_classes(labels: Sequence[int], response_labels: Sequence[int] | None = None) -> list[int]:
+    """Per-position class (PROMPT/KEPT/DROPPED) from the final labels and, optionally, the labels before selection."""
+    out = []
+    for j, lab in enumerate(labels):
+        if lab != IGNORE_INDEX:
+            out.append(KEPT)
+        elif response_labels is not None and response_labels[j] != IGNORE_INDEX:
+            out.append(DROPPED)
+        else:
+            out.append(PROMPT)
+    return out
+
+
+def group_runs(pieces: Sequence[str], classes: Sequence[int]) -> list[tuple[int, str]]:
+    """Merge consecutive pieces of the same class: ``[(class, text), ...]``."""
+    runs: list[tuple[int, str]] = []
+    for text, c in zip(pieces, classes):
+        if runs and runs[-1][0] == c:
+            runs[-1] = (c, runs[-1][1] + text)
+        else:
+            runs.append((c, text))
+    return runs
+
+
+def token_pieces(tokenizer: Any, input_ids: Sequence[int]) -> list[str]:
+    """Each token's own text, such that ``"".join(pieces)`` is the decoded sample (byte-level safe)."""
+    ids = [int(x) for x in input_ids]
+    pieces = []
+    for j in range(len(ids)):
+        lo = max(
+            0, j - 8
+        )  # a little left context: multi-byte characters and leading-space markers decode right
+        prev = tokenizer.decode(ids[lo:j], skip_special_tokens=False) if j > lo else ""
+        cur = tokenizer.decode(ids[lo : j + 1], skip_special_tokens=False)
+        pieces.append(cur[len(prev) :] if cur.startswith(prev) else tokenizer.decode([ids[j]]))
+    return pieces
+
+
+def render_markers(runs: list[tuple[int, str]]) -> str:
+    return "".join(MARKERS[c][0] + t + MARKERS[c][1] for c, t in runs)
+
+
+def format_scores(pieces: Sequence[str], classes: Sequence[int], scores: Sequence[float]) -> str:
+    """One line per response token: class, score, token text."""
+    lines = []
+    names = {KEPT: "kept", DROPPED: "dropped"}
+    for text, c, s in zip(pieces, classes, scores):
+        if c != PROMPT:
+            val = "nan" if s is None or (isinstance(s, float) and math.isnan(s)) else f"{s:+.3f}"
+            lines.append(f"  {names[c]:8s} {val:>8s}  {text!r}")
+    return "\n".join(lines)
+
+
+def inspect(
+    path: str,
+    n: int = 5,
+    start: int = 0,
+    tokenizer: Any = None,
+    markers: bool | None = None,
+    show_scores: bool = False,
+    console: Any = None,
+) -> str:
+    """Print ``n`` samples of a prepared or cleaned dataset directory; returns the plain-marker text too."""
+    import datasets
+    from rich.console import Console
+    from rich.text import Text
+
+    from tokenclean.models.loader import load_tokenizer
+    from tokenclean.utils import read_json
+
+    ds = datasets.load_from_disk(path)
+    if tokenizer is None:
+        manifest = read_json(f"{path}/manifest.json")
+        tok_info = manifest.get("tokenizer") or manifest.get("prepared", {}).get("tokenizer", {})
+        tokenizer = load_tokenizer(tok_info.get("source") or tok_info["name"])
+    console = console or Console(highlight=False)
+    use_markers = markers if markers is not None else not console.is_terminal
+    plain_out = []
+    end = min(len(ds), start + n)
+    for i in range(start, end):
+        row = ds[i]
+        classes = token_classes(row["labels"], row.get("response_labels"))
+        pieces = token_pieces(tokenizer, row["input_ids"])
+        runs = group_runs(pieces, classes)
+        n_kept = classes.count(KEPT)
+        n_drop = classes.count(DROPPED)
+        header = f"── sample {i} id={row['sample_id']}  tokens={len(pieces)}  trained={n_kept}"
+        header += f"  dropped={n_drop}" if "response_labels" in row else ""
+        text = render_markers(runs)
+        plain_out.append(header + "\n" + text)
+        console.print(header, style="bold")
+        if use_markers:
+            console.print(text, markup=False)
+        else:
+            t = Text()
+            for c, s in runs:
+                t.append(s, style=STYLES[c])
+            console.print(t)
+        if show_scores and "score" in row:
+            sc = format_scores(pieces, classes, row["score"])
+            plain_out.append(sc)
+            console.print(sc, markup=False)
+    legend = "legend: dim = prompt/untrained, green " + ("[+ +]" if use_markers else "") + " = trained/kept"
+    legend += ", red struck " + ("[- -]" if use_markers else "") + " = dropped by selection"
+    console.print(legend, style="italic")
+    return "\n".join(plain_out)

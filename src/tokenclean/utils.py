@@ -1,0 +1,114 @@
+"""Small shared helpers: hashing, atomic writes, JSON manifests, logging."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_LOGGER_CONFIGURED = False
+
+
+def get_logger(name: str) -> logging.Logger:
+    """The one logger factory: ``tokenclean.<name>`` loggers writing to stderr."""
+    global _LOGGER_CONFIGURED
+    if not _LOGGER_CONFIGURED:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[tokenclean] %(message)s"))
+        root = logging.getLogger("tokenclean")
+        root.addHandler(handler)
+        root.setLevel(os.environ.get("TOKENCLEAN_LOGLEVEL", "INFO"))
+        root.propagate = False
+        _LOGGER_CONFIGURED = True
+    return logging.getLogger(f"tokenclean.{name}")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_tree(path: str | Path) -> str:
+    """Hex SHA-256 over every file of a directory (relative names and contents, sorted)."""
+    root = Path(path)
+    h = hashlib.sha256()
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        h.update(str(p.relative_to(root)).encode())
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Hex SHA-256 of an object's canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Build a directory under a temporary name and move it into place only when the block succeeds.
+
+    A crash leaves at most a ``.DIR.tmp-*`` sibling that is never read as complete; an existing
+    ``final`` directory is replaced only after the new one is fully written.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages whose behaviour affects results (for manifests)."""
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("tokenclean", "torch", "transformers", "peft", "datasets", "tokenizers", "numpy"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
