@@ -121,9 +121,11 @@ def _load_extensions() -> None:
 
     for mod in (
         "tokenclean.cli_scoring",
+        "tokenclean.cli_selection",
         "tokenclean.cli_training",
         "tokenclean.cli_eval",
         "tokenclean.cli_report",
+        "tokenclean.cli_pipelines",
     ):
         try:
             importlib.import_module(mod)
