@@ -1,0 +1,95 @@
+"""How well a selection recovers the truth, and how a trained model does on the held-out set."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from tokenclean.groundtruth.truth import INFORMATIVE, NOISE, NOT_RESPONSE
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """Area under the ROC curve of ``scores`` for ``positive`` (Mann-Whitney U with mid-ranks for ties)."""
+    ok = ~np.isnan(scores)
+    s, y = scores[ok], positive[ok].astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(s, kind="stable")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    # mid-ranks for ties
+    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
+    mid = first + (counts - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(mid, counts)
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def recovery_metrics(
+    truth: Sequence[np.ndarray], keep: Sequence[np.ndarray], scores: Sequence[np.ndarray] | None = None
+) -> dict[str, Any]:
+    """Precision/recall of kept tokens for the informative class, AUROC of the score, and the noise rate of
+    kept tokens vs all response tokens (the quantity of the paper's Theorem 5.1).
+
+    ``truth[i]``: int8 per position (-1 not response). ``keep[i]``: bool per position. ``scores[i]``: float.
+    """
+    t = np.concatenate([np.asarray(x) for x in truth])
+    k = np.concatenate([np.asarray(x, dtype=bool) for x in keep])
+    resp = t != NOT_RESPONSE
+    t, k = t[resp], k[resp]
+    info, noise = t == INFORMATIVE, t == NOISE
+    n_kept = int(k.sum())
+    out: dict[str, Any] = {
+        "response_tokens": int(resp.sum()),
+        "kept_tokens": n_kept,
+        "precision": float((k & info).sum() / n_kept) if n_kept else None,
+        "recall": float((k & info).sum() / info.sum()) if info.sum() else None,
+        "noise_rate_kept": float((k & noise).sum() / n_kept) if n_kept else None,
+        "noise_rate_all": float(noise.mean()) if len(t) else None,
+        "informative_rate_all": float(info.mean()) if len(t) else None,
+        "auroc": None,
+    }
+    if scores is not None:
+        s = np.concatenate([np.asarray(x, dtype=np.float64) for x in scores])[resp]
+        out["auroc"] = auroc(s, info)
+    return out
+
+
+def heldout_metrics(
+    model: Any,
+    input_ids: Sequence[Sequence[int]],
+    labels: Sequence[Sequence[int]],
+    truth: Sequence[np.ndarray],
+) -> dict[str, float]:
+    """On clean held-out samples: mean response loss, mean loss on the answer (informative) tokens, and
+    exact match = share of samples whose every answer token is the model's greedy (argmax) prediction
+    given the correct prefix (teacher forcing; equal to greedy decoding of the answer span)."""
+    import torch
+
+    resp_losses, ans_losses, exact = [], [], []
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for ids, labs, tr in zip(input_ids, labels, truth):
+            x = torch.tensor([list(ids)], device=device)
+            logits = model(input_ids=x).logits[0, :-1].float()  # (T-1, V): row j predicts token j+1
+            logp = torch.log_softmax(logits, dim=-1)
+            tgt = x[0, 1:]
+            nll = -logp.gather(-1, tgt[:, None])[:, 0].cpu().numpy()  # nll[j-1] is the loss of token j
+            pred = logits.argmax(-1).cpu().numpy()
+            labs_a = np.asarray(labs)[1:]
+            tr_a = np.asarray(tr)[1:]
+            resp = labs_a != -100
+            ans = tr_a == INFORMATIVE
+            resp_losses.extend(nll[resp].tolist())
+            ans_losses.extend(nll[ans].tolist())
+            if ans.any():
+                exact.append(bool((pred[ans] == tgt.cpu().numpy()[ans]).all()))
+    return {
+        "loss": float(np.mean(resp_losses)),
+        "answer_loss": float(np.mean(ans_losses)) if ans_losses else float("nan"),
+        "exact_match": float(np.mean(exact)) if exact else float("nan"),
+    }
