@@ -7,7 +7,8 @@ Token classes (one per position):
 - ``dropped``: a response token that selection removed -- red, struck through.
 
 A prepared dataset has only prompt/kept. A cleaned dataset (with a ``response_labels`` column holding the
-labels before selection) has all three. With colour off (not a terminal, or ``--markers``), kept tokens are
+labels before selection) has all three. A score store is shown through its prepared dataset, with every
+response token's score listed (``--scores`` lists them for a cleaned dataset too). With colour off (not a terminal, or ``--markers``), kept tokens are
 written as ``[+...+]`` and dropped ones as ``[-...-]`` so the classes survive copy-paste and logs.
 """
 
@@ -77,6 +78,25 @@ def format_scores(pieces: Sequence[str], classes: Sequence[int], scores: Sequenc
     return "\n".join(lines)
 
 
+def _open_rows(path: str) -> tuple[Any, Any, dict[str, Any]]:
+    """(token dataset, score dataset or None, tokenizer info) for a prepared set, a cleaned set or a store.
+
+    A score store has no tokens: its prepared dataset (``prepared_dir`` in its manifest) supplies them, and
+    the store's ``score`` column is shown beside them.
+    """
+    import datasets
+
+    from tokenclean.utils import read_json
+
+    manifest = read_json(f"{path}/manifest.json")
+    if manifest.get("stage") == "score":
+        prep = manifest["prepared_dir"]
+        tok_info = read_json(f"{prep}/manifest.json").get("tokenizer", {})
+        return datasets.load_from_disk(prep), datasets.load_from_disk(path), tok_info
+    tok_info = manifest.get("tokenizer") or manifest.get("prepared", {}).get("tokenizer", {})
+    return datasets.load_from_disk(path), None, tok_info
+
+
 def inspect(
     path: str,
     n: int = 5,
@@ -86,25 +106,26 @@ def inspect(
     show_scores: bool = False,
     console: Any = None,
 ) -> str:
-    """Print ``n`` samples of a prepared or cleaned dataset directory; returns the plain-marker text too."""
-    import datasets
+    """Print ``n`` samples of a prepared dataset, a cleaned dataset or a score store (tokens from its prepared
+    dataset, scores listed); returns the plain-marker text too. ``show_scores`` lists each response token's
+    class and score (a cleaned dataset or a score store has them)."""
     from rich.console import Console
     from rich.text import Text
 
     from tokenclean.models.loader import load_tokenizer
-    from tokenclean.utils import read_json
 
-    ds = datasets.load_from_disk(path)
+    ds, score_ds, tok_info = _open_rows(path)
+    show_scores = show_scores or score_ds is not None
     if tokenizer is None:
-        manifest = read_json(f"{path}/manifest.json")
-        tok_info = manifest.get("tokenizer") or manifest.get("prepared", {}).get("tokenizer", {})
         tokenizer = load_tokenizer(tok_info.get("source") or tok_info["name"])
     console = console or Console(highlight=False)
     use_markers = markers if markers is not None else not console.is_terminal
     plain_out = []
     end = min(len(ds), start + n)
     for i in range(start, end):
-        row = ds[i]
+        row = dict(ds[i])
+        if score_ds is not None:
+            row["score"] = score_ds[i]["score"]
         classes = token_classes(row["labels"], row.get("response_labels"))
         pieces = token_pieces(tokenizer, row["input_ids"])
         runs = group_runs(pieces, classes)
@@ -122,11 +143,14 @@ def inspect(
             for c, s in runs:
                 t.append(s, style=STYLES[c])
             console.print(t)
-        if show_scores and "score" in row:
-            sc = format_scores(pieces, classes, row["score"])
+        if show_scores:
+            sc = format_scores(pieces, classes, row["score"]) if "score" in row else _NO_SCORES
             plain_out.append(sc)
             console.print(sc, markup=False)
     legend = "legend: dim = prompt/untrained, green " + ("[+ +]" if use_markers else "") + " = trained/kept"
     legend += ", red struck " + ("[- -]" if use_markers else "") + " = dropped by selection"
     console.print(legend, style="italic")
     return "\n".join(plain_out)
+
+
+_NO_SCORES = "  (no scores here: inspect a cleaned dataset or a score store to see them)"

@@ -1,0 +1,86 @@
+"""``tokenclean select``: score store -> cleaned dataset (heavy imports stay inside the handler)."""
+
+from __future__ import annotations
+
+import argparse
+
+from tokenclean.cli import _EXTRA_PARSERS, command
+from tokenclean.errors import ConfigError
+
+LEVELS = ("global", "sample", "random", "threshold")  # kept in sync with selection.masks.LEVELS (tested)
+
+
+def parse_ratios(text: str | None) -> list[float | None]:
+    """``"0.6"`` -> [0.6]; ``"0.5,0.6,0.7"`` -> a sweep; None (threshold level) -> [None]."""
+    if text is None:
+        return [None]
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--ratio: expected a number or a comma-separated list, got '{text}'") from None
+
+
+def sweep_outs(out: str, ratios: list[float | None]) -> list[str]:
+    if len(ratios) == 1:
+        return [out.replace("{ratio}", str(ratios[0]))]
+    if "{ratio}" not in out:
+        raise ConfigError("--out: several ratios need '{ratio}' in the output path, e.g. runs/clean-{ratio}")
+    return [out.replace("{ratio}", str(r)) for r in ratios]
+
+
+@command("select")
+def _select(a: argparse.Namespace) -> int:
+    from tokenclean.selection import select_many
+
+    ratios = parse_ratios(a.ratio)
+    if a.level != "threshold" and ratios == [None]:
+        raise ConfigError(f"--ratio: level '{a.level}' needs --ratio K (0 <= K <= 1)")
+    if a.level == "threshold":
+        ratios = [None]
+    outs = sweep_outs(a.out, ratios)
+    all_stats = select_many(
+        a.scores,
+        ratios,
+        outs,
+        level=a.level,
+        seed=a.seed,
+        threshold=a.threshold,
+        prepared_dir=a.data,
+        column=a.column,
+        force=a.force,
+    )
+    for out, st in zip(outs, all_stats):
+        what = f"score > {st['threshold']}" if a.level == "threshold" else f"K={st['requested_ratio']}"
+        print(
+            f"{'reused' if st.get('reused') else 'wrote'} {out}: {a.level} {what}: kept "
+            f"{st['kept_tokens']} of {st['total_response_tokens']} response tokens "
+            f"(achieved {st['achieved_ratio']:.4f}); {st['samples_emptied']} of {st['samples_total']} "
+            f"samples emptied and dropped; {st['nan_scores']} NaN scores"
+        )
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("select", help="keep the top-K response tokens by score; write the cleaned dataset")
+    s.add_argument("--scores", required=True, help="score store directory (from `tokenclean score`)")
+    s.add_argument(
+        "--ratio",
+        default=None,
+        help="K in [0, 1], the share of response tokens kept; a comma list (0.5,0.6) makes a sweep",
+    )
+    s.add_argument(
+        "--level", default="global", choices=LEVELS, help="global (Token Cleaning), sample (RHO), ..."
+    )
+    s.add_argument(
+        "--threshold", type=float, default=None, help="level threshold: keep tokens with score > V"
+    )
+    s.add_argument("--seed", type=int, default=42, help="seed of the random level")
+    s.add_argument(
+        "--data", default=None, help="prepared dataset (default: prepared_dir in the score manifest)"
+    )
+    s.add_argument("--column", default="score", help="score-store column to rank by (default: score)")
+    s.add_argument("--force", action="store_true", help="recompute even if OUT holds the same result")
+    s.add_argument("--out", required=True, help="output directory ('{ratio}' is replaced in a sweep)")
+
+
+_EXTRA_PARSERS.append(add_parsers)

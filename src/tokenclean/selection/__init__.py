@@ -1,0 +1,45 @@
+"""Selection: turning token scores into keep-masks and cleaned training labels.
+
+- :mod:`tokenclean.selection.masks`: pure array functions (global / sample / random / threshold top-k on a
+  flat score array with CSR offsets; one global sort for many ratios);
+- :mod:`tokenclean.selection.stats`: what a selection did (requested vs achieved ratio, histogram, ...);
+- :mod:`tokenclean.selection.table`: a score store joined row by row with its prepared dataset;
+- :mod:`tokenclean.selection.cleaned`: the ``select`` stage writing the cleaned dataset;
+- :mod:`tokenclean.selection.synthetic`: contract-shaped synthetic data for tests and benchmarks.
+"""
+
+from tokenclean.selection.cleaned import select, select_many
+from tokenclean.selection.masks import (
+    LEVELS,
+    TIE_RULE,
+    GlobalRanking,
+    global_masks,
+    global_ranking,
+    keep_mask,
+    ratio_count,
+    select_global,
+    select_random,
+    select_sample,
+    select_threshold,
+)
+from tokenclean.selection.stats import selection_stats
+from tokenclean.selection.table import TokenTable, load_token_table
+
+__all__ = [
+    "LEVELS",
+    "TIE_RULE",
+    "GlobalRanking",
+    "TokenTable",
+    "global_masks",
+    "global_ranking",
+    "keep_mask",
+    "load_token_table",
+    "ratio_count",
+    "select",
+    "select_global",
+    "select_many",
+    "select_random",
+    "select_sample",
+    "select_threshold",
+    "selection_stats",
+]

@@ -1,0 +1,305 @@
+"""The ``select`` stage: score store + prepared dataset -> cleaned dataset, stats and manifest.
+
+Output directory (``datasets.load_from_disk(DIR)``), one row per sample that keeps at least one token:
+
+- ``sample_id`` (str), ``input_ids`` (int32 list), ``attention_mask`` (int8 list of ones),
+  ``labels`` (int32 list: kept tokens keep their id, everything else -100; HF convention, the model shifts),
+  ``response_labels`` (the labels before selection), ``score`` (float32 list, NaN where not scored),
+  ``completion_mask`` (int8 list, 1 on kept tokens: the mask TRL's SFTTrainer applies when
+  ``completion_only_loss=True``; the HF Trainer drops it with the other unused columns);
+- ``selection_stats.json``: requested vs achieved ratio, kept/total response tokens, NaN scores,
+  per-sample kept-fraction histogram, samples emptied, level, seed, threshold, tie rule;
+- ``dropped.jsonl``: the samples emptied by selection (row, sample_id, response tokens);
+- ``manifest.json``: stage "select", inputs (paths and hashes of the score store and the prepared data),
+  settings, tokenizer identity (so ``tokenclean inspect`` finds it), counts, versions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokenclean import IGNORE_INDEX
+from tokenclean.errors import ConfigError, DataError
+from tokenclean.selection.masks import LEVELS, global_ranking, keep_mask, ratio_fraction
+from tokenclean.selection.stats import kept_per_sample, selection_stats
+from tokenclean.selection.table import TokenTable, load_token_table, resolve_prepared_dir
+from tokenclean.utils import (
+    atomic_dir,
+    get_logger,
+    package_versions,
+    read_json,
+    sha256_file,
+    sha256_json,
+    sha256_tree,
+    write_json_atomic,
+)
+
+log = get_logger("select")
+
+SELECT_VERSION = 1  # bump when the output of select changes for the same inputs
+MAX_CHUNK_TOKENS = 1 << 30  # Arrow list offsets are int32: keep every chunk well below 2**31 values
+
+
+def cleaned_features() -> Any:
+    import datasets
+
+    ints = datasets.Sequence(datasets.Value("int32"))
+    return datasets.Features(
+        {
+            "sample_id": datasets.Value("string"),
+            "input_ids": ints,
+            "attention_mask": datasets.Sequence(datasets.Value("int8")),
+            "labels": ints,
+            "response_labels": ints,
+            "score": datasets.Sequence(datasets.Value("float32")),
+            "completion_mask": datasets.Sequence(datasets.Value("int8")),
+        }
+    )
+
+
+def position_labels(table: TokenTable, keep: np.ndarray) -> np.ndarray:
+    """Labels after selection, per position: (T,) int32; ``keep`` is the (N,) mask over response tokens."""
+    kept_pos = table.response_positions[keep]  # (n_kept,) flat positions
+    out = np.full(table.labels.size, IGNORE_INDEX, dtype=np.int32)
+    out[kept_pos] = table.labels[kept_pos]
+    return out
+
+
+def _list_array(values: np.ndarray, lengths: np.ndarray) -> Any:
+    """A list column from flat values and row lengths, chunked so no chunk overflows int32 offsets."""
+    import pyarrow as pa
+
+    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])  # (S+1,)
+    bounds = [0]  # row boundaries of the chunks
+    while bounds[-1] < lengths.size:
+        start = bounds[-1]
+        end = int(np.searchsorted(offsets, offsets[start] + MAX_CHUNK_TOKENS, side="right")) - 1
+        bounds.append(max(end, start + 1))
+    if len(bounds) == 1:
+        bounds.append(0)  # no rows: one empty chunk
+    chunks = [
+        pa.ListArray.from_arrays(
+            pa.array((offsets[a : b + 1] - offsets[a]).astype(np.int32)),
+            pa.array(values[offsets[a] : offsets[b]]),
+        )
+        for a, b in itertools.pairwise(bounds)
+    ]
+    return pa.chunked_array(chunks)
+
+
+def cleaned_arrow(table: TokenTable, keep: np.ndarray) -> tuple[Any, np.ndarray]:
+    """The cleaned rows as a pyarrow Table, and the (S,) bool mask of rows kept (>= 1 kept token)."""
+    import pyarrow as pa
+
+    kept_rows = kept_per_sample(keep, table.response_offsets) > 0  # (S,)
+    lengths = np.diff(table.offsets)  # (S,)
+    pos_rows = np.repeat(kept_rows, lengths)  # (T,) positions of kept rows
+    new_labels = position_labels(table, keep)
+    lens = lengths[kept_rows]
+    ones = np.ones(int(lens.sum()), dtype=np.int8)
+    cols = {
+        "sample_id": pa.array(table.sample_ids[kept_rows].tolist(), type=pa.string()),
+        "input_ids": _list_array(table.input_ids[pos_rows], lens),
+        "attention_mask": _list_array(ones, lens),
+        "labels": _list_array(new_labels[pos_rows], lens),
+        "response_labels": _list_array(table.labels[pos_rows], lens),
+        "score": _list_array(table.score[pos_rows], lens),
+        "completion_mask": _list_array((new_labels[pos_rows] != IGNORE_INDEX).astype(np.int8), lens),
+    }
+    return pa.table(cols, schema=cleaned_features().arrow_schema), kept_rows
+
+
+def _emptied_records(table: TokenTable, kept_rows: np.ndarray) -> list[dict[str, Any]]:
+    n_resp = np.diff(table.response_offsets)
+    return [
+        {
+            "kind": "emptied",
+            "row": int(i),
+            "sample_id": str(table.sample_ids[i]),
+            "response_tokens": int(n_resp[i]),
+        }
+        for i in np.flatnonzero(~kept_rows)
+    ]
+
+
+def _inputs(scores_dir: Path, prep: Path) -> dict[str, Any]:
+    sm, pm = read_json(scores_dir / "manifest.json"), read_json(prep / "manifest.json")
+    return {
+        "scores": {
+            "dir": str(scores_dir.resolve()),
+            "sha256": sha256_tree(scores_dir),
+            "scorer": sm.get("scorer"),
+            "base": sm.get("base"),
+            "reference": sm.get("reference"),
+            "dtype": sm.get("dtype"),
+        },
+        "prepared": {
+            "dir": str(prep.resolve()),
+            "cache_key": pm.get("cache_key"),
+            "manifest_sha256": sha256_file(prep / "manifest.json"),
+        },
+        "tokenizer": pm.get("tokenizer"),
+        "template": pm.get("template"),
+    }
+
+
+def _settings(level: str, ratio: float | None, seed: int, threshold: float | None, column: str) -> dict:
+    """Checked settings; ``ratio`` is recorded as None for ``threshold`` and ``threshold`` as None otherwise."""
+    if level not in LEVELS:
+        raise ConfigError(f"level: unknown '{level}' (valid: {', '.join(LEVELS)})")
+    if level == "threshold":
+        if threshold is None or not math.isfinite(float(threshold)):
+            raise ConfigError(
+                f"threshold: level 'threshold' needs a finite threshold value, got {threshold!r}"
+            )
+        ratio = None
+    else:
+        if ratio is None:
+            raise ConfigError(f"ratio: level '{level}' needs a ratio in [0, 1]")
+        ratio_fraction(ratio)
+        threshold = None
+    return {"level": level, "ratio": ratio, "seed": seed, "threshold": threshold, "column": column}
+
+
+def write_cleaned(
+    out: str | Path, table: TokenTable, keep: np.ndarray, stats: dict[str, Any], manifest: dict[str, Any]
+) -> None:
+    """Write the cleaned dataset, its stats, emptied samples and manifest atomically into ``out``."""
+    import datasets
+
+    arrow, kept_rows = cleaned_arrow(table, keep)
+    features = cleaned_features()
+    ds = datasets.Dataset(
+        arrow, info=datasets.DatasetInfo(features=features), fingerprint=manifest["cache_key"][:32]
+    )
+    with atomic_dir(out) as tmp:
+        ds.save_to_disk(str(tmp))
+        with open(tmp / "dropped.jsonl", "w") as f:
+            for rec in _emptied_records(table, kept_rows):
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        write_json_atomic(tmp / "selection_stats.json", stats)
+        write_json_atomic(tmp / "manifest.json", manifest)
+
+
+def _select_one(
+    table: TokenTable, keep: np.ndarray, settings: dict, inputs: dict, key: str, out: Path, t0: float
+) -> dict[str, Any]:
+    s = settings
+    if not keep.any():
+        raise DataError(
+            str(out),
+            f"selection kept no token ({s['level']}, ratio={s['ratio']}, threshold={s['threshold']}); "
+            "nothing to train on",
+        )
+    stats = selection_stats(
+        keep, table.response_scores, table.response_offsets, s["level"], s["ratio"], s["seed"], s["threshold"]
+    )
+    manifest = dict(
+        stage="select",
+        cache_key=key,
+        **s,
+        **inputs,
+        counts={
+            k: stats[k] for k in ("kept_tokens", "total_response_tokens", "samples_kept", "samples_emptied")
+        },
+        versions=package_versions(),
+    )
+    write_cleaned(out, table, keep, stats, dict(manifest, seconds=round(time.time() - t0, 3)))
+    log.info(
+        "%s K=%s: kept %d of %d response tokens (%.4f), %d of %d samples emptied -> %s",
+        s["level"],
+        s["ratio"] if s["level"] != "threshold" else f"score>{s['threshold']}",
+        stats["kept_tokens"],
+        stats["total_response_tokens"],
+        stats["achieved_ratio"],
+        stats["samples_emptied"],
+        stats["samples_total"],
+        out,
+    )
+    return stats
+
+
+def _reusable(out: Path, key: str, force: bool) -> dict[str, Any] | None:
+    if force or not (out / "manifest.json").exists() or not (out / "selection_stats.json").exists():
+        return None
+    if read_json(out / "manifest.json").get("cache_key") != key:
+        return None
+    log.info("reusing %s (same scores, data and settings)", out)
+    return dict(read_json(out / "selection_stats.json"), reused=True)
+
+
+def select(
+    scores_dir: str | Path,
+    ratio: float | None,
+    level: str,
+    out: str | Path,
+    seed: int = 42,
+    threshold: float | None = None,
+    prepared_dir: str | Path | None = None,
+    column: str = "score",
+    force: bool = False,
+) -> dict[str, Any]:
+    """Select tokens from a score store and write the cleaned dataset to ``out``. Returns the stats dict.
+
+    ``level``: global | sample | random | threshold (see :mod:`tokenclean.selection.masks`); ``ratio`` is
+    K in [0, 1] (unused by threshold); ``seed`` drives ``random``; ``threshold`` keeps ``score > value``.
+    The same inputs and settings reuse an existing ``out`` unless ``force``.
+    """
+    return select_many(scores_dir, [ratio], [out], level, seed, threshold, prepared_dir, column, force)[0]
+
+
+def select_many(
+    scores_dir: str | Path,
+    ratios: Sequence[float | None],
+    outs: Sequence[str | Path],
+    level: str = "global",
+    seed: int = 42,
+    threshold: float | None = None,
+    prepared_dir: str | Path | None = None,
+    column: str = "score",
+    force: bool = False,
+) -> list[dict[str, Any]]:
+    """Score once, select many: one cleaned dataset per ratio, loading the data and (for ``global``)
+    sorting the scores only once. Masks of a global sweep are nested (a larger K keeps a superset)."""
+    if len(ratios) != len(outs):
+        raise ConfigError(f"ratios/outs: {len(ratios)} ratios but {len(outs)} output directories")
+    t0 = time.time()
+    scores_dir = Path(scores_dir)
+    prep = resolve_prepared_dir(scores_dir, prepared_dir)
+    inputs = _inputs(scores_dir, prep)
+    jobs = []
+    for r, o in zip(ratios, outs):
+        settings = _settings(level, r, seed, threshold, column)
+        key = sha256_json(
+            {
+                "v": SELECT_VERSION,
+                "settings": settings,
+                "inputs": inputs["scores"]["sha256"],
+                "prep": inputs["prepared"],
+            }
+        )
+        jobs.append((settings, key, Path(o), _reusable(Path(o), key, force)))
+    if all(j[3] is not None for j in jobs):
+        return [j[3] for j in jobs]  # type: ignore[misc]
+    table = load_token_table(scores_dir, prep, column)
+    scores, offsets = table.response_scores, table.response_offsets
+    ranking = global_ranking(scores) if level == "global" and len(jobs) > 1 else None
+    results = []
+    for settings, key, out, reused in jobs:
+        if reused is not None:
+            results.append(reused)
+            continue
+        if ranking is not None and settings["ratio"] is not None:
+            keep = ranking.mask(settings["ratio"])
+        else:
+            keep = keep_mask(level, scores, offsets, settings["ratio"], seed, threshold)
+        results.append(_select_one(table, keep, settings, inputs, key, out, t0))
+    return results

@@ -1,0 +1,76 @@
+"""What a selection did, from its keep-mask: pure array function returning a JSON-ready dict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tokenclean.selection.masks import TIE_RULE, check_offsets, ratio_count, ratio_counts
+
+HIST_BINS = 10
+
+
+def kept_per_sample(keep: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Number of kept tokens of each sample: (S,) int64."""
+    off = check_offsets(offsets, keep.size)
+    csum = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])  # (N+1,)
+    return csum[off[1:]] - csum[off[:-1]]
+
+
+def kept_fraction_histogram(kept: np.ndarray, n: np.ndarray, bins: int = HIST_BINS) -> dict[str, Any]:
+    """Histogram of per-sample kept fractions ``kept_i / n_i`` over [0, 1] in ``bins`` equal bins.
+
+    Bins are half-open ``[lo, hi)`` except the last, which includes 1.0; samples with ``n_i == 0`` are left
+    out (they have no fraction).
+    """
+    has = n > 0
+    frac = kept[has] / n[has]
+    counts, edges = np.histogram(frac, bins=bins, range=(0.0, 1.0))
+    return {
+        "edges": [round(float(e), 6) for e in edges],
+        "counts": [int(c) for c in counts],
+        "exactly_zero": int(np.count_nonzero(frac == 0.0)),
+        "exactly_one": int(np.count_nonzero(frac == 1.0)),
+    }
+
+
+def selection_stats(
+    keep: np.ndarray,
+    scores: np.ndarray,
+    offsets: np.ndarray,
+    level: str,
+    ratio: float | None,
+    seed: int | None,
+    threshold: float | None,
+) -> dict[str, Any]:
+    """Requested vs achieved ratio, kept/total tokens, NaN count, kept-fraction histogram, samples emptied."""
+    off = check_offsets(offsets, keep.size)
+    n_i = np.diff(off)  # (S,)
+    kept = kept_per_sample(keep, off)  # (S,)
+    total = int(keep.size)
+    n_kept = int(kept.sum())
+    if level in ("global", "random") and ratio is not None:
+        requested_tokens: int | None = ratio_count(ratio, total)
+    elif level == "sample" and ratio is not None:
+        requested_tokens = int(ratio_counts(ratio, n_i).sum())
+    else:
+        requested_tokens = None
+    emptied = int(np.count_nonzero(kept == 0))
+    return {
+        "level": level,
+        "requested_ratio": ratio,
+        "requested_tokens": requested_tokens,
+        "achieved_ratio": (n_kept / total) if total else 0.0,
+        "kept_tokens": n_kept,
+        "total_response_tokens": total,
+        "dropped_tokens": total - n_kept,
+        "nan_scores": int(np.count_nonzero(np.isnan(scores))),
+        "samples_total": int(n_i.size),
+        "samples_emptied": emptied,
+        "samples_kept": int(n_i.size) - emptied,
+        "kept_fraction_histogram": kept_fraction_histogram(kept, n_i),
+        "seed": seed,  # only the random level draws from it
+        "threshold": threshold if level == "threshold" else None,
+        "tie_rule": TIE_RULE,
+    }

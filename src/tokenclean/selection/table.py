@@ -1,0 +1,157 @@
+"""Reading a score store and its prepared dataset into flat (CSR) arrays, checked row by row.
+
+No Python lists of tokens: columns are read from Arrow as flat numpy arrays plus per-row lengths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokenclean import IGNORE_INDEX
+from tokenclean.errors import DataError
+from tokenclean.utils import read_json
+
+
+@dataclass(frozen=True)
+class TokenTable:
+    """Every position of every sample, flat. ``offsets`` (S+1,) delimits samples in the (T,) arrays."""
+
+    sample_ids: np.ndarray  # (S,) object (str)
+    offsets: np.ndarray  # (S+1,) int64 into the per-position arrays
+    input_ids: np.ndarray  # (T,) int32
+    labels: np.ndarray  # (T,) int32, IGNORE_INDEX where not trained
+    score: np.ndarray  # (T,) float32, NaN where not scored
+
+    @property
+    def response_positions(self) -> np.ndarray:
+        """Flat indices of response (trained) positions, ascending: (N,) int64."""
+        return np.flatnonzero(self.labels != IGNORE_INDEX)
+
+    @property
+    def response_offsets(self) -> np.ndarray:
+        """CSR offsets of the response tokens per sample: (S+1,) int64."""
+        csum = np.concatenate([[0], np.cumsum(self.labels != IGNORE_INDEX, dtype=np.int64)])  # (T+1,)
+        return csum[self.offsets]
+
+    @property
+    def response_scores(self) -> np.ndarray:
+        """Scores of response tokens in CSR order: (N,) float32 (the input of the mask functions)."""
+        return self.score[self.response_positions]
+
+
+def arrow_table(ds: Any) -> Any:
+    """The dataset's rows as one pyarrow Table (zero-copy for a memory-mapped dataset)."""
+    return ds.with_format("arrow")[0 : len(ds)]
+
+
+def list_column(table: Any, name: str, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A list column as (flat values (T,), lengths (S,) int64); nulls inside lists become NaN/0."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = table.column(name)
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(arr)
+    if flat.null_count:
+        flat = flat.fill_null(np.nan if np.issubdtype(dtype, np.floating) else IGNORE_INDEX)
+    return flat.to_numpy(zero_copy_only=False).astype(dtype, copy=False), lengths
+
+
+def _first_mismatch(a: np.ndarray, b: np.ndarray) -> int:
+    return int(np.flatnonzero(a != b)[0])
+
+
+def check_rows(
+    scores_dir: str | Path,
+    prepared_dir: str | Path,
+    ids_s: np.ndarray,
+    ids_p: np.ndarray,
+    len_s: np.ndarray,
+    len_p: np.ndarray,
+) -> None:
+    """The score store must hold the prepared rows in the same order with the same lengths."""
+    if ids_s.size != ids_p.size:
+        raise DataError(
+            f"{scores_dir}",
+            f"score store has {ids_s.size} rows but the prepared dataset {prepared_dir} has {ids_p.size}; "
+            "scores must come from this prepared dataset (same rows, same order)",
+        )
+    if np.any(ids_s != ids_p):
+        i = _first_mismatch(ids_s, ids_p)
+        raise DataError(
+            f"{scores_dir}[row {i}]",
+            f"sample_id '{ids_s[i]}' but the prepared dataset {prepared_dir} has '{ids_p[i]}' at row {i}",
+            field="sample_id",
+        )
+    if np.any(len_s != len_p):
+        i = _first_mismatch(len_s, len_p)
+        raise DataError(
+            f"{scores_dir}[row {i}]",
+            f"sample '{ids_s[i]}' has {len_s[i]} scores but {len_p[i]} input_ids in {prepared_dir}",
+            field="score",
+        )
+
+
+def check_scored_positions(scores_dir: str | Path, t: TokenTable) -> None:
+    """A score at a position that is not trained means the arrays are misaligned: stop and name it."""
+    bad = np.flatnonzero(~np.isnan(t.score) & (t.labels == IGNORE_INDEX))
+    if bad.size:
+        row = int(np.searchsorted(t.offsets, bad[0], side="right") - 1)
+        pos = int(bad[0] - t.offsets[row])
+        raise DataError(
+            f"{scores_dir}[row {row}]",
+            f"sample '{t.sample_ids[row]}' has a score at position {pos}, which is not a trained token "
+            f"({bad.size} such positions in all); scores must be NaN where labels == {IGNORE_INDEX}",
+            field="score",
+        )
+
+
+def resolve_prepared_dir(scores_dir: str | Path, prepared_dir: str | Path | None) -> Path:
+    manifest_path = Path(scores_dir) / "manifest.json"
+    if not manifest_path.exists():
+        raise DataError(str(scores_dir), "not a score store (no manifest.json); run `tokenclean score` first")
+    if prepared_dir is not None:
+        return Path(prepared_dir)
+    manifest = read_json(manifest_path)
+    if not manifest.get("prepared_dir"):
+        raise DataError(str(manifest_path), "no prepared_dir recorded; pass --data", field="prepared_dir")
+    return Path(manifest["prepared_dir"])
+
+
+def load_token_table(
+    scores_dir: str | Path, prepared_dir: str | Path | None = None, column: str = "score"
+) -> TokenTable:
+    """Join a score store with its prepared dataset (default: the ``prepared_dir`` in the store's manifest)."""
+    import datasets
+
+    prep = resolve_prepared_dir(scores_dir, prepared_dir)
+    for d in (scores_dir, prep):
+        if not (Path(d) / "dataset_info.json").exists() and not (Path(d) / "state.json").exists():
+            raise DataError(str(d), "not a dataset directory (expected datasets.save_to_disk output)")
+    st = arrow_table(datasets.load_from_disk(str(scores_dir)))
+    pt = arrow_table(datasets.load_from_disk(str(prep)))
+    for tbl, d, cols in (
+        (st, scores_dir, ("sample_id", column)),
+        (pt, prep, ("sample_id", "input_ids", "labels")),
+    ):
+        for c in cols:
+            if c not in tbl.column_names:
+                raise DataError(str(d), f"missing column '{c}' (has {', '.join(tbl.column_names)})", field=c)
+    ids_s = np.asarray(st.column("sample_id").to_pylist(), dtype=object)
+    ids_p = np.asarray(pt.column("sample_id").to_pylist(), dtype=object)
+    score, len_s = list_column(st, column, np.float32)
+    input_ids, len_p = list_column(pt, "input_ids", np.int32)
+    labels, len_l = list_column(pt, "labels", np.int32)
+    check_rows(scores_dir, prep, ids_s, ids_p, len_s, len_p)
+    if np.any(len_l != len_p):
+        i = _first_mismatch(len_l, len_p)
+        raise DataError(f"{prep}[row {i}]", "labels and input_ids differ in length", field="labels")
+    offsets = np.concatenate([[0], np.cumsum(len_p, dtype=np.int64)])
+    table = TokenTable(ids_p, offsets, input_ids, labels, score)
+    check_scored_positions(scores_dir, table)
+    return table
