@@ -57,6 +57,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         vt = args[1] if len(args) == 2 else Any
         return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
+        own = getattr(tp, "from_dict", None)  # a config that validates itself (e.g. TrainConfig)
+        if callable(own):
+            return own(value, key)
         return from_dict(tp, value, key)  # type: ignore[arg-type]
     if tp is bool:
         if not isinstance(value, bool):

@@ -153,7 +153,7 @@ def _sample(
     before, after = template.split("{o}")
     before = opener + before.format(s=fact["subject"])
     content = before + obj
-    truth = [
+    truth: list[list[Any]] = [
         [0, len(before), "uninformative"],
         [len(before), len(content), "noise" if noise else "informative"],
     ]

@@ -1,0 +1,121 @@
+"""The run configuration of ``tokenclean run CONFIG.yaml [key=value ...]``: typed, frozen, strict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tokenclean.config import apply_overrides, from_dict, load_yaml
+from tokenclean.errors import ConfigError
+from tokenclean.groundtruth.generator import PoolConfig
+from tokenclean.training.config import TrainConfig
+
+METHODS = ("base", "warmup", "full", "random", "rho", "fixed_model", "self_evolving")
+
+
+def _h(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = field(
+        default="builtin:sample", metadata=_h("SFT file/dir, hub:NAME[:SPLIT] or builtin:sample")
+    )
+    format: Literal["auto", "prompt_completion", "alpaca", "messages", "sharegpt"] = field(
+        default="auto", metadata=_h("record format (auto-detected)")
+    )
+    template: Literal["tulu", "chat", "plain"] = field(default="tulu", metadata=_h("conversation template"))
+    max_length: int = field(default=2048, metadata=_h("tokens per sample after truncation"))
+    heldout: str | None = field(default=None, metadata=_h("held-out SFT file for the quick evaluation"))
+    synthetic: PoolConfig | None = field(
+        default=None, metadata=_h("generate a ground-truth pool instead of reading data.path")
+    )
+    skip_invalid: bool = field(default=False, metadata=_h("skip invalid rows instead of stopping"))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    base: str = field(default="smollm2", metadata=_h("base model: Hub id, dir, .gguf or alias"))
+    reference: str | None = field(
+        default=None, metadata=_h("external reference model (same tokenizer); null = warm-up reference")
+    )
+    device: str = field(default="auto", metadata=_h("cpu, cuda or auto"))
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    dtype: Literal["fp32", "bf16", "fp16", "auto"] = field(default="fp32", metadata=_h("scoring dtype"))
+    batch_tokens: int = field(default=8192, metadata=_h("token budget of a scoring batch"))
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    ratio: float = field(default=0.6, metadata=_h("fraction k of response tokens kept (paper: 0.6)"))
+    seed: int = field(default=42, metadata=_h("seed of the random baseline and of the data splits"))
+    sweep: tuple[float, ...] = field(default=(), metadata=_h("extra ratios for a token-proportion sweep"))
+
+
+@dataclass(frozen=True)
+class SelfEvolvingConfig:
+    rounds: int = field(default=4, metadata=_h("T: the pool is split into T+1 parts (paper: 4 -> 5 x 10k)"))
+    base: Literal["fixed", "previous"] = field(
+        default="fixed", metadata=_h("score against the original base (paper text) or the previous round")
+    )
+
+
+@dataclass(frozen=True)
+class WarmupConfig:
+    epochs: int | None = field(
+        default=None, metadata=_h("epochs of the warm-up reference (null: train.epochs)")
+    )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    suite: Literal["none", "quick", "paper"] = field(
+        default="quick", metadata=_h("evaluation after training")
+    )
+    tasks: tuple[str, ...] = field(default=(), metadata=_h("restrict the suite to these tasks"))
+    limit: int | None = field(default=None, metadata=_h("samples per task (null: all)"))
+    data_dir: str | None = field(default=None, metadata=_h("local benchmark copies (see docs/evaluation.md)"))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = field(default="run", metadata=_h("run name"))
+    run_dir: str = field(default="runs/run", metadata=_h("directory holding every stage's outputs"))
+    methods: tuple[str, ...] = field(
+        default=("fixed_model",), metadata=_h(f"methods to run: {', '.join(METHODS)}")
+    )
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    self_evolving: SelfEvolvingConfig = field(default_factory=SelfEvolvingConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    report: bool = field(default=True, metadata=_h("build the HTML/Markdown report at the end"))
+
+    def validate(self, prefix: str = "") -> None:
+        for i, m in enumerate(self.methods):
+            if m not in METHODS:
+                raise ConfigError(f"methods[{i}]: unknown method '{m}' (valid: {', '.join(METHODS)})")
+        for key, v in [("selection.ratio", self.selection.ratio)] + [
+            (f"selection.sweep[{i}]", r) for i, r in enumerate(self.selection.sweep)
+        ]:
+            if not 0.0 < v <= 1.0:
+                raise ConfigError(f"{key}: must be in (0, 1], got {v}")
+        if self.self_evolving.rounds < 1:
+            raise ConfigError(f"self_evolving.rounds: must be >= 1, got {self.self_evolving.rounds}")
+        if self.scoring.batch_tokens < 16:
+            raise ConfigError(f"scoring.batch_tokens: must be >= 16, got {self.scoring.batch_tokens}")
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config (or start from defaults when ``path`` is None), apply ``key=value`` overrides."""
+    data: dict[str, Any] = load_yaml(path) if path else {}
+    data = apply_overrides(data, list(overrides))
+    return from_dict(RunConfig, data)

@@ -1,0 +1,59 @@
+"""Fixed-model cleaning (paper Sec. 4.3.1), as a script.
+
+1. Reference: the warm-up model (base + LoRA trained on split 0 with all tokens; also the DS2 baseline), or
+   an external model with the same tokenizer (``model.reference``).
+2. Score every pool sample once: ``score = loss_base - loss_reference`` (one loaded model when the
+   reference is an adapter: adapter off for the base pass, on for the reference pass).
+3. Keep the global top-k% of response tokens (``selection.ratio``).
+4. Fine-tune the *base* on the cleaned labels; evaluate.
+5. For each ratio in ``selection.sweep``: select again from the same scores, train, evaluate (Fig. 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenclean.pipelines.stages import (
+    Run,
+    eval_stage,
+    prepare_pool,
+    score_stage,
+    select_stage,
+    train_stage,
+    warmup_adapter,
+)
+
+
+def pool_scores(run: Run) -> Path:
+    """The pool scored once against the fixed reference (shared by fixed_model, rho and random)."""
+    pool = prepare_pool(run)
+    if run.cfg.model.reference:
+        return score_stage(run, pool, run.root / "scores" / "pool", reference=run.cfg.model.reference)
+    return score_stage(run, pool, run.root / "scores" / "pool", adapter=warmup_adapter(run))
+
+
+def run(run: Run) -> None:
+    scores = pool_scores(run)
+    d = run.root / "methods" / "fixed_model"
+    cleaned = select_stage(run, scores, d / "cleaned", level="global")
+    adapter = train_stage(run, cleaned, d / "train")
+    m = run.method("fixed_model")
+    m.update(adapter=run.rel(adapter), cleaned=run.rel(cleaned), scores=run.rel(scores))
+    m["eval"] = eval_stage(run, "fixed_model", adapter, d / "eval.json")
+    run.save_summary()
+
+    sweep = run.summary.setdefault("sweep", [])
+    for ratio in run.cfg.selection.sweep:
+        s = run.root / "sweep" / f"ratio_{ratio:g}"
+        cleaned_k = select_stage(run, scores, s / "cleaned", level="global", ratio=ratio)
+        adapter_k = train_stage(run, cleaned_k, s / "train")
+        entry = {
+            "ratio": ratio,
+            "method": "fixed_model",
+            "adapter": run.rel(adapter_k),
+            "cleaned": run.rel(cleaned_k),
+            "eval": eval_stage(run, f"sweep {ratio:g}", adapter_k, s / "eval.json"),
+            "heldout": None,
+        }
+        sweep[:] = [e for e in sweep if not (e["ratio"] == ratio and e["method"] == "fixed_model")] + [entry]
+        run.save_summary()

@@ -1,0 +1,121 @@
+"""For runs on a synthetic ground-truth pool: how well each method's kept tokens recover the truth, and how
+each trained model does on the clean held-out set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokenclean import IGNORE_INDEX
+from tokenclean.groundtruth.metrics import heldout_metrics, recovery_metrics
+from tokenclean.groundtruth.truth import token_truth
+from tokenclean.pipelines.stages import Run, get_logger
+
+log = get_logger("groundtruth")
+
+
+def _keep_by_id(cleaned: Path) -> dict[str, np.ndarray]:
+    import datasets
+
+    ds = datasets.load_from_disk(str(cleaned))
+    return {sid: np.asarray(lab) != IGNORE_INDEX for sid, lab in zip(ds["sample_id"], ds["labels"])}
+
+
+def _scores_by_id(scores_dir: Path) -> dict[str, np.ndarray]:
+    import datasets
+
+    ds = datasets.load_from_disk(str(scores_dir))
+    return {r["sample_id"]: np.asarray(r["score"], dtype=np.float64) for r in ds}
+
+
+def _recovery(truth: dict[str, np.ndarray], cleaned: list[Path], scores: list[Path] | None) -> dict[str, Any]:
+    """Recovery over the samples a method scored (all pool samples when it has no score)."""
+    keep: dict[str, np.ndarray] = {}
+    for c in cleaned:
+        keep.update(_keep_by_id(c))
+    score: dict[str, np.ndarray] = {}
+    for s in scores or []:
+        score.update(_scores_by_id(s))
+    ids = sorted(score) if scores else sorted(truth)
+    t = [truth[i] for i in ids]
+    k = [keep.get(i, np.zeros(len(truth[i]), dtype=bool)) for i in ids]  # emptied samples keep nothing
+    return recovery_metrics(t, k, [score[i] for i in ids] if scores else None)
+
+
+def evaluate_ground_truth(run: Run) -> None:
+    import datasets
+
+    from tokenclean.models.loader import load_model
+
+    src = run.root / "data" / "source"
+    pool, heldout = run.root / "data" / "pool", run.root / "data" / "heldout"
+    pool_ds = datasets.load_from_disk(str(pool))
+    truth = dict(zip(pool_ds["sample_id"], token_truth(src / "pool.jsonl", pool, run.tokenizer)))
+    test_ds = datasets.load_from_disk(str(heldout))
+    test_truth = token_truth(src / "test.jsonl", heldout, run.tokenizer)
+    for name, m in run.summary.get("methods", {}).items():
+        if name == "self_evolving":  # over the splits it cleaned (1..T), with each round's own scores
+            rounds = run.summary.get("rounds", [])
+            m["recovery"] = _recovery(
+                truth, [run.root / r["cleaned"] for r in rounds], [run.root / r["scores"] for r in rounds]
+            )
+        elif name in ("fixed_model", "rho"):
+            m["recovery"] = _recovery(truth, [run.root / m["cleaned"]], [run.root / m["scores"]])
+        elif name in ("random", "full"):
+            m["recovery"] = _recovery(truth, [run.root / m["cleaned"]], None)
+        if m.get("heldout") is None:
+            model = load_model(
+                run.cfg.model.base,
+                device=run.cfg.model.device,
+                adapter=str(run.root / m["adapter"]) if m.get("adapter") else None,
+            )
+            m["heldout"] = heldout_metrics(model, test_ds["input_ids"], test_ds["labels"], test_truth)
+            del model
+        log.info("%s: recovery=%s heldout=%s", name, m.get("recovery"), m["heldout"])
+        run.save_summary()
+
+
+def results_table(summary: dict[str, Any]) -> str:
+    """One plain-text table: token recovery and held-out results per method."""
+    cols = [
+        "method",
+        "kept",
+        "precision",
+        "recall",
+        "AUROC",
+        "noise kept",
+        "noise all",
+        "test loss",
+        "answer loss",
+        "exact match",
+    ]
+    rows = []
+    for name, m in summary.get("methods", {}).items():
+        rec, ho = m.get("recovery") or {}, m.get("heldout") or {}
+
+        def f(x: Any, pct: bool = False) -> str:
+            if x is None or (isinstance(x, float) and np.isnan(x)):
+                return "-"
+            return f"{100 * x:.1f}%" if pct else f"{x:.3f}"
+
+        rows.append(
+            [
+                name,
+                str(rec.get("kept_tokens", "-")),
+                f(rec.get("precision"), True),
+                f(rec.get("recall"), True),
+                f(rec.get("auroc")),
+                f(rec.get("noise_rate_kept"), True),
+                f(rec.get("noise_rate_all"), True),
+                f(ho.get("loss")),
+                f(ho.get("answer_loss")),
+                f(ho.get("exact_match"), True),
+            ]
+        )
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
+    out = [line, "-" * len(line)]
+    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+    return "\n".join(out)

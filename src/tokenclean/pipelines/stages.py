@@ -1,0 +1,269 @@
+"""The run directory and the stage calls the pipelines share.
+
+Every stage writes into its own directory under the run directory and is skipped when that directory
+already holds its completion marker (``manifest.json`` for data/scores/selections, ``done.json`` for
+training, ``eval.json`` for evaluation). Interrupted stages resume on their own (scoring and training are
+resumable; prepare and select are atomic).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tokenclean.config import to_dict
+from tokenclean.pipelines.config import RunConfig
+from tokenclean.utils import atomic_dir, get_logger, read_json, write_json_atomic
+
+log = get_logger("pipeline")
+
+
+@dataclass
+class Run:
+    """A run directory plus its config and the summary being built."""
+
+    cfg: RunConfig
+    root: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+    _tokenizer: Any = None
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from tokenclean.models.loader import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.cfg.model.base)
+        return self._tokenizer
+
+    def rel(self, p: Path | str | None) -> str | None:
+        return None if p is None else str(Path(p).resolve().relative_to(self.root.resolve()))
+
+    def method(self, name: str) -> dict[str, Any]:
+        methods = self.summary.setdefault("methods", {})
+        return methods.setdefault(
+            name,
+            {
+                "adapter": None,
+                "cleaned": None,
+                "scores": None,
+                "round": None,
+                "eval": None,
+                "recovery": None,
+                "heldout": None,
+            },
+        )
+
+    def save_summary(self) -> None:
+        write_json_atomic(self.root / "summary.json", self.summary)
+
+
+def open_run(cfg: RunConfig) -> Run:
+    import yaml
+
+    root = Path(cfg.run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    resolved = to_dict(cfg)
+    old = root / "config.yaml"
+    if old.exists():
+        prev = yaml.safe_load(old.read_text())
+        changed = sorted(k for k in resolved if prev.get(k) != resolved[k])
+        if changed:
+            log.warning(
+                "config changed since this run directory was created (%s); finished stages are reused "
+                "only where their own inputs are unchanged",
+                ", ".join(changed),
+            )
+    tmp = root / ".config.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    tmp.replace(old)
+    summary_path = root / "summary.json"
+    summary = read_json(summary_path) if summary_path.exists() else {}
+    summary.update(
+        pipeline=",".join(cfg.methods), name=cfg.name, model=cfg.model.base, ratio=cfg.selection.ratio
+    )
+    return Run(cfg, root, summary)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def prepare_file(run: Run, source: str | Path, out: Path) -> Path:
+    from tokenclean.data.prepare import prepare
+
+    d = run.cfg.data
+    prepare(
+        source,
+        run.tokenizer,
+        out,
+        fmt=d.format,
+        template=d.template,
+        max_length=d.max_length,
+        skip_invalid=d.skip_invalid,
+        tokenizer_name=run.cfg.model.base,
+    )
+    return out
+
+
+def split_indices(n: int, parts: int, seed: int) -> list[list[int]]:
+    """A seeded permutation of ``range(n)`` cut into ``parts`` near-equal parts (sorted within each part)."""
+    import numpy as np
+
+    perm = np.random.default_rng(seed).permutation(n)
+    return [sorted(int(i) for i in chunk) for chunk in np.array_split(perm, parts)]
+
+
+def subset(prepared: Path, indices: list[int], out: Path, note: str) -> Path:
+    """Write rows ``indices`` of a prepared dataset as a prepared dataset of its own (atomic, cached)."""
+    import datasets
+
+    if (out / "manifest.json").exists():
+        return out
+    ds = datasets.load_from_disk(str(prepared))
+    parent = read_json(prepared / "manifest.json")
+    sub = ds.select(indices)
+    manifest = dict(
+        parent,
+        parent=str(prepared.resolve()),
+        subset=note,
+        n_rows=len(indices),
+        tokens={"total": int(sum(sub["length"])), "trained": int(sum(sub["n_trained"]))},
+    )
+    with atomic_dir(out) as tmp:
+        sub.save_to_disk(str(tmp))
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def train_stage(
+    run: Run, data: Path, out: Path, init_adapter: Path | None = None, epochs: int | None = None
+) -> Path:
+    """LoRA-train the base on ``data`` (prepared or cleaned); returns the adapter directory."""
+    import dataclasses
+
+    from tokenclean.training import train
+
+    cfg = run.cfg.train if epochs is None else dataclasses.replace(run.cfg.train, epochs=epochs)
+    if not (out / "done.json").exists():
+        train(
+            str(data),
+            run.cfg.model.base,
+            str(out),
+            cfg=cfg,
+            init_adapter=str(init_adapter) if init_adapter else None,
+        )
+    return out / "adapter"
+
+
+def score_stage(
+    run: Run,
+    data: Path,
+    out: Path,
+    adapter: Path | None = None,
+    reference: str | None = None,
+    base_adapter: Path | None = None,
+) -> Path:
+    """Score ``data``: base (optionally itself base + ``base_adapter``) vs the reference (an adapter on the
+    base, scored from one loaded model, or an external model)."""
+    from tokenclean.scoring import score_dataset
+
+    if not (out / "manifest.json").exists():
+        kwargs: dict[str, Any] = {}
+        if base_adapter is not None:
+            kwargs["base_adapter"] = str(base_adapter)
+        score_dataset(
+            str(data),
+            run.cfg.model.base,
+            reference=reference,
+            adapter=str(adapter) if adapter else None,
+            out=str(out),
+            dtype=run.cfg.scoring.dtype,
+            device=run.cfg.model.device,
+            batch_tokens=run.cfg.scoring.batch_tokens,
+            **kwargs,
+        )
+    return out
+
+
+def select_stage(run: Run, scores: Path, out: Path, level: str, ratio: float | None = None) -> Path:
+    from tokenclean.selection import select
+
+    if not (out / "manifest.json").exists():
+        select(
+            str(scores),
+            ratio if ratio is not None else run.cfg.selection.ratio,
+            level,
+            str(out),
+            seed=run.cfg.selection.seed,
+        )
+    return out
+
+
+def eval_stage(run: Run, name: str, adapter: Path | None, out: Path) -> dict[str, Any] | None:
+    """Evaluate base (+ adapter) with the configured suite; cached in ``out``."""
+    e = run.cfg.eval
+    if e.suite == "none":
+        return None
+    if out.exists():
+        return read_json(out)
+    from tokenclean.evaluation import evaluate
+
+    heldout = run.root / "data" / "heldout"
+    res = evaluate(
+        run.cfg.model.base,
+        adapter=str(adapter) if adapter else None,
+        suite=e.suite,
+        tasks=list(e.tasks) or None,
+        heldout=str(heldout) if heldout.exists() else None,
+        data_dir=e.data_dir,
+        limit=e.limit,
+        out=str(out),
+    )
+    log.info("eval %s: %s", name, res.get("average"))
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ shared
+
+
+def prepare_pool(run: Run) -> Path:
+    """The prepared pool (and held-out set), generated first when the config asks for a synthetic pool."""
+    out = run.root / "data" / "pool"
+    d = run.cfg.data
+    source, heldout = d.path, d.heldout
+    if d.synthetic is not None:
+        from tokenclean.groundtruth.generator import generate_pool
+
+        gen = run.root / "data" / "source"
+        if not (gen / "facts.json").exists():
+            generate_pool(d.synthetic, gen)
+        source, heldout = str(gen / "pool.jsonl"), str(gen / "test.jsonl")
+    prepare_file(run, source, out)
+    if heldout:
+        prepare_file(run, heldout, run.root / "data" / "heldout")
+    return out
+
+
+def pool_splits(run: Run) -> list[Path]:
+    """The T+1 seeded, equal splits of the pool (split 0 trains the warm-up reference)."""
+    import datasets
+
+    pool = prepare_pool(run)
+    parts = run.cfg.self_evolving.rounds + 1
+    n = len(datasets.load_from_disk(str(pool)))
+    idx = split_indices(n, parts, run.cfg.selection.seed)
+    return [
+        subset(pool, ix, run.root / "data" / f"split_{i}", f"split {i} of {parts}")
+        for i, ix in enumerate(idx)
+    ]
+
+
+def warmup_adapter(run: Run) -> Path:
+    """Base + LoRA trained on split 0 with all tokens: the fixed-model reference, reference_1 of
+    self-evolving cleaning and the DS2 baseline."""
+    split0 = pool_splits(run)[0]
+    return train_stage(run, split0, run.root / "warmup", epochs=run.cfg.warmup.epochs)
