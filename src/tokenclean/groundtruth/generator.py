@@ -184,6 +184,7 @@ def generate_pool(cfg: PoolConfig, out_dir: str | Path) -> dict[str, Any]:
             if rng.random() < cfg.noise_rate:
                 noise = "wrong_fact" if rng.random() < cfg.wrong_fact_share else "gibberish"
             others = [f["object"] for f in facts if f["relation"] == fact["relation"] and f is not fact]
+            others = others or [f["object"] for f in facts if f is not fact]
             row = _sample(fact, rng, noise, str(rng.choice(others)))
             row.update(id=f"f{i:03d}-r{r}", fact=i, noise=noise or "none")
             rows.append(row)
