@@ -1,0 +1,93 @@
+"""Resumable checkpoints: OUT/checkpoint/ holds the last one, written atomically.
+
+Contents: ``adapter/`` (the LoRA weights in PEFT format, usable on their own), ``optimizer.pt``,
+``scheduler.pt``, ``rng.pt`` (torch CPU and CUDA generators, Python's and NumPy's global state) and
+``state.json`` (optimizer step = data position, token counters, elapsed seconds, the run identity).
+Restoring them and continuing gives the same adapter as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tokenclean.errors import ConfigError
+from tokenclean.utils import atomic_dir, read_json, write_json_atomic
+
+CHECKPOINT = "checkpoint"
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state(legacy=False)
+    assert isinstance(np_state, dict)
+    np_state["state"]["key"] = np_state["state"]["key"].tolist()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": np_state,
+    }
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    random.setstate(s["python"])
+    np_state = s["numpy"]
+    np_state["state"]["key"] = np.asarray(np_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(np_state)
+
+
+def save_checkpoint(out: Path, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> None:
+    """Write OUT/checkpoint atomically (the previous one is replaced only once this one is complete)."""
+    with atomic_dir(out / CHECKPOINT) as tmp:
+        model.save_pretrained(str(tmp / "adapter"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(_rng_state(), tmp / "rng.pt")
+        write_json_atomic(tmp / "state.json", state)
+
+
+def read_checkpoint_state(out: Path) -> dict[str, Any] | None:
+    p = out / CHECKPOINT / "state.json"
+    return read_json(p) if p.exists() else None
+
+
+def check_same_run(saved: dict[str, Any], current: dict[str, Any], what: str) -> None:
+    """Raise :class:`ConfigError` naming every setting that differs between a saved and the current run."""
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        if key == "config":
+            for k in sorted(set(saved[key]) | set(current[key])):
+                if saved[key].get(k) != current[key].get(k):
+                    diffs.append(f"train.{k}: {saved[key].get(k)!r} -> {current[key].get(k)!r}")
+        elif saved.get(key) != current.get(key):
+            diffs.append(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}")
+    if diffs:
+        raise ConfigError(
+            f"{what} was written by a different run ({'; '.join(diffs)}); use another --out or delete it"
+        )
+
+
+def load_checkpoint(out: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and RNG states from OUT/checkpoint; return its state.json."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    d = out / CHECKPOINT
+    weights = load_file(str(d / "adapter" / "adapter_model.safetensors"))
+    res: Any = set_peft_model_state_dict(model, weights)
+    missing = [k for k in res.missing_keys if "lora_" in k]
+    if res.unexpected_keys or missing:
+        raise ConfigError(
+            f"{d}: adapter does not fit the model (missing {missing[:3]}, unexpected {res.unexpected_keys[:3]})"
+        )
+    optimizer.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(d / "scheduler.pt", weights_only=True))
+    _set_rng_state(torch.load(d / "rng.pt", weights_only=False))
+    return read_json(d / "state.json")
