@@ -135,4 +135,7 @@ def _load_extensions() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run through the imported module so that extension modules register into the same COMMANDS
+    from tokenclean.cli import main as _main
+
+    sys.exit(_main())
