@@ -1,0 +1,99 @@
+"""Cleaned data trains one step with the Hugging Face Trainer, as written (no conversion)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tokenclean import IGNORE_INDEX
+from tokenclean.selection import select
+from tokenclean.selection.synthetic import write_score_store
+
+
+@pytest.fixture()
+def cleaned_dir(tmp_path: Path, tiny_tok: Any, tiny_tok_dir: Path) -> Path:
+    from tokenclean.data.prepare import prepare
+
+    prep = tmp_path / "prep"
+    prepare(
+        "builtin:sample", tiny_tok, prep, template="tulu", max_length=256, tokenizer_name=str(tiny_tok_dir)
+    )
+    store = write_score_store(tmp_path / "scores", prep, seed=0)
+    st = select(store, 0.6, "global", tmp_path / "clean")
+    assert 0 < st["kept_tokens"] < st["total_response_tokens"]
+    return tmp_path / "clean"
+
+
+def pad_collator(pad_id: int):
+    """Right-pad input_ids with the pad id, attention_mask with 0 and labels with -100."""
+    import torch
+
+    def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        width = max(len(r["input_ids"]) for r in rows)
+        out = {}
+        for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("labels", IGNORE_INDEX)):
+            out[key] = torch.tensor(
+                [list(r[key]) + [fill] * (width - len(r[key])) for r in rows], dtype=torch.long
+            )
+        return out
+
+    return collate
+
+
+def test_cleaned_data_trains_one_step_with_hf_trainer(
+    cleaned_dir: Path, tiny_model_dir: Path, tiny_tok: Any, tmp_path: Path
+) -> None:
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    ds = datasets.load_from_disk(str(cleaned_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "trainer"),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=ds, data_collator=pad_collator(tiny_tok.pad_token_id)
+    )
+    result = trainer.train()
+    assert math.isfinite(result.training_loss) and result.training_loss > 0
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])]
+    assert len(changed) == len(before)  # every trained weight moved
+
+
+def test_trainer_loss_counts_only_kept_tokens(cleaned_dir: Path, tiny_model_dir: Path, tiny_tok: Any) -> None:
+    """The model's loss on a cleaned batch equals the mean over kept tokens (HF shifts labels itself)."""
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ds = datasets.load_from_disk(str(cleaned_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+
+    # a sample that keeps some of its response tokens and drops others
+    def n_trained(labels: list[int]) -> int:
+        return sum(x != IGNORE_INDEX for x in labels)
+
+    row = next(r for r in ds if 0 < n_trained(r["labels"]) < n_trained(r["response_labels"]))
+    n_resp = n_trained(row["response_labels"])
+    batch = pad_collator(tiny_tok.pad_token_id)([row])
+    with torch.no_grad():
+        out = model(**batch)
+        logp = torch.log_softmax(out.logits[0].float(), dim=-1)  # (T, V)
+    labels = torch.tensor(row["labels"])
+    kept = torch.nonzero(labels != IGNORE_INDEX).flatten()  # positions j >= 1 of kept tokens
+    naive = -logp[kept - 1, labels[kept]].mean()  # loss(j) from the logits at j - 1
+    assert torch.allclose(out.loss, naive, atol=1e-5)
+    assert 0 < kept.numel() < n_resp
