@@ -1,0 +1,223 @@
+"""``build_report``: one or more run directories -> tables (Markdown, CSV, JSON), figures (PNG, SVG) and the
+self-contained HTML page, all rebuilt from what the runs wrote to disk.
+
+Output directory (default ``RUN_DIR/report`` for one run; required for several)::
+
+    index.html               the page (tables, figures, highlighted samples; opens from disk, offline)
+    report.md                every table in Markdown, with links to the figures
+    tables/NAME.{md,csv,json} results (Table 1 layout), recovery, heldout, rounds (Table 2), sweep
+    figures/sweep.*, rounds.*, scatter_VIEW.*, hist_VIEW.*   (PNG and SVG)
+    manifest.json            stage "report", the runs, settings, versions
+
+The directory is written atomically (a crash leaves the previous report), and only a directory that is
+empty or holds an earlier report is ever replaced.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenclean.errors import ConfigError, TokencleanError
+from tokenclean.report import html as page
+from tokenclean.report import plots, tables
+from tokenclean.report.runs import Merged, View, load_run, merge
+from tokenclean.report.tokens import SampleTokens, load_samples, load_token_arrays, tokenizer_name
+from tokenclean.utils import atomic_dir, get_logger, package_versions, read_json
+
+log = get_logger("report")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Settings of the report."""
+
+    samples: int = 8  # samples shown per method/round in the page
+    max_tokens: int = 2048  # tokens shown per sample (the rest is counted, not shown)
+    scatter_points: int = 20_000  # points per loss scatter (deterministic subsample)
+    seed: int = 0  # seed of the scatter subsample
+    formats: tuple[str, ...] = ("png", "svg")  # figure formats
+    html: bool = True  # write index.html
+
+
+def _check_out(out: Path) -> None:
+    """Refuse to replace a directory that is neither empty nor an earlier report."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a directory")
+    if any(out.iterdir()):
+        m = out / "manifest.json"
+        try:
+            ok = m.is_file() and read_json(m).get("stage") == "report"
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"--out {out}: not empty and not an earlier report; refusing to replace it")
+
+
+def _write_tables(ts: Sequence[tables.Table], d: Path) -> None:
+    (d / "tables").mkdir(parents=True, exist_ok=True)
+    for t in ts:
+        (d / "tables" / f"{t.name}.md").write_text(tables.to_markdown(t))
+        (d / "tables" / f"{t.name}.csv").write_text(tables.to_csv(t))
+        (d / "tables" / f"{t.name}.json").write_text(json.dumps(tables.to_json(t), indent=2) + "\n")
+
+
+def _line_figures(m: Merged, d: Path, cfg: ReportConfig) -> list[page.Figure]:
+    figs = []
+    for name, entries, x, xlabel, title in (
+        ("sweep", m.sweep, "ratio", "token proportion k", "Token-proportion sweep (paper Fig. 2)"),
+        ("rounds", m.rounds, "round", "round", "Self-evolving cleaning per round (paper Tab. 2)"),
+    ):
+        entries = [e for e in entries if (e.get("eval") or e.get("heldout")) and e.get(x) is not None]
+        cols = tables.mixed_columns(entries)
+        series: dict[str, list[tuple[float, dict[str, float | None]]]] = {}
+        for e in entries:
+            key = str(e.get("method") if name == "sweep" else e.get("key"))
+            series.setdefault(tables.method_label(key), []).append(
+                (float(e[x]), tables.entry_values(e, cols)[0])
+            )
+        if plots.plot_lines(series, cols, d / "figures" / name, xlabel, title, cfg.formats, name == "rounds"):
+            figs.append(page.Figure(d / "figures" / f"{name}.png", title))
+    return figs
+
+
+def _view_figures(m: Merged, d: Path, cfg: ReportConfig, notices: list[str]) -> list[page.Figure]:
+    figs = []
+    for v in m.views:
+        try:
+            arr = load_token_arrays(v)
+        except TokencleanError as e:
+            notices.append(f"{v.label}: no token figures: {e}")
+            log.warning("%s: no token figures: %s", v.label, e)
+            continue
+        title = tables.method_label(v.key) + ("" if v.round is None else f", round {v.round}")
+        stem = d / "figures" / f"scatter_{v.slug}"
+        if plots.plot_scatter(arr, stem, title, cfg.scatter_points, cfg.seed, cfg.formats):
+            figs.append(
+                page.Figure(
+                    stem.with_suffix(".png"), f"Base vs reference loss per token: {title}", v.key, v.round
+                )
+            )
+        stem = d / "figures" / f"hist_{v.slug}"
+        if plots.plot_hist(arr, stem, f"Scores: {title}", formats=cfg.formats):
+            figs.append(page.Figure(stem.with_suffix(".png"), f"Score histogram: {title}", v.key, v.round))
+    return figs
+
+
+def _tokenizer_for(v: View, given: Any, cache: dict[str, Any]) -> Any:
+    if given is not None and not isinstance(given, str):
+        return given
+    name = given or tokenizer_name(v)
+    if name is None:
+        raise ConfigError(f"{v.label}: no tokenizer named in the manifests or summary.json; pass --tokenizer")
+    if name not in cache:
+        from tokenclean.models.loader import load_tokenizer
+
+        cache[name] = load_tokenizer(name)
+    return cache[name]
+
+
+def _samples(m: Merged, cfg: ReportConfig, tokenizer: Any, notices: list[str]) -> list[SampleTokens]:
+    out: list[SampleTokens] = []
+    preferred: list[str] = []
+    cache: dict[str, Any] = {}
+    for v in m.views:
+        if v.cleaned is None:
+            continue
+        try:
+            tok = _tokenizer_for(v, tokenizer, cache)
+            got = load_samples(v, tok, cfg.samples, preferred, cfg.max_tokens)
+        except TokencleanError as e:
+            notices.append(f"{v.label}: no samples: {e}")
+            log.warning("%s: no samples: %s", v.label, e)
+            continue
+        if not preferred:
+            preferred = [s.sample_id for s in got]  # show the same samples across methods where possible
+        out += got
+    return out
+
+
+def _markdown(
+    title: str, ts: Sequence[tables.Table], figs: Sequence[page.Figure], d: Path, notices: Sequence[str]
+) -> str:
+    parts = [f"# {title}", ""]
+    parts += [tables.to_markdown(t) for t in ts] or ["No results in summary.json.\n"]
+    if figs:
+        parts += ["### Figures", ""]
+        parts += [f"![{f.caption}]({f.path.relative_to(d).as_posix()})" for f in figs]
+    if notices:
+        parts += ["", "### Notices", "", *(f"- {n}" for n in notices)]
+    return "\n".join(parts) + "\n"
+
+
+def build_report(
+    run_dirs: str | Path | Sequence[str | Path],
+    out: str | Path | None = None,
+    tokenizer: Any = None,
+    cfg: ReportConfig | None = None,
+) -> dict[str, Path]:
+    """Write the report of one or more runs; return ``{relative name: path}`` of every file written.
+
+    ``tokenizer``: a tokenizer object or name used to decode samples (default: the one each run's prepared
+    manifest names, else the run's model).
+    """
+    cfg = cfg or ReportConfig()
+    dirs = [run_dirs] if isinstance(run_dirs, str | Path) else list(run_dirs)
+    if not dirs:
+        raise ConfigError("report: give at least one run directory")
+    runs = [load_run(d) for d in dirs]
+    if out is None and len(runs) > 1:
+        raise ConfigError("report: several run directories need --out DIR for the merged report")
+    out = Path(out) if out is not None else runs[0].dir / "report"
+    _check_out(out)
+    m = merge(runs)
+    ts = [
+        t
+        for t in (
+            tables.results_table(m.methods),
+            tables.recovery_table(m.methods),
+            tables.heldout_table(m.methods),
+            tables.rounds_table(m.rounds),
+            tables.sweep_table(m.sweep),
+        )
+        if t is not None
+    ]
+    title = "tokenclean report: " + ", ".join(r.name for r in runs)
+    notices: list[str] = []
+    with atomic_dir(out) as tmp:
+        _write_tables(ts, tmp)
+        figs = _line_figures(m, tmp, cfg) + _view_figures(m, tmp, cfg, notices)
+        samples = _samples(m, cfg, tokenizer, notices) if cfg.html else []
+        (tmp / "report.md").write_text(_markdown(title, ts, figs, tmp, notices))
+        if cfg.html:
+            meta = [
+                {
+                    "run": r.name,
+                    "pipeline": r.summary.get("pipeline"),
+                    "model": r.summary.get("model"),
+                    "ratio": r.summary.get("ratio"),
+                    "dir": str(r.dir),
+                }
+                for r in runs
+            ]
+            (tmp / "index.html").write_text(
+                page.render_page(title, meta, ts, figs, samples, notices), encoding="utf-8"
+            )
+        manifest = {
+            "stage": "report",
+            "runs": [str(r.dir.resolve()) for r in runs],
+            "config": asdict(cfg),
+            "tables": [t.name for t in ts],
+            "figures": [f.path.stem for f in figs],
+            "samples": len(samples) if cfg.html else 0,
+            "notices": notices,
+            "versions": package_versions(),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        names = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+    return {n: out / n for n in names}

@@ -1,0 +1,210 @@
+"""Reading run directories (``RUN_DIR/summary.json``) and merging several runs into one report's data.
+
+A run's ``summary.json`` (written by the pipelines)::
+
+    {"pipeline": str, "name": str, "model": str, "ratio": float,
+     "methods": {METHOD: {"adapter", "cleaned", "scores": rel path|null, "round": int|null,
+                          "eval": {"tasks": {TASK: {"metric", "value", "n", "shots"}}, "average"}|null,
+                          "recovery": {"precision", "recall", "auroc", "noise_rate_kept", "noise_rate_all"}|null,
+                          "heldout": {"loss", "exact_match"}|null}},
+     "rounds": [{"round", "scores", "cleaned", "adapter", "eval"|null, "heldout"|null}],
+     "sweep": [{"ratio", "method", "eval"|null, "heldout"|null}]}
+
+Paths are relative to the run directory (absolute paths are accepted). Merging several runs keeps every
+method; a method name that occurs in more than one run is prefixed with its run's name (``runA/full``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tokenclean.errors import DataError
+from tokenclean.report.tables import method_order
+from tokenclean.utils import read_json
+
+
+@dataclass(frozen=True)
+class View:
+    """One selection whose tokens the report can show: a method's cleaned set, or one self-evolving round."""
+
+    key: str  # method key in the merged report (maybe run-prefixed)
+    round: int | None
+    run: str
+    run_dir: Path
+    scores: Path | None
+    cleaned: Path | None
+    model: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.key if self.round is None else f"{self.key} round {self.round}"
+
+    @property
+    def slug(self) -> str:
+        s = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in self.key)
+        return s if self.round is None else f"{s}_round{self.round}"
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    dir: Path
+    summary: dict[str, Any]
+
+
+@dataclass
+class Merged:
+    """Everything the tables, plots and page need, from one or more runs."""
+
+    runs: list[Run]
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> entry (+ "run", "method")
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # entries + "key" (the pipeline's method key)
+    sweep: list[dict[str, Any]] = field(default_factory=list)  # entries with "method" already merged
+    views: list[View] = field(default_factory=list)
+
+
+def _check_number(v: Any, where: str) -> None:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+        raise DataError(where, f"expected a number or null, got {v!r}")
+
+
+def _check_eval(ev: Any, where: str) -> None:
+    if ev is None:
+        return
+    if not isinstance(ev, dict) or not isinstance(ev.get("tasks", {}), dict):
+        raise DataError(where, "expected {'tasks': {TASK: {...}}, 'average': float} or null")
+    for task, t in ev.get("tasks", {}).items():
+        if not isinstance(t, dict) or "value" not in t:
+            raise DataError(f"{where}.tasks.{task}", "expected {'metric', 'value', 'n', 'shots'}")
+        _check_number(t["value"], f"{where}.tasks.{task}.value")
+    _check_number(ev.get("average"), f"{where}.average")
+
+
+def _check_flat(d: Any, where: str) -> None:
+    if d is None:
+        return
+    if not isinstance(d, dict):
+        raise DataError(where, f"expected a mapping or null, got {d!r}")
+    for k, v in d.items():
+        _check_number(v, f"{where}.{k}")
+
+
+def _check_entry(e: Any, where: str) -> None:
+    if not isinstance(e, dict):
+        raise DataError(where, f"expected a mapping, got {e!r}")
+    for k in ("adapter", "cleaned", "scores"):
+        if e.get(k) is not None and not isinstance(e[k], str):
+            raise DataError(f"{where}.{k}", f"expected a path or null, got {e[k]!r}")
+    _check_eval(e.get("eval"), f"{where}.eval")
+    _check_flat(e.get("recovery"), f"{where}.recovery")
+    _check_flat(e.get("heldout"), f"{where}.heldout")
+
+
+def validate_summary(s: Any, path: str) -> dict[str, Any]:
+    """Check the parts of ``summary.json`` the report reads; errors name ``FILE: key.path``."""
+    if not isinstance(s, dict):
+        raise DataError(path, "expected a JSON object")
+    methods = s.get("methods", {})
+    if not isinstance(methods, dict):
+        raise DataError(f"{path}: methods", "expected a mapping METHOD -> entry")
+    for m, e in methods.items():
+        _check_entry(e, f"{path}: methods.{m}")
+    for name in ("rounds", "sweep"):
+        items = s.get(name) or []
+        if not isinstance(items, list):
+            raise DataError(f"{path}: {name}", "expected a list")
+        for i, e in enumerate(items):
+            _check_entry(e, f"{path}: {name}[{i}]")
+            key = "round" if name == "rounds" else "ratio"
+            _check_number(e.get(key), f"{path}: {name}[{i}].{key}")
+    return s
+
+
+def load_run(run_dir: str | Path) -> Run:
+    d = Path(run_dir)
+    path = d / "summary.json"
+    if not path.is_file():
+        raise DataError(
+            str(path), "no summary.json: not a tokenclean run directory (or the run has not finished)"
+        )
+    try:
+        s = read_json(path)
+    except ValueError as e:
+        raise DataError(str(path), f"invalid JSON: {e}") from None
+    s = validate_summary(s, str(path))
+    return Run(name=str(s.get("name") or d.resolve().name), dir=d, summary=s)
+
+
+def resolve(run_dir: Path, rel: str | None) -> Path | None:
+    """A summary path (relative to the run directory, or absolute) as a Path; None stays None."""
+    if rel is None:
+        return None
+    p = Path(rel)
+    return p if p.is_absolute() else run_dir / p
+
+
+def _keys(runs: list[Run]) -> dict[tuple[int, str], str]:
+    """Method key per (run index, method): the bare name, or ``run/name`` where runs share a name."""
+    count: dict[str, int] = {}
+    for r in runs:
+        for m in r.summary.get("methods", {}):
+            count[m] = count.get(m, 0) + 1
+    names = [r.name for r in runs]
+    out = {}
+    for i, r in enumerate(runs):
+        prefix = r.name if names.count(r.name) == 1 else f"{r.name}#{i}"
+        for m in r.summary.get("methods", {}):
+            out[(i, m)] = m if count[m] == 1 else f"{prefix}/{m}"
+    return out
+
+
+def _round_key(s: dict[str, Any], keys: dict[str, str], run: str, multi: bool) -> str:
+    """The method the rounds belong to: the one whose entry names a round, else ``self_evolving``."""
+    methods = s.get("methods", {})
+    with_round = [m for m, e in methods.items() if e.get("round") is not None]
+    if with_round:
+        return keys[with_round[0]]
+    return keys.get("self_evolving", f"{run}/self_evolving" if multi else "self_evolving")
+
+
+def merge(runs: list[Run]) -> Merged:
+    """Merge runs' methods, rounds, sweeps and the views with tokens to show."""
+    merged = Merged(runs=runs)
+    keys = _keys(runs)
+    for i, r in enumerate(runs):
+        s, model = r.summary, r.summary.get("model")
+        seen_cleaned: set[Path] = set()
+        for m, e in s.get("methods", {}).items():
+            k = keys[(i, m)]
+            merged.methods[k] = dict(e, run=r.name, method=m)
+            cleaned = resolve(r.dir, e.get("cleaned"))
+            if cleaned is not None or e.get("scores"):
+                merged.views.append(
+                    View(k, e.get("round"), r.name, r.dir, resolve(r.dir, e.get("scores")), cleaned, model)
+                )
+                if cleaned is not None:
+                    seen_cleaned.add(cleaned)
+        round_key = _round_key(s, {m: keys[(i, m)] for m in s.get("methods", {})}, r.name, len(runs) > 1)
+        for e in s.get("rounds") or []:
+            merged.rounds.append(dict(e, key=round_key, run=r.name))
+            cleaned = resolve(r.dir, e.get("cleaned"))
+            if (cleaned is not None or e.get("scores")) and cleaned not in seen_cleaned:
+                merged.views.append(
+                    View(
+                        round_key,
+                        e.get("round"),
+                        r.name,
+                        r.dir,
+                        resolve(r.dir, e.get("scores")),
+                        cleaned,
+                        model,
+                    )
+                )
+        for e in s.get("sweep") or []:
+            m = str(e.get("method"))
+            merged.sweep.append(dict(e, method=keys.get((i, m), m), run=r.name))
+    order = {k: i for i, k in enumerate(method_order(list(merged.methods) + [v.key for v in merged.views]))}
+    merged.views.sort(key=lambda v: (order[v.key], -1 if v.round is None else v.round))
+    return merged
