@@ -28,7 +28,7 @@ import numpy as np
 
 from tokenclean import IGNORE_INDEX
 from tokenclean.errors import ConfigError, DataError
-from tokenclean.selection.masks import LEVELS, global_ranking, keep_mask, ratio_fraction
+from tokenclean.selection.masks import LEVELS, keep_mask, ratio_fraction
 from tokenclean.selection.stats import kept_per_sample, selection_stats
 from tokenclean.selection.table import TokenTable, load_token_table, resolve_prepared_dir
 from tokenclean.utils import (
@@ -73,7 +73,7 @@ def position_labels(table: TokenTable, keep: np.ndarray) -> np.ndarray:
     return out
 
 
-def _list_array(values: np.ndarray, lengths: np.ndarray) -> Any:
+def list_array(values: np.ndarray, lengths: np.ndarray) -> Any:
     """A list column from flat values and row lengths, chunked so no chunk overflows int32 offsets."""
     import pyarrow as pa
 
@@ -107,12 +107,12 @@ def cleaned_arrow(table: TokenTable, keep: np.ndarray) -> tuple[Any, np.ndarray]
     ones = np.ones(int(lens.sum()), dtype=np.int8)
     cols = {
         "sample_id": pa.array(table.sample_ids[kept_rows].tolist(), type=pa.string()),
-        "input_ids": _list_array(table.input_ids[pos_rows], lens),
-        "attention_mask": _list_array(ones, lens),
-        "labels": _list_array(new_labels[pos_rows], lens),
-        "response_labels": _list_array(table.labels[pos_rows], lens),
-        "score": _list_array(table.score[pos_rows], lens),
-        "completion_mask": _list_array((new_labels[pos_rows] != IGNORE_INDEX).astype(np.int8), lens),
+        "input_ids": list_array(table.input_ids[pos_rows], lens),
+        "attention_mask": list_array(ones, lens),
+        "labels": list_array(new_labels[pos_rows], lens),
+        "response_labels": list_array(table.labels[pos_rows], lens),
+        "score": list_array(table.score[pos_rows], lens),
+        "completion_mask": list_array((new_labels[pos_rows] != IGNORE_INDEX).astype(np.int8), lens),
     }
     return pa.table(cols, schema=cleaned_features().arrow_schema), kept_rows
 
@@ -267,8 +267,8 @@ def select_many(
     column: str = "score",
     force: bool = False,
 ) -> list[dict[str, Any]]:
-    """Score once, select many: one cleaned dataset per ratio, loading the data and (for ``global``)
-    sorting the scores only once. Masks of a global sweep are nested (a larger K keeps a superset)."""
+    """Score once, select many: one cleaned dataset per ratio from one load of the store and the data.
+    Masks of a global sweep are nested (a larger K keeps a superset)."""
     if len(ratios) != len(outs):
         raise ConfigError(f"ratios/outs: {len(ratios)} ratios but {len(outs)} output directories")
     t0 = time.time()
@@ -291,15 +291,11 @@ def select_many(
         return [j[3] for j in jobs]  # type: ignore[misc]
     table = load_token_table(scores_dir, prep, column)
     scores, offsets = table.response_scores, table.response_offsets
-    ranking = global_ranking(scores) if level == "global" and len(jobs) > 1 else None
     results = []
     for settings, key, out, reused in jobs:
         if reused is not None:
             results.append(reused)
             continue
-        if ranking is not None and settings["ratio"] is not None:
-            keep = ranking.mask(settings["ratio"])
-        else:
-            keep = keep_mask(level, scores, offsets, settings["ratio"], seed, threshold)
+        keep = keep_mask(level, scores, offsets, settings["ratio"], seed, threshold)  # O(N) for global
         results.append(_select_one(table, keep, settings, inputs, key, out, t0))
     return results

@@ -86,7 +86,10 @@ def select_global(scores: np.ndarray, ratio: float) -> np.ndarray:
     k = min(ratio_count(ratio, s.size), int(s.size - np.count_nonzero(np.isnan(s))))
     if k <= 0:
         return np.zeros(s.size, dtype=bool)
-    cut = -np.partition(-s, k - 1)[k - 1]  # the k-th largest score; -NaN is NaN and partitions last
+    neg = -s  # (N,) the one working copy; -NaN is NaN, which partitions last
+    neg.partition(k - 1)  # in place
+    cut = -neg[k - 1]  # the k-th largest score
+    del neg
     keep = s > cut  # (N,) strictly above the cut: fewer than k of them
     need = k - int(np.count_nonzero(keep))
     ties = np.flatnonzero(s == cut)[:need]  # ascending flat index = (sample, position) order
@@ -168,11 +171,9 @@ def select_threshold(scores: np.ndarray, value: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GlobalRanking:
-    """The full global order, computed once, for cheap masks at many ratios (sweeps).
-
-    ``rank[t]`` is token ``t``'s place in the order (score descending, then flat index ascending; NaN
-    last). ``mask(K)`` equals ``select_global(scores, K)`` and masks are nested: a larger K keeps a superset.
-    """
+    """The full global order: ``rank[t]`` is token ``t``'s place (score descending, then flat index
+    ascending; NaN last). ``mask(K)`` equals ``select_global(scores, K)``: this is its plain twin (one stable
+    O(N log N) sort), and gives every token's rank when a report needs it."""
 
     rank: np.ndarray  # (N,) int64
     n_scored: int  # tokens with a non-NaN score
@@ -183,7 +184,7 @@ class GlobalRanking:
 
 
 def global_ranking(scores: np.ndarray) -> GlobalRanking:
-    """Sort once (stable, O(N log N)); see :class:`GlobalRanking`."""
+    """One stable sort of the whole array; see :class:`GlobalRanking`."""
     s = np.asarray(scores)
     order = np.argsort(-s, kind="stable")  # (N,) NaN sorts last
     rank = np.empty(s.size, dtype=np.int64)
@@ -218,6 +219,10 @@ def keep_mask(
 
 
 def global_masks(scores: np.ndarray, ratios: Sequence[float]) -> dict[float, np.ndarray]:
-    """Masks for several ratios from one global sort (score once, select many)."""
-    ranking = global_ranking(scores)
-    return {float(r): ranking.mask(r) for r in ratios}
+    """Masks for several ratios of one score array (a sweep: score once, select many).
+
+    One O(N) :func:`select_global` per ratio, which is faster than one full sort for a handful of ratios;
+    the masks are nested (a larger K keeps a superset) because every ratio uses the same tie rule.
+    """
+    s = np.asarray(scores)
+    return {float(r): select_global(s, r) for r in ratios}
