@@ -213,3 +213,44 @@ def make_tiny_llama(
         model.save_pretrained(str(out_dir), safe_serialization=True)
         tokenizer.save_pretrained(str(out_dir))
     return model
+
+
+def make_lora_adapter(
+    model: Any,
+    out_dir: str | Path,
+    base: str | None = None,
+    seed: int = 0,
+    rank: int = 8,
+    std: float = 0.05,
+    targets: Any = None,
+) -> Path:
+    """Save a random (non-zero) LoRA adapter for ``model`` to ``out_dir``: a stand-in for a fine-tuned
+    reference (``model`` is left unchanged). ``base`` is written as the adapter's
+    ``base_model_name_or_path``; ``targets`` defaults to every attention and MLP projection."""
+    import copy
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        lora_dropout=0.0,
+        target_modules=targets
+        or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        init_lora_weights=False,
+    )
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(copy.deepcopy(model), cfg)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, std)
+    peft_model.save_pretrained(str(out_dir))
+    if base is not None:
+        cfg_path = Path(out_dir) / "adapter_config.json"
+        saved = json.loads(cfg_path.read_text())
+        saved["base_model_name_or_path"] = str(base)
+        cfg_path.write_text(json.dumps(saved, indent=2))
+    return Path(out_dir)

@@ -9,16 +9,18 @@ conversion is atomic, so a crash never leaves a half-written model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tokenclean.errors import ModelError
-from tokenclean.utils import atomic_dir, get_logger
+from tokenclean.utils import atomic_dir, get_logger, sha256_file, write_json_atomic
 
 log = get_logger("models")
 
@@ -200,3 +202,100 @@ def check_same_tokenizer(a: Any, b: Any, what: str = "base and reference") -> No
         f"{ib['name']}: vocab {ib['vocab_size']}, eos {ib['eos_token']!r}); first differing entries: {diff}. "
         "Token Cleaning compares per-token losses, so both models must share one tokenizer."
     )
+
+
+# --- adapters on one loaded model, model identity -------------------------------------------------------
+
+
+@contextlib.contextmanager
+def adapter_disabled(model: Any) -> Iterator[Any]:
+    """Run the block with a PEFT model's adapters switched off (the plain base), restored afterwards.
+
+    Exactly the base model's function: PEFT's LoRA layers skip their update while disabled (tested against
+    a separately loaded base)."""
+    if not hasattr(model, "disable_adapter"):
+        raise ModelError(f"{type(model).__name__} has no PEFT adapter to disable")
+    with model.disable_adapter():
+        yield model
+
+
+def same_model_source(a: ModelSpec, b: ModelSpec) -> bool:
+    """True when two specs name the same base weights (same resolved directory or Hub id and GGUF file)."""
+
+    def key(s: ModelSpec) -> tuple[str, str | None]:
+        p = Path(s.path)
+        return (str(p.resolve()) if p.exists() else s.path, s.gguf_file)
+
+    return key(a) == key(b)
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def _files_hash(files: list[Path], root: Path) -> str:
+    """SHA-256 over relative names and contents, memoised in the cache by (path, size, mtime)."""
+    memo_path = cache_dir() / "file-hashes.json"
+    try:
+        memo: dict[str, str] = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    h = hashlib.sha256()
+    changed = False
+    for f in sorted(files):
+        st = f.stat()
+        k = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if k not in memo:
+            memo[k], changed = sha256_file(f), True
+        h.update(str(f.relative_to(root)).encode())
+        h.update(memo[k].encode())
+    if changed:
+        with contextlib.suppress(OSError):
+            write_json_atomic(memo_path, memo)
+    return h.hexdigest()
+
+
+def weights_hash(spec: ModelSpec, model: Any = None) -> str:
+    """Identity hash of a model's config and weights: file contents for a local directory or GGUF file,
+    the Hub commit (``hub:<sha>``, from the loaded config) for a Hub id."""
+    root = Path(spec.path)
+    if root.is_dir():
+        if spec.gguf_file:
+            files = [root / spec.gguf_file]
+        else:
+            files = [p for p in root.iterdir() if p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json"]
+        return _files_hash(files, root)
+    commit = getattr(getattr(model, "config", None), "_commit_hash", None) or _hub_commit(spec.path)
+    return f"hub:{commit}" if commit else f"hub-name:{spec.path}"
+
+
+def _hub_commit(repo_id: str) -> str | None:
+    """The commit of a Hub model already in the local cache (no network), else None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # an invalid repo id or no huggingface_hub: no commit to report
+        return None
+    return Path(hit).parent.name if isinstance(hit, str) else None
+
+
+def adapter_hash(adapter: str) -> str:
+    """Identity hash of a PEFT adapter directory (its config and weights)."""
+    root = Path(adapter)
+    files = [p for p in root.iterdir() if p.name.startswith("adapter_")]
+    if not files:
+        raise ModelError(f"{adapter} holds no adapter_config.json / adapter_model.* files")
+    return _files_hash(files, root)
+
+
+def model_identity(spec: ModelSpec, model: Any = None) -> dict[str, Any]:
+    """``{name, path, gguf_file, hash, adapter, adapter_hash}`` for manifests: two runs with equal identities
+    used the same weights (files are hashed by content, so two models with one basename never collide)."""
+    return {
+        "name": spec.name,
+        "path": str(Path(spec.path).resolve()) if Path(spec.path).exists() else spec.path,
+        "gguf_file": spec.gguf_file,
+        "hash": weights_hash(spec, model),
+        "adapter": str(Path(spec.adapter).resolve()) if spec.adapter else None,
+        "adapter_hash": adapter_hash(spec.adapter) if spec.adapter else None,
+    }

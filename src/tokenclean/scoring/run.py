@@ -1,0 +1,269 @@
+"""``score_dataset``: prepared dataset + base (+ reference) -> score store (see :mod:`.store`).
+
+Order of work: resolve the models and the run key; return at once if ``out`` already holds this run;
+load the models (one model when the reference is an adapter on the base); check the engine against the
+full forward on one sample; score this process's missing chunks (length-bucketed batches, base and
+reference on the same batch); when every chunk is done, assemble the dataset and write the manifest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokenclean.alignment import scatter_to_positions
+from tokenclean.errors import ConfigError, DataError, ModelError
+from tokenclean.scoring import store
+from tokenclean.scoring.engine import (
+    DEFAULT_BATCH_TOKENS,
+    Sample,
+    SampleLosses,
+    batch_token_losses,
+    make_batches,
+    naive_token_losses,
+)
+from tokenclean.scoring.models import ModelPair, load_pair, pair_identities, resolve_pair
+from tokenclean.scoring.scorers import get_scorer
+from tokenclean.utils import get_logger, package_versions, read_json, sha256_json
+
+log = get_logger("scoring")
+
+DEFAULT_SHARD_SIZE = 256  # samples per chunk file
+SELF_CHECK_TOL = {"fp32": 1e-3}  # max |engine - full forward| allowed, nats; other dtypes: 0.25
+
+
+class PreparedData:
+    """Column access to a prepared dataset without Python lists of every token (Arrow -> numpy)."""
+
+    def __init__(self, prepared_dir: str | Path) -> None:
+        import datasets
+
+        self.dir = Path(prepared_dir).resolve()
+        if not (self.dir / "manifest.json").exists():
+            raise DataError(
+                str(self.dir), "not a prepared dataset (no manifest.json); run tokenclean prepare"
+            )
+        self.manifest = read_json(self.dir / "manifest.json")
+        self.ds = datasets.load_from_disk(str(self.dir)).with_format("arrow")
+        self.sample_ids: list[str] = self.ds[:]["sample_id"].to_pylist()
+        ids = self.ds[:]["input_ids"].combine_chunks()
+        self.lengths = np.diff(ids.offsets.to_numpy()).astype(np.int64)  # (n,)
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def samples(self, start: int, stop: int) -> list[Sample]:
+        tbl = self.ds[start:stop]
+        ids, labels = (tbl[c].combine_chunks() for c in ("input_ids", "labels"))
+        off, iv, lv = ids.offsets.to_numpy(), ids.values.to_numpy(), labels.values.to_numpy()
+        loff = labels.offsets.to_numpy()
+        return [
+            Sample(start + r, iv[off[r] : off[r + 1]], lv[loff[r] : loff[r + 1]]) for r in range(stop - start)
+        ]
+
+
+def _plan(models: dict[str, Any], **settings: Any) -> dict[str, Any]:
+    """What a run computes, plus ``run_key``, its hash: equal keys give bit-identical stores."""
+    plan = dict(models, **settings)
+    return dict(plan, run_key=sha256_json(plan))
+
+
+def _chunk_arrays(samples: list[Sample], results: dict[int, tuple[SampleLosses, SampleLosses | None]]) -> Any:
+    """Flat per-position arrays of a chunk: offsets (n+1,), base (sum T,), ref (sum T,)."""
+    lengths = [len(s.input_ids) for s in samples]
+    base, ref = [], []
+    for s in samples:
+        b, r = results[s.index]
+        base.append(scatter_to_positions(len(s.input_ids), b.positions, b.losses))
+        ref.append(
+            scatter_to_positions(len(s.input_ids), r.positions, r.losses)
+            if r is not None
+            else np.full(len(s.input_ids), np.nan, dtype=np.float32)
+        )
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return offsets, np.concatenate(base), np.concatenate(ref)
+
+
+def score_chunk(
+    pair: ModelPair, data: PreparedData, k: int, shard_size: int, batch_tokens: int, bar: Any
+) -> tuple[store.Chunk, dict[str, Any]]:
+    """Score chunk ``k`` (rows ``[k*S, (k+1)*S)``): length-bucketed batches, base and reference per batch."""
+    start = k * shard_size
+    samples = data.samples(start, min(start + shard_size, len(data)))
+    pad_id = pair.tokenizer.pad_token_id if pair.tokenizer.pad_token_id is not None else 0
+    t0 = time.perf_counter()
+    results: dict[int, tuple[SampleLosses, SampleLosses | None]] = {}
+    for idx in make_batches([len(s.input_ids) for s in samples], batch_tokens):
+        batch = [samples[i] for i in idx]
+        base, ref = pair.losses(batch, pad_id)
+        for j, s in enumerate(batch):
+            results[s.index] = (base[j], ref[j] if ref is not None else None)
+        bar.update(sum(len(s.input_ids) for s in batch))
+    offsets, b, r = _chunk_arrays(samples, results)
+    seconds = time.perf_counter() - t0
+    info = {"n": len(samples), "tokens": int(offsets[-1]), "seconds": round(seconds, 4)}
+    return store.Chunk(k, start, offsets, b, r), info
+
+
+def self_check(pair: ModelPair, sample: Sample, dtype: str) -> float:
+    """Max |engine - full forward| over one sample (cut to 256 tokens) for each model; raises on a mismatch
+    (an architecture whose head the engine does not reproduce)."""
+    s = Sample(sample.index, sample.input_ids[:256], sample.labels[:256])
+    pad = pair.tokenizer.pad_token_id or 0
+    worst = 0.0
+    models: list[tuple[str, Any, bool]] = [("base", pair.model, pair.mode == "one_model")]
+    if pair.mode != "base_only":
+        models.append(("reference", pair.ref_model or pair.model, False))
+    for what, model, disable in models:
+        if disable:
+            with model.disable_adapter():
+                fast, slow = batch_token_losses(model, [s], pad), naive_token_losses(model, [s], pad)
+        else:
+            fast, slow = batch_token_losses(model, [s], pad), naive_token_losses(model, [s], pad)
+        diff = float(np.max(np.abs(fast[0].losses - slow[0].losses), initial=0.0))
+        if diff > SELF_CHECK_TOL.get(dtype, 0.25):
+            raise ModelError(
+                f"self-check failed for the {what} model ({type(model).__name__}): chunked head differs from "
+                f"the full forward by {diff:.3g} nats; this architecture post-processes logits in a way the "
+                "engine does not know"
+            )
+        worst = max(worst, diff)
+    return worst
+
+
+def _validate(scorer: str, reference: str | None, adapter: str | None, shard_size: int) -> None:
+    sc = get_scorer(scorer)
+    if sc.needs_reference and not (reference or adapter):
+        raise ConfigError(f"scorer: '{scorer}' needs a reference model or adapter (--reference)")
+    if shard_size < 1:
+        raise ConfigError(f"shard_size: must be >= 1, got {shard_size}")
+
+
+def score_dataset(
+    prepared_dir: str | Path,
+    base: str,
+    reference: str | None = None,
+    adapter: str | None = None,
+    out: str | Path = "runs/scores",
+    scorer: str = "token_cleaning",
+    dtype: str = "fp32",
+    device: str = "cpu",
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    progress: bool = True,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    force: bool = False,
+    on_chunk: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Score every trained token of a prepared dataset with ``base`` and the reference; write the store.
+
+    ``reference`` is a model (Hub id, dir, .gguf, alias) or a PEFT adapter dir; an adapter whose base is
+    ``base`` (or ``adapter=``) is scored from ONE loaded model with the adapter toggled. Resumable: a re-run
+    with the same arguments continues a killed run. With ``num_shards > 1`` each process scores chunks
+    ``k % num_shards == shard_index``; the last to finish assembles. Returns the manifest (``complete`` is
+    False when other shards are still missing). ``on_chunk(k)`` is called after each chunk is saved."""
+    from tokenclean.models.loader import resolve_device
+
+    t0 = time.time()
+    _validate(scorer, reference, adapter, shard_size)
+    data = PreparedData(prepared_dir)
+    out = Path(out).resolve()
+    device = resolve_device(device)
+    mode, base_spec, ref_spec = resolve_pair(base, reference, adapter)
+    settings = {
+        "prepared_cache_key": data.manifest.get("cache_key"),
+        "n_samples": len(data),
+        "shard_size": shard_size,
+        "scorer": scorer,
+        "dtype": dtype,
+        "device_type": device.split(":")[0],
+    }
+    base_id, ref_id = pair_identities(mode, base_spec, ref_spec)
+    plan = _plan({"base": base_id, "reference": ref_id, "mode": mode}, **settings)
+    done = store.complete_manifest(out, plan) if not force else None
+    if done is not None:
+        log.info("reusing %s (same data, models, dtype and scorer)", out)
+        return dict(done, reused=True)
+    pair = load_pair(base, reference, adapter, dtype, device, data.manifest.get("tokenizer"))
+    base_id, ref_id = pair.identities()  # a Hub model downloaded just now has a commit hash only from here
+    plan = _plan({"base": base_id, "reference": ref_id, "mode": mode}, **settings)
+    store.prepare_out(out, plan, force)
+    total = store.n_chunks(len(data), shard_size)
+    mine = store.my_chunks(len(data), shard_size, shard_index, num_shards)
+    pending = [k for k in mine if not store.chunk_done(out, k)]
+    check = _run_chunks(pair, data, out, pending, dtype, shard_size, batch_tokens, progress, on_chunk)
+    finished = store.complete_manifest(out, plan)  # another shard's process may have assembled already
+    if finished is not None:
+        return dict(finished, reused=True)
+    missing = [k for k in range(total) if not store.chunk_done(out, k)]
+    if missing:
+        log.info("shard %d/%d done; %d chunks of other shards missing", shard_index, num_shards, len(missing))
+        return dict(plan, stage="score", complete=False, missing_chunks=missing)
+    manifest = dict(plan, stage="score", prepared_dir=str(data.dir), prepared=data.manifest)
+    manifest.update(
+        device=device, batch_tokens=batch_tokens, num_shards=num_shards, self_check_max_diff=check
+    )
+    return _merge(out, data, manifest, total, t0)
+
+
+def _run_chunks(
+    pair: ModelPair,
+    data: PreparedData,
+    out: Path,
+    pending: list[int],
+    dtype: str,
+    shard_size: int,
+    batch_tokens: int,
+    progress: bool,
+    on_chunk: Callable[[int], None] | None,
+) -> float | None:
+    from tqdm.auto import tqdm
+
+    if not pending:
+        return None
+    first = data.samples(pending[0] * shard_size, min((pending[0] + 1) * shard_size, len(data)))
+    check = self_check(pair, min(first, key=lambda s: len(s.input_ids)), dtype)
+    tokens = sum(int(data.lengths[k * shard_size : (k + 1) * shard_size].sum()) for k in pending)
+    with tqdm(total=tokens, unit="tok", unit_scale=True, desc="score", disable=not progress) as bar:
+        for k in pending:
+            chunk, info = score_chunk(pair, data, k, shard_size, batch_tokens, bar)
+            store.write_chunk(out, chunk, info)
+            if on_chunk is not None:
+                on_chunk(k)
+    return check
+
+
+def _merge(out: Path, data: PreparedData, manifest: dict[str, Any], total: int, t0: float) -> dict[str, Any]:
+    with store.merge_lock(out):
+        if (out / "manifest.json").exists():
+            old = read_json(out / "manifest.json")
+            if old.get("run_key") == manifest["run_key"]:
+                return dict(old, reused=True)
+        markers = store.read_markers(out, total)
+        counts = store.assemble(out, data.sample_ids, data.lengths, manifest["scorer"], total)
+        compute_s = sum(m["seconds"] for m in markers)
+        tokens = sum(m["tokens"] for m in markers)
+        manifest.update(
+            complete=True,
+            counts=dict(counts, samples=len(data), tokens=tokens, chunks=total),
+            timings={
+                "compute_seconds": round(compute_s, 3),
+                "tokens_per_s": round(tokens / compute_s, 2) if compute_s else None,
+                "wall_seconds_last_process": round(time.time() - t0, 3),
+            },
+            versions=package_versions(),
+        )
+        store.finish(out, manifest)
+    log.info(
+        "scored %d samples (%d positions) -> %s at %s tok/s",
+        len(data),
+        counts["scored_positions"],
+        out,
+        manifest["timings"]["tokens_per_s"],
+    )
+    return manifest

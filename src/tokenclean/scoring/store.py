@@ -1,0 +1,236 @@
+"""The score store: crash-safe chunk files while scoring, one ``load_from_disk`` dataset at the end.
+
+Layout of ``OUT`` while a run is in progress (or was killed)::
+
+    OUT/.work/plan.json            what is being computed (run key); a resume must match it
+    OUT/.work/chunk-00012.npz      losses of samples [12*S, 13*S) in prepared order (S = shard_size)
+    OUT/.work/chunk-00012.json     completion marker: written after the .npz, holds its SHA-256
+
+Every file is written to a temporary name, fsynced and moved into place with ``os.replace``; a chunk counts
+as done only when its marker exists and the hash matches, so a run killed at any moment never reads a
+partial file. A restart recomputes exactly the chunks without a valid marker, with the same chunk
+boundaries and batching, so it ends with bit-identical scores.
+
+Chunk ``k`` belongs to process ``k % num_shards``: processes started with ``shard_index = 0..n-1`` score
+disjoint chunks into the same ``OUT`` and whichever finds all chunks done assembles the final store
+(under a file lock). Assembly writes the dataset files into ``OUT`` and ``OUT/manifest.json`` last; the
+manifest is the mark of a complete store. ``.work`` is removed after assembly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokenclean.errors import TokencleanError
+from tokenclean.scoring.scorers import get_scorer
+from tokenclean.utils import read_json, sha256_file, write_json_atomic
+
+DATASET_FILES = ("dataset_info.json", "state.json")  # plus data-*.arrow
+
+
+class StoreError(TokencleanError):
+    """The output directory cannot be used as a score store (or holds another run's partial results)."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Scored losses of a contiguous range of prepared samples, flat and aligned to positions."""
+
+    k: int  # chunk number
+    start: int  # first prepared row
+    offsets: np.ndarray  # (n + 1,) int64 offsets into the flat arrays
+    base: np.ndarray  # (sum of lengths,) float32, NaN where not scored
+    ref: np.ndarray  # (sum of lengths,) float32, NaN where not scored or no reference
+
+
+def work_dir(out: Path) -> Path:
+    return Path(out) / ".work"
+
+
+def chunk_paths(out: Path, k: int) -> tuple[Path, Path]:
+    w = work_dir(out)
+    return w / f"chunk-{k:05d}.npz", w / f"chunk-{k:05d}.json"
+
+
+def n_chunks(n_samples: int, shard_size: int) -> int:
+    return (n_samples + shard_size - 1) // shard_size
+
+
+def my_chunks(n_samples: int, shard_size: int, shard_index: int, num_shards: int) -> list[int]:
+    """The chunks process ``shard_index`` of ``num_shards`` computes (disjoint, together all of them)."""
+    if not 0 <= shard_index < num_shards:
+        raise StoreError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
+    return [k for k in range(n_chunks(n_samples, shard_size)) if k % num_shards == shard_index]
+
+
+def complete_manifest(out: Path, plan: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest of ``out`` when it already holds this run's complete store, else None."""
+    manifest = Path(out) / "manifest.json"
+    if manifest.exists():
+        old = read_json(manifest)
+        if old.get("stage") == "score" and old.get("run_key") == plan["run_key"]:
+            return dict(old)
+    return None
+
+
+def prepare_out(out: Path, plan: dict[str, Any], force: bool) -> None:
+    """Get ``out`` ready to compute ``plan``: keep ``.work`` chunks of the same plan (resume), refuse those of
+    a different plan (unless ``force``, which discards them), refuse a non-empty directory that is not a
+    store, and invalidate an older complete store before anything new is written."""
+    out = Path(out)
+    manifest = out / "manifest.json"
+    w = work_dir(out)
+    if force and w.exists():
+        shutil.rmtree(w)
+    if (w / "plan.json").exists():
+        old_plan = read_json(w / "plan.json")
+        if old_plan["run_key"] != plan["run_key"]:
+            diff = sorted(k for k in plan if old_plan.get(k) != plan.get(k) and k != "run_key")
+            raise StoreError(
+                f"{w} holds partial results of a different scoring run (differs in: {', '.join(diff)}); "
+                "re-run with the same settings to resume, or with --force to discard them"
+            )
+    elif out.exists() and any(out.iterdir()) and not manifest.exists():
+        raise StoreError(
+            f"{out} exists, is not empty and is not a tokenclean score store; choose another --out"
+        )
+    if manifest.exists():  # an older complete store: invalidate it before anything new is written
+        _remove_store_files(out)
+    w.mkdir(parents=True, exist_ok=True)
+    if not (w / "plan.json").exists():
+        write_json_atomic(w / "plan.json", plan)
+
+
+def _remove_store_files(out: Path) -> None:
+    (out / "manifest.json").unlink(missing_ok=True)  # first: from here on the store reads as incomplete
+    for p in out.iterdir():
+        if p.name in DATASET_FILES or (p.name.startswith("data-") and p.suffix == ".arrow"):
+            p.unlink()
+
+
+def _fsync_replace(tmp: str, final: Path) -> None:
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+
+
+def write_chunk(out: Path, chunk: Chunk, info: dict[str, Any]) -> None:
+    """Write a chunk's arrays, then its marker (both atomically). ``info`` goes into the marker."""
+    npz, marker = chunk_paths(out, chunk.k)
+    fd, tmp = tempfile.mkstemp(dir=npz.parent, prefix=f".{npz.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, offsets=chunk.offsets, base=chunk.base, ref=chunk.ref, start=np.int64(chunk.start))
+        _fsync_replace(tmp, npz)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    write_json_atomic(marker, dict(info, k=chunk.k, start=chunk.start, sha256=sha256_file(npz)))
+
+
+def chunk_done(out: Path, k: int) -> bool:
+    """A chunk is done when its marker exists and names the current .npz content."""
+    npz, marker = chunk_paths(out, k)
+    if not (marker.exists() and npz.exists()):
+        return False
+    try:
+        return bool(read_json(marker)["sha256"] == sha256_file(npz))
+    except (ValueError, KeyError, OSError):
+        return False
+
+
+def read_chunk(out: Path, k: int) -> Chunk:
+    npz, _ = chunk_paths(out, k)
+    with np.load(npz) as z:
+        return Chunk(k, int(z["start"]), z["offsets"], z["base"], z["ref"])
+
+
+def read_markers(out: Path, total: int) -> list[dict[str, Any]]:
+    return [read_json(chunk_paths(out, k)[1]) for k in range(total)]
+
+
+@contextlib.contextmanager
+def merge_lock(out: Path) -> Iterator[None]:
+    """An exclusive lock on ``OUT/.merge.lock`` (POSIX ``flock``; a no-op where unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    path = Path(out) / ".merge.lock"
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _list_array(offsets: np.ndarray, values: np.ndarray) -> Any:
+    import pyarrow as pa
+
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.float32()))
+
+
+def assemble(
+    out: Path, sample_ids: list[str], lengths: np.ndarray, scorer: str, total: int
+) -> dict[str, int]:
+    """Build the final dataset from all chunks into ``out`` (manifest written by the caller, last).
+
+    Columns: ``sample_id``, ``base_loss``, ``ref_loss``, ``score`` (float32 lists, NaN where not scored), one
+    row per prepared sample in prepared order. Returns counts of scored positions."""
+    import datasets
+    import pyarrow as pa
+
+    chunks = [read_chunk(out, k) for k in range(total)]
+    base = np.concatenate([c.base for c in chunks])  # (sum T,)
+    ref = np.concatenate([c.ref for c in chunks])  # (sum T,)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # (n + 1,)
+    got = np.concatenate([[0]] + [np.diff(c.offsets) for c in chunks]).cumsum()
+    if len(got) != len(offsets) or not np.array_equal(got, offsets):
+        raise StoreError(f"{work_dir(out)}: chunk lengths do not match the prepared input_ids lengths")
+    mask = ~np.isnan(base)
+    score = get_scorer(scorer)(base, ref, mask)  # (sum T,)
+    table = pa.table(
+        {
+            "sample_id": pa.array(sample_ids, pa.string()),
+            "base_loss": _list_array(offsets, base),
+            "ref_loss": _list_array(offsets, ref),
+            "score": _list_array(offsets, score),
+        }
+    )
+    features = datasets.Features(
+        {
+            "sample_id": datasets.Value("string"),
+            **{c: datasets.Sequence(datasets.Value("float32")) for c in ("base_loss", "ref_loss", "score")},
+        }
+    )
+    ds = datasets.Dataset(table.cast(features.arrow_schema), info=datasets.DatasetInfo(features=features))
+    tmp = work_dir(out) / "final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds.save_to_disk(str(tmp))
+    _remove_store_files(out)
+    names = sorted(p.name for p in tmp.iterdir())
+    for name in sorted(names, key=lambda n: n == "state.json"):  # state.json last
+        os.replace(tmp / name, out / name)
+    return {"scored_positions": int(mask.sum()), "total_positions": len(base)}
+
+
+def finish(out: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest (the completion mark) and drop the work directory."""
+    write_json_atomic(Path(out) / "manifest.json", manifest)
+    shutil.rmtree(work_dir(out), ignore_errors=True)
+    (Path(out) / ".merge.lock").unlink(missing_ok=True)
