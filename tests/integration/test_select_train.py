@@ -97,3 +97,31 @@ def test_trainer_loss_counts_only_kept_tokens(cleaned_dir: Path, tiny_model_dir:
     naive = -logp[kept - 1, labels[kept]].mean()  # loss(j) from the logits at j - 1
     assert torch.allclose(out.loss, naive, atol=1e-5)
     assert 0 < kept.numel() < n_resp
+
+
+def test_trl_sft_trainer_consumes_cleaned_data_as_is(
+    cleaned_dir: Path, tiny_model_dir: Path, tiny_tok: Any, tmp_path: Path
+) -> None:
+    """TRL's SFTTrainer keeps a provided ``labels`` column: its batches carry our labels unchanged."""
+    pytest.importorskip("trl")
+    import datasets
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    ds = datasets.load_from_disk(str(cleaned_dir))
+    cfg = SFTConfig(
+        output_dir=str(tmp_path / "trl"),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tiny_tok)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    for i in range(2):
+        want = ds[i]["labels"]
+        assert batch["labels"][i][: len(want)].tolist() == want
+    assert math.isfinite(trainer.train().training_loss)
