@@ -102,17 +102,17 @@ def cleaned_arrow(table: TokenTable, keep: np.ndarray) -> tuple[Any, np.ndarray]
     kept_rows = kept_per_sample(keep, table.response_offsets) > 0  # (S,)
     lengths = np.diff(table.offsets)  # (S,)
     pos_rows = np.repeat(kept_rows, lengths)  # (T,) positions of kept rows
-    new_labels = position_labels(table, keep)
+    new_labels = position_labels(table, keep)[pos_rows]  # (T_kept,)
     lens = lengths[kept_rows]
     ones = np.ones(int(lens.sum()), dtype=np.int8)
     cols = {
         "sample_id": pa.array(table.sample_ids[kept_rows].tolist(), type=pa.string()),
         "input_ids": list_array(table.input_ids[pos_rows], lens),
         "attention_mask": list_array(ones, lens),
-        "labels": list_array(new_labels[pos_rows], lens),
+        "labels": list_array(new_labels, lens),
         "response_labels": list_array(table.labels[pos_rows], lens),
         "score": list_array(table.score[pos_rows], lens),
-        "completion_mask": list_array((new_labels[pos_rows] != IGNORE_INDEX).astype(np.int8), lens),
+        "completion_mask": list_array((new_labels != IGNORE_INDEX).astype(np.int8), lens),
     }
     return pa.table(cols, schema=cleaned_features().arrow_schema), kept_rows
 

@@ -6,6 +6,7 @@ No Python lists of tokens: columns are read from Arrow as flat numpy arrays plus
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from tokenclean.utils import read_json
 
 @dataclass(frozen=True)
 class TokenTable:
-    """Every position of every sample, flat. ``offsets`` (S+1,) delimits samples in the (T,) arrays."""
+    """Every position of every sample, flat. ``offsets`` (S+1,) delimits samples in the (T,) arrays.
+
+    The response views are computed once per table (cached)."""
 
     sample_ids: np.ndarray  # (S,) object (str)
     offsets: np.ndarray  # (S+1,) int64 into the per-position arrays
@@ -26,18 +29,18 @@ class TokenTable:
     labels: np.ndarray  # (T,) int32, IGNORE_INDEX where not trained
     score: np.ndarray  # (T,) float32, NaN where not scored
 
-    @property
+    @cached_property
     def response_positions(self) -> np.ndarray:
         """Flat indices of response (trained) positions, ascending: (N,) int64."""
         return np.flatnonzero(self.labels != IGNORE_INDEX)
 
-    @property
+    @cached_property
     def response_offsets(self) -> np.ndarray:
         """CSR offsets of the response tokens per sample: (S+1,) int64."""
         csum = np.concatenate([[0], np.cumsum(self.labels != IGNORE_INDEX, dtype=np.int64)])  # (T+1,)
         return csum[self.offsets]
 
-    @property
+    @cached_property
     def response_scores(self) -> np.ndarray:
         """Scores of response tokens in CSR order: (N,) float32 (the input of the mask functions)."""
         return self.score[self.response_positions]
