@@ -72,7 +72,7 @@ def _train(a: argparse.Namespace) -> int:
 
 @command("merge")
 def _merge(a: argparse.Namespace) -> int:
-    from tokenclean.training.merge import merge
+    from tokenclean.training.merging import merge
 
     m = merge(a.model, a.adapter, a.out, dtype=a.dtype, device=a.device)
     print(f"merged {m['adapter']} into {m['base']} ({m['dtype']}) -> {a.out}")

@@ -1,0 +1,143 @@
+"""The loss rule: CE on kept tokens, aligned by the one rule, normalised over all kept tokens of a step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tokenclean import IGNORE_INDEX
+from tokenclean.testing import make_tiny_llama
+from tokenclean.training.collate import collate
+from tokenclean.training.data import TrainData
+from tokenclean.training.loss import (
+    accumulate_step,
+    kept_token_ce_sum,
+    naive_kept_token_ce_sum,
+    supports_logits_to_keep,
+)
+
+M = IGNORE_INDEX
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matrices gain nothing from threads, and on a shared CPU two spinning threads are much slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture()
+def lora_model(tiny_tok):
+    from peft import LoraConfig, get_peft_model
+
+    base = make_tiny_llama(tiny_tok, seed=1)
+    torch.manual_seed(0)
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
+    cfg.init_lora_weights = False  # random B too, so every LoRA weight has a gradient at once
+    model = get_peft_model(base, cfg)
+    model.train()
+    return model
+
+
+def make_data(kept: list[int], seed: int = 0, vocab: int = 300) -> TrainData:
+    """Samples of different lengths whose last ``kept[i]`` tokens are trained."""
+    rng = np.random.default_rng(seed)
+    ids, labels = [], []
+    for k in kept:
+        n = k + int(rng.integers(2, 9))
+        x = rng.integers(5, vocab, n).astype(np.int32)
+        lab = np.full(n, M, dtype=np.int32)
+        if k:
+            lab[n - k :] = x[n - k :]
+        ids.append(x)
+        labels.append(lab)
+    return TrainData(ids, labels, None, np.array(kept), [str(i) for i in range(len(kept))])
+
+
+def grads(model) -> dict[str, torch.Tensor]:
+    out = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def test_fast_ce_equals_naive_twin_fp32(lora_model) -> None:
+    d = make_data([3, 9, 1, 6])
+    mb = collate(d, np.arange(4))
+    assert supports_logits_to_keep(lora_model)
+    with torch.no_grad():
+        naive = naive_kept_token_ce_sum(lora_model, mb)
+        fast = kept_token_ce_sum(lora_model, mb, logits_to_keep=True)
+        full = kept_token_ce_sum(lora_model, mb, logits_to_keep=False)
+    assert naive.dtype == fast.dtype == torch.float32
+    torch.testing.assert_close(fast, naive, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(full, naive, rtol=1e-6, atol=1e-5)
+
+
+def test_fast_ce_equals_naive_twin_bf16(lora_model) -> None:
+    d = make_data([3, 9, 1, 6])
+    mb = collate(d, np.arange(4))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        naive = naive_kept_token_ce_sum(lora_model, mb)
+        fast = kept_token_ce_sum(lora_model, mb)
+    torch.testing.assert_close(fast, naive, rtol=2e-2, atol=0.0)
+
+
+def test_alignment_by_hand(lora_model) -> None:
+    x = np.array([7, 30, 41, 52, 63], dtype=np.int32)
+    lab = np.array([M, M, M, 52, M], dtype=np.int32)  # only token 3 is trained
+    mb = collate(TrainData([x], [lab], None, np.array([1]), ["a"]), np.array([0]))
+    with torch.no_grad():
+        ce = kept_token_ce_sum(lora_model, mb)
+        logits = lora_model(input_ids=torch.from_numpy(x).long()[None]).logits[0]  # (T, V)
+    expected = -torch.log_softmax(logits[2].float(), -1)[52]  # loss(3) comes from the logits at 2
+    torch.testing.assert_close(ce, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_accumulated_gradient_equals_big_batch_token_mean(lora_model) -> None:
+    d = make_data([1, 12, 3, 20, 5], seed=3)  # very different kept counts per micro-batch
+    parts = [np.array([0, 1]), np.array([2, 3]), np.array([4])]
+    res = accumulate_step(lora_model, [collate(d, p) for p in parts])
+    g_acc = grads(lora_model)
+    assert res.n_kept == 41 and res.loss is not None
+
+    big = collate(d, np.arange(5))
+    one = accumulate_step(lora_model, [big])
+    g_one = grads(lora_model)
+    ref_loss = naive_kept_token_ce_sum(lora_model, big) / 41  # the token mean of one big batch
+    ref_loss.backward()
+    g_ref = grads(lora_model)
+
+    assert len(g_acc) == 12 and set(g_acc) == set(g_ref)  # 3 modules x (A, B) x 2 layers
+    for n in g_ref:
+        torch.testing.assert_close(g_acc[n], g_ref[n], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(g_one[n], g_ref[n], rtol=1e-5, atol=1e-7)
+    assert res.loss == pytest.approx(float(ref_loss.detach()), rel=1e-6)
+    assert one.loss == pytest.approx(float(ref_loss.detach()), rel=1e-6)
+
+    # the mean of per-micro-batch means weights tokens differently: a different gradient
+    for p in parts:
+        mb = collate(d, p)
+        (naive_kept_token_ce_sum(lora_model, mb) / mb.n_kept / len(parts)).backward()
+    g_mom = grads(lora_model)
+    rel = max(float((g_mom[n] - g_ref[n]).norm() / g_ref[n].norm()) for n in g_ref)
+    assert rel > 0.05
+
+
+def test_empty_step_and_empty_micro_batch_never_nan(lora_model) -> None:
+    d = make_data([0, 0, 4, 2], seed=5)
+    empty = collate(d, np.array([0, 1]))
+    assert empty.n_kept == 0
+    res = accumulate_step(lora_model, [empty])
+    assert res.loss is None and res.n_kept == 0 and res.n_tokens == empty.n_tokens
+    assert grads(lora_model) == {}  # no backward pass happened
+
+    good = collate(d, np.array([2, 3]))
+    mixed = accumulate_step(lora_model, [empty, good])
+    g_mixed = grads(lora_model)
+    alone = accumulate_step(lora_model, [good])
+    g_alone = grads(lora_model)
+    assert mixed.loss == alone.loss and np.isfinite(mixed.loss)
+    assert all(torch.equal(g_mixed[n], g_alone[n]) and torch.isfinite(g_mixed[n]).all() for n in g_alone)
