@@ -16,6 +16,7 @@ def _report(a: argparse.Namespace) -> int:
         max_tokens=a.max_tokens,
         scatter_points=a.scatter_points,
         seed=a.seed,
+        formats=tuple(f for f in a.formats.split(",") if f),
         html=not a.no_html,
     )
     written = build_report(a.run_dirs, out=a.out, tokenizer=a.tokenizer, cfg=cfg)
@@ -50,6 +51,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--scatter-points", type=int, default=20_000, help="points per loss scatter (default 20000)"
     )
     s.add_argument("--seed", type=int, default=0, help="seed of the scatter subsample")
+    s.add_argument("--formats", default="png,svg", help="figure formats, comma-separated ('' for none)")
     s.add_argument("--no-html", action="store_true", help="tables and figures only")
     s.add_argument(
         "--screenshot", default=None, metavar="PNG", help="also save a screenshot (needs Chromium)"

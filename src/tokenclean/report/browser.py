@@ -230,8 +230,11 @@ class Chromium:
             path, hash_, frag = url.partition("#")
             url = Path(path).resolve().as_uri() + hash_ + frag
         self._events = [e for e in self._events if e.get("method") != "Page.loadEventFired"]
-        self.send("Page.navigate", {"url": url})
-        self.wait_event("Page.loadEventFired")
+        nav = self.send("Page.navigate", {"url": url})
+        if "errorText" in nav:
+            raise BrowserError(f"cannot open {url}: {nav['errorText']}")
+        if "loaderId" in nav:  # a same-document navigation (only the #fragment changed) loads nothing
+            self.wait_event("Page.loadEventFired")
 
     def eval(self, expression: str) -> Any:
         """Evaluate a JavaScript expression in the page; return its JSON value (exceptions raise)."""
@@ -243,6 +246,17 @@ class Chromium:
                 f"JavaScript error: {r['exceptionDetails'].get('text')} in {expression[:80]!r}"
             )
         return r.get("result", {}).get("value")
+
+    def wait_for(self, expression: str, timeout: float = 10.0) -> Any:
+        """Poll a JavaScript expression until it is truthy; return its value (raises on timeout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.eval(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise BrowserError(f"timed out waiting for {expression[:80]!r}")
+            time.sleep(0.05)
 
     def mouse_move(self, x: float, y: float) -> None:
         self.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})

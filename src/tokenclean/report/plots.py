@@ -26,11 +26,24 @@ KEPT_COLOR, DROPPED_COLOR = "#1a9850", "#9e9e9e"
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
 
 
-def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (5.0, 4.0)) -> tuple[Any, Any]:
+def _figure(
+    nrows: int = 1,
+    ncols: int = 1,
+    size: tuple[float, float] = (5.0, 4.0),
+    top: float = 0.55,
+    bottom: float = 0.55,
+    left: float = 0.65,
+) -> tuple[Any, Any]:
+    """A figure of ``nrows x ncols`` panels of ``size`` inches with fixed margins in inches (a fixed layout
+    draws once; constrained layout would draw every figure twice)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
+    w, h = size[0] * ncols, size[1] * nrows + top + bottom
+    fig = Figure(figsize=(w, h))
     axes = fig.subplots(nrows, ncols, squeeze=False)
+    fig.subplots_adjust(
+        left=left / w, right=1 - 0.2 / w, top=1 - top / h, bottom=bottom / h, wspace=0.28, hspace=0.55
+    )
     return fig, axes
 
 
@@ -70,7 +83,7 @@ def plot_lines(
     if not cols:
         return []
     nrows, ncols = _grid(len(cols))
-    fig, axes = _figure(nrows, ncols, (3.6, 2.9))
+    fig, axes = _figure(nrows, ncols, (3.6, 2.6), top=0.5, bottom=0.75)
     for ax, c in zip(axes.flat, cols):
         for i, (name, pts) in enumerate(series.items()):
             xy = sorted((x, v[c.key] * c.scale) for x, v in pts if v.get(c.key) is not None)  # type: ignore[operator]
@@ -88,10 +101,8 @@ def plot_lines(
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
-        fig.legend(
-            handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8, frameon=False
-        )
-    fig.suptitle(title, fontsize=11)
+        fig.legend(handles, labels, loc="lower center", ncols=min(len(labels), 4), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=11, y=1 - 0.12 / fig.get_figheight())
     return _save(fig, stem, formats)
 
 
@@ -117,7 +128,7 @@ def plot_scatter(
     idx = subsample(int(ok.sum()), max_points, seed)
     base, ref = arr.base[ok][idx], arr.ref[ok][idx]  # (n,)
     kept = arr.kept[ok][idx] if arr.kept is not None else np.zeros(len(idx), dtype=bool)
-    fig, axes = _figure(1, 1, (5.2, 4.8))
+    fig, axes = _figure(1, 1, (5.0, 4.4), top=0.6)
     ax = axes[0, 0]
     size = 14.0 if len(idx) < 2_000 else 6.0 if len(idx) < 8_000 else 3.0  # points visible at any count
     hi = float(np.nanpercentile(np.concatenate([base, ref]), 99.5)) if len(base) else 1.0
@@ -141,10 +152,9 @@ def plot_scatter(
     ax.set_ylabel("reference model loss")
     n_all = len(arr.score)
     kept_all = int(arr.kept.sum()) if arr.kept is not None else 0
-    shown = f"{len(idx):,} of {n_all:,} tokens shown" if len(idx) < n_all else f"{n_all:,} tokens"
-    ax.set_title(
-        f"{title}\nkept {kept_all:,} of {n_all:,} ({kept_all / max(n_all, 1):.0%}); {shown}", fontsize=9
-    )
+    shown = f"; {len(idx):,} shown" if len(idx) < n_all else ""
+    pct = f"{kept_all / max(n_all, 1):.0%}"
+    ax.set_title(f"{title}\nkept {kept_all:,} of {n_all:,} scored tokens ({pct}){shown}", fontsize=9)
     ax.legend(loc="upper left", fontsize=8, markerscale=max(1.0, 8 / size))
     ax.grid(alpha=0.3)
     return _save(fig, stem, formats)
@@ -161,7 +171,7 @@ def plot_hist(
     if not hi > lo:
         lo, hi = lo - 0.5, hi + 0.5
     edges = np.linspace(lo, hi, bins + 1)
-    fig, axes = _figure(1, 1, (5.6, 3.4))
+    fig, axes = _figure(1, 1, (5.4, 3.0), top=0.4)
     ax = axes[0, 0]
     clipped = np.clip(s, lo, hi)
     if arr.kept is None:

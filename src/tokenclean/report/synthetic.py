@@ -41,6 +41,31 @@ LEVEL = {
 }
 
 
+NASTY_RECORDS = [  # texts that stress HTML escaping and newline handling in the report page
+    {
+        "id": "nasty-<1>",
+        "prompt": "Show <b>bold</b> & 'quotes'?",
+        "completion": 'Use <script>alert("x")</script> &amp; "q"\nnew line',
+    },
+    {
+        "id": "plain-2",
+        "prompt": "the capital of france",
+        "completion": "paris is the capital city of france.",
+    },
+    {"id": "code-3", "prompt": "write python code", "completion": "def f(x):\n    return x < 3 && x > 1\n"},
+    {"id": "multi-4", "prompt": "explain the loss", "completion": "the loss is\n\n- item one\n- item two"},
+    {"id": "plain-5", "prompt": "what number", "completion": "seven hundred and twelve"},
+    {"id": "plain-6", "prompt": "hello world", "completion": "hello there, the answer is yes"},
+]
+
+
+def write_records(path: str | Path, records: Sequence[dict[str, str]] = tuple(NASTY_RECORDS)) -> Path:
+    """Write ``records`` as JSONL to ``path``."""
+    p = Path(path)
+    p.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return p
+
+
 def _features() -> Any:
     import datasets
 

@@ -191,7 +191,8 @@ def _tok_from(m: dict[str, Any]) -> str | None:
 
 def tokenizer_name(view: View) -> str | None:
     """The tokenizer a view was prepared with: ``tokenizer.source`` (else ``.name``) of the cleaned or score
-    manifest, or of the manifests they point to (``prepared_dir``, ``scores_dir``); else the run's model."""
+    manifest, or of the manifests they point to (``prepared_dir``/``scores_dir`` or ``prepared.dir``/``scores.dir``);
+    else the run's model."""
     todo, seen = [view.cleaned, view.scores], set()
     while todo:
         d = todo.pop(0)
@@ -201,5 +202,9 @@ def tokenizer_name(view: View) -> str | None:
         m = _manifest(d)
         if name := _tok_from(m):
             return name
-        todo += [Path(m[k]) for k in ("prepared_dir", "scores_dir") if isinstance(m.get(k), str)]
+        for k in ("prepared_dir", "scores_dir", "prepared", "scores"):  # flat paths or {"dir": path}
+            v = m.get(k)
+            v = v.get("dir") if isinstance(v, dict) else v
+            if isinstance(v, str):
+                todo.append(Path(v))
     return view.model
