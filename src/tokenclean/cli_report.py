@@ -33,7 +33,15 @@ def _report(a: argparse.Namespace) -> int:
             return 0
         from tokenclean.report.browser import screenshot
 
-        png = screenshot(index, a.screenshot, scroll_to="#samples", hover="#samples .t.kept")
+        html = index.read_text(encoding="utf-8")
+        method = next((m for m in ("fixed_model", "self_evolving") if f'data-method="{m}"' in html), "")
+        png = screenshot(
+            index,
+            a.screenshot,
+            fragment=f"method={method}" if method else "",
+            scroll_to="#samples",
+            hover="#samples .tokens .t.kept",
+        )
         print(f"screenshot: {png}")
     return 0
 

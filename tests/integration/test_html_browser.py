@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -138,7 +140,7 @@ def test_screenshot(report: Path, tmp_path: Path):
         tmp_path / "report.png",
         fragment="method=fixed_model",
         scroll_to="#samples",
-        hover="#samples .t.kept",
+        hover="#samples .tokens .t.kept",
     )
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -147,3 +149,42 @@ def test_screenshot(report: Path, tmp_path: Path):
     docs = os.environ.get("TOKENCLEAN_DOCS_SCREENSHOT")
     if docs:
         shutil.copy(png, docs)
+
+
+FRESH = """import os, sys
+for fd in (3, 4):  # as in a process started from a shell: descriptors 3 and 4 are not open
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+from tokenclean.report.browser import screenshot
+print(screenshot(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_screenshot_in_a_process_without_descriptors_3_and_4(report: Path, tmp_path: Path):
+    png = tmp_path / "fresh.png"
+    p = subprocess.run(
+        [sys.executable, "-c", FRESH, str(report), str(png)], capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 0, p.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_screenshot(report: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from tokenclean.cli import main
+
+    run, png = report.parent.parent, tmp_path / "cli.png"
+    args = [
+        str(run),
+        "--out",
+        str(tmp_path / "r"),
+        "--formats",
+        "",
+        "--samples",
+        "2",
+        "--screenshot",
+        str(png),
+    ]
+    assert main(["report", *args]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"screenshot: {png}" in capsys.readouterr().out

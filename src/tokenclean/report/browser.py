@@ -17,7 +17,7 @@ import json
 import os
 import select
 import shutil
-import subprocess
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -91,29 +91,32 @@ class Chromium:
         self._buf = b""
         self._next_id = 0
         self._session: str | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._pid: int | None = None
 
     # -- process and pipe --------------------------------------------------------------------------
     def __enter__(self) -> Chromium:
         self._profile = tempfile.mkdtemp(prefix="tokenclean-chromium-")
         cmd_r, cmd_w = (_high_fd(fd) for fd in os.pipe())  # we write commands; Chromium reads fd 3
         res_r, res_w = (_high_fd(fd) for fd in os.pipe())  # Chromium writes fd 4; we read
-
-        def child_fds() -> None:
-            os.dup2(cmd_r, 3)  # dup2 clears close-on-exec on the copies
-            os.dup2(res_w, 4)
-
-        args = [str(self.binary), *FLAGS, f"--user-data-dir={self._profile}", "about:blank"]
-        self._proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            pass_fds=(3, 4),
-            preexec_fn=child_fds,
-        )
-        os.close(cmd_r)
-        os.close(res_w)
+        binary = str(self.binary)
+        binary = binary if os.sep in binary else (shutil.which(binary) or binary)
+        args = [binary, *FLAGS, f"--user-data-dir={self._profile}", "about:blank"]
+        # posix_spawn maps our pipe ends to the child's descriptors 3 and 4 (dup2 clears close-on-exec on
+        # the copies); every other descriptor Python opened is close-on-exec (PEP 446) and stays behind.
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_DUP2, cmd_r, 3),
+            (os.POSIX_SPAWN_DUP2, res_w, 4),
+        ]
+        try:
+            self._pid = os.posix_spawn(binary, args, os.environ, file_actions=actions)
+        except OSError as e:
+            raise BrowserError(f"cannot start Chromium '{binary}': {e}") from None
+        finally:
+            os.close(cmd_r)
+            os.close(res_w)
         self._w, self._r = cmd_w, res_r
         try:
             self._open_page()
@@ -122,18 +125,28 @@ class Chromium:
             raise
         return self
 
+    def _reap(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for our Chromium to exit; True when it has."""
+        deadline = time.monotonic() + timeout
+        while self._pid is not None:
+            pid, _ = os.waitpid(self._pid, os.WNOHANG)
+            if pid:
+                self._pid = None
+            elif time.monotonic() > deadline:
+                return False
+            else:
+                time.sleep(0.05)
+        return True
+
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
+        if getattr(self, "_pid", None) is not None:
             with contextlib.suppress(BrowserError, OSError):
                 self.send("Browser.close", timeout=10, session=False)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()  # our own child, by its handle
-                proc.wait(timeout=10)
+            if not self._reap(10) and self._pid is not None:
+                os.kill(self._pid, signal.SIGKILL)  # our own child, by its pid
+                self._reap(10)
         for fd in (getattr(self, "_w", None), getattr(self, "_r", None)):
             if fd is not None:
                 with contextlib.suppress(OSError):
