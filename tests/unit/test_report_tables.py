@@ -145,8 +145,8 @@ def test_rounds_and_sweep_tables():
     t = tables.rounds_table(rounds)
     assert t is not None
     assert [r.label for r in t.rows] == ["Round 1", "Round 2"]
-    assert [c.key for c in t.columns] == ["mmlu", "average", "heldout_loss", "heldout_exact_match"]
-    assert t.rows[1].best["heldout_loss"] and not t.rows[0].best["heldout_loss"]
+    assert [c.key for c in t.columns] == ["mmlu", "average", "heldout.loss", "heldout.exact_match"]
+    assert t.rows[1].best["heldout.loss"] and not t.rows[0].best["heldout.loss"]
     sweep = [
         {"ratio": k, "method": "fixed_model", "eval": None, "heldout": {"loss": 1 + abs(k - 0.6)}}
         for k in (0.9, 0.3, 0.6)
@@ -156,7 +156,7 @@ def test_rounds_and_sweep_tables():
     assert [r.label for r in s.rows] == [
         f"Fixed-model cleaning k={k}" for k in (0.3, 0.6, 0.9)
     ]  # sorted by ratio
-    assert [c.key for c in s.columns] == ["heldout_loss"]
+    assert [c.key for c in s.columns] == ["heldout.loss"]
     assert tables.rounds_table([]) is None and tables.sweep_table([]) is None
 
 
@@ -233,3 +233,39 @@ def test_missing_summary_and_several_runs_without_out(tmp_path: Path):
     b = _write_run(tmp_path / "b", "b", {})
     with pytest.raises(ConfigError, match="--out"):
         build_report([a, b])
+
+
+def quick(loss: float, em: float, mmlu: float | None = None) -> dict:
+    """An eval as the evaluation stage writes it for the quick suite (+ optionally a benchmark)."""
+    tasks = {
+        "heldout_loss": {"metric": "loss", "value": loss, "higher_is_better": False, "n": 5, "shots": 0},
+        "heldout_exact_match": {
+            "metric": "exact_match",
+            "value": em,
+            "higher_is_better": True,
+            "n": 5,
+            "shots": 0,
+        },
+    }
+    if mmlu is not None:
+        tasks["mmlu"] = {"metric": "acc", "value": mmlu, "n": 5, "shots": 5}
+    over = ["mmlu"] if mmlu is not None else []
+    return {"tasks": tasks, "average": mmlu, "average_over": over}
+
+
+def test_quick_suite_losses_are_lower_is_better_and_not_averaged():
+    t = tables.results_table({"base": {"eval": quick(2.0, 0.1, 0.3)}, "rho": {"eval": quick(1.5, 0.2, 0.25)}})
+    assert t is not None
+    assert [c.key for c in t.columns] == ["mmlu", "average", "heldout_loss", "heldout_exact_match"]
+    rows = {r.key: r for r in t.rows}
+    assert rows["base"].values["average"] == pytest.approx(0.3)  # the loss never enters the average
+    assert rows["rho"].best["heldout_loss"] and not rows["base"].best["heldout_loss"]
+    assert rows["base"].best["mmlu"] and rows["base"].best["average"]
+    md = tables.to_markdown(t)
+    assert "| Base | **30.00** | **30.00** | 2.0000 | 0.1000 |" in md  # % only for averaged benchmarks
+    only = tables.results_table({"base": {"eval": quick(2.0, 0.1)}, "rho": {"eval": quick(1.5, 0.2)}})
+    assert only is not None
+    assert [c.key for c in only.columns] == [
+        "heldout_loss",
+        "heldout_exact_match",
+    ]  # no Average without benchmarks

@@ -35,6 +35,9 @@ TASK_LABELS = {
     "logiqa": "LogiQA",
     "tydiqa": "TyDiQA",
     "average": "Average",
+    "heldout_loss": "Held-out loss",
+    "heldout_perplexity": "Held-out perplexity",
+    "heldout_exact_match": "Held-out EM",
 }
 METHOD_ORDER = ("base", "warmup", "ds2", "full", "random", "rho", "fixed_model", "self_evolving")
 METHOD_LABELS = {
@@ -55,6 +58,7 @@ RECOVERY = (  # key, label, higher is better
     ("noise_rate_all", "Noise rate (all)", None),
 )
 HELDOUT = (("loss", "Held-out loss", False), ("exact_match", "Exact match", True))
+HELDOUT_PREFIX = "heldout."  # columns of an entry's ``heldout`` field in the rounds/sweep tables
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class Column:
     digits: int = 2
     scale: float = 1.0  # display multiplier (100 for accuracies shown in %)
     info: Mapping[str, Any] = field(default_factory=dict)  # metric, shots, n (eval tasks)
+    averaged: bool = False  # an eval task that counts in the Average column
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,29 @@ def _finish(
 
 
 # -- evaluation columns (Table 1 / Table 2 layout) -----------------------------------------------------
+LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error", "bpb", "bits_per_byte")
+
+
+def task_direction(task: str, entries: Iterable[Mapping[str, Any]]) -> bool:
+    """True when higher is better: an entry's ``higher_is_better`` wins, else the metric name decides."""
+    entries = list(entries)
+    for e in entries:
+        if isinstance(e.get("higher_is_better"), bool):
+            return bool(e["higher_is_better"])
+    names = [task, *(str(e.get("metric", "")) for e in entries)]
+    return not any(any(w in n.lower() for w in LOWER_IS_BETTER) for n in names)
+
+
+def averaged_tasks(ev: Mapping[str, Any] | None) -> list[str]:
+    """The tasks an eval's average is over: its ``average_over`` list when given, else every task that is
+    not held-out data (``heldout_*``) and where higher is better."""
+    ev = ev or {}
+    tasks = ev.get("tasks", {})
+    if isinstance(ev.get("average_over"), list):
+        return [t for t in ev["average_over"] if t in tasks]
+    return [t for t, e in tasks.items() if not t.startswith("heldout_") and task_direction(t, [e])]
+
+
 def eval_tasks(evals: Iterable[Mapping[str, Any] | None]) -> list[str]:
     """Task keys over all evals: the paper's order first, then others in order of appearance."""
     seen: list[str] = []
@@ -160,45 +188,51 @@ def eval_tasks(evals: Iterable[Mapping[str, Any] | None]) -> list[str]:
 
 
 def eval_values(
-    ev: Mapping[str, Any] | None, tasks: Sequence[str], where: str = ""
+    ev: Mapping[str, Any] | None, cols: Sequence[Column], where: str = ""
 ) -> tuple[dict[str, float | None], bool]:
-    """Task values plus the recomputed ``average``; second item: True when some table task is missing."""
+    """Values of the task columns plus the recomputed ``average`` (mean over the averaged columns the row
+    has); second item: True when the row lacks one of the table's averaged tasks (a partial average)."""
     tv = (ev or {}).get("tasks", {})
-    vals: dict[str, float | None] = {t: _num(tv.get(t, {}).get("value")) for t in tasks}
-    present = [v for v in vals.values() if v is not None]
-    avg = sum(present) / len(present) if present else None
+    tasks = [c for c in cols if c.key != "average" and not c.key.startswith(HELDOUT_PREFIX)]
+    vals: dict[str, float | None] = {c.key: _num(tv.get(c.key, {}).get("value")) for c in tasks}
+    avg_cols = [c.key for c in cols if c.averaged]
+    present = [vals[t] for t in avg_cols if vals.get(t) is not None]
+    avg = sum(present) / len(present) if present else None  # type: ignore[arg-type]
     reported = _num((ev or {}).get("average"))
-    own = [v for v in (_num(x.get("value")) for x in tv.values()) if v is not None]
-    if (
-        reported is not None
-        and own
-        and not math.isclose(reported, sum(own) / len(own), rel_tol=1e-6, abs_tol=1e-9)
-    ):
-        log.warning(
-            "%s: reported average %.6g differs from the mean of its tasks %.6g; using the mean",
-            where,
-            reported,
-            sum(own) / len(own),
-        )
-    vals["average"] = avg
-    return vals, bool(present) and len(present) < len(tasks)
+    own = [_num(tv[t].get("value")) for t in averaged_tasks(ev)]
+    own_vals = [v for v in own if v is not None]
+    if reported is not None and own_vals:
+        mean = sum(own_vals) / len(own_vals)
+        if not math.isclose(reported, mean, rel_tol=1e-6, abs_tol=1e-9):
+            log.warning(
+                "%s: reported average %.6g differs from the mean of its tasks %.6g", where, reported, mean
+            )
+    if avg_cols:
+        vals["average"] = avg
+    return vals, bool(present) and len(present) < len(avg_cols)
 
 
-def _eval_columns(evals: list[Mapping[str, Any] | None]) -> list[Column]:
+def _eval_columns(evals: Sequence[Mapping[str, Any] | None]) -> list[Column]:
+    """Averaged task columns (paper order), Average, then the other tasks (e.g. held-out loss)."""
     tasks = eval_tasks(evals)
-    all_vals = [_num(t.get("value")) for ev in evals for t in (ev or {}).get("tasks", {}).values()]
-    scale = 100.0 if all_vals and all(v is None or 0.0 <= v <= 1.0 for v in all_vals) else 1.0
-    cols = []
+    averaged = {t for ev in evals for t in averaged_tasks(ev)}
+    avg_vals = [
+        _num(e.get("value")) for ev in evals for t, e in (ev or {}).get("tasks", {}).items() if t in averaged
+    ]
+    scale = 100.0 if avg_vals and all(v is None or 0.0 <= v <= 1.0 for v in avg_vals) else 1.0
+    head, tail = [], []
     for t in tasks:
-        infos = [(ev or {}).get("tasks", {}).get(t) for ev in evals]
-        infos = [i for i in infos if i]
+        infos = [i for i in ((ev or {}).get("tasks", {}).get(t) for ev in evals) if i]
         info = {
             k: sorted({str(i.get(k)) for i in infos if i.get(k) is not None})
             for k in ("metric", "shots", "n")
         }
-        cols.append(Column(t, task_label(t), True, 2, scale, {k: ", ".join(v) for k, v in info.items() if v}))
-    cols.append(Column("average", "Average", True, 2, scale))
-    return cols
+        meta = {k: ", ".join(v) for k, v in info.items() if v}
+        if t in averaged:
+            head.append(Column(t, task_label(t), True, 2, scale, meta, averaged=True))
+        else:
+            tail.append(Column(t, task_label(t), task_direction(t, infos), 4, 1.0, meta))
+    return head + ([Column("average", "Average", True, 2, scale)] if head else []) + tail
 
 
 def _eval_notes(cols: Sequence[Column]) -> list[str]:
@@ -212,21 +246,22 @@ def _eval_notes(cols: Sequence[Column]) -> list[str]:
                 bits.append(f"n={c.info['n']}")
             parts.append(f"{c.label}: {' '.join(b for b in bits if b)}")
     notes = ["Metrics: " + "; ".join(parts) + "."] if parts else []
-    if cols and cols[0].scale == 100.0:
-        notes.append("Scores in %. Average = mean over the tasks.")
+    if any(c.averaged for c in cols):
+        pct = "Scores in %. " if any(c.averaged and c.scale == 100.0 for c in cols) else ""
+        names = ", ".join(c.label for c in cols if c.averaged)
+        notes.append(f"{pct}Average = mean over {names}.")
     return notes
 
 
 def results_table(methods: Mapping[str, Mapping[str, Any]]) -> Table | None:
     """Paper Table 1: one row per method with an ``eval``; columns the tasks + Average. None if no eval."""
-    keys = [k for k in method_order(methods) if methods[k].get("eval")]
+    keys = [k for k in method_order(methods) if (methods[k].get("eval") or {}).get("tasks")]
     if not keys:
         return None
     cols = _eval_columns([methods[k]["eval"] for k in keys])
-    tasks = [c.key for c in cols[:-1]]
     raw = []
     for k in keys:
-        vals, partial = eval_values(methods[k]["eval"], tasks, f"methods.{k}.eval")
+        vals, partial = eval_values(methods[k]["eval"], cols, f"methods.{k}.eval")
         raw.append((k, method_label(k), dict(vals), frozenset({"average"}) if partial else frozenset()))
     notes = _eval_notes(cols)
     if any(p for *_, p in raw):
@@ -268,10 +303,10 @@ def heldout_table(methods: Mapping[str, Mapping[str, Any]]) -> Table | None:
 def mixed_columns(entries: Sequence[Mapping[str, Any]]) -> list[Column]:
     """Columns for rows with an ``eval`` and/or ``heldout``: tasks + Average, then held-out columns with data."""
     evals = [e.get("eval") for e in entries]
-    cols = _eval_columns(evals) if any(evals) else []
+    cols = _eval_columns(evals)
     for c, lab, hb in HELDOUT:
         if any((e.get("heldout") or {}).get(c) is not None for e in entries):
-            cols.append(Column(f"heldout_{c}", lab, hb, 4))
+            cols.append(Column(f"{HELDOUT_PREFIX}{c}", lab, hb, 4))
     return cols
 
 
@@ -279,11 +314,10 @@ def entry_values(
     e: Mapping[str, Any], cols: Sequence[Column], where: str = ""
 ) -> tuple[dict[str, float | None], bool]:
     """Values of a round/sweep entry for :func:`mixed_columns`; second item: the average is partial."""
-    tasks = [c.key for c in cols if c.key != "average" and not c.key.startswith("heldout_")]
-    vals, partial = eval_values(e.get("eval"), tasks, where) if tasks else ({}, False)
+    vals, partial = eval_values(e.get("eval"), cols, where)
     for c in cols:
-        if c.key.startswith("heldout_"):
-            vals[c.key] = _num((e.get("heldout") or {}).get(c.key.removeprefix("heldout_")))
+        if c.key.startswith(HELDOUT_PREFIX):
+            vals[c.key] = _num((e.get("heldout") or {}).get(c.key.removeprefix(HELDOUT_PREFIX)))
     return vals, partial
 
 
