@@ -113,6 +113,18 @@ def subsample(n: int, k: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
 
 
+def _axis_range(values: np.ndarray) -> tuple[float, float]:
+    """A shared axis range over the 0.5-99.5th percentiles (from 0 when the data comes close to 0)."""
+    if len(values) == 0:
+        return 0.0, 1.0
+    lo, hi = (float(x) for x in np.nanpercentile(values, [0.5, 99.5]))
+    if not hi > lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    pad = 0.04 * (hi - lo)
+    lo = 0.0 if 0 <= lo < 0.25 * hi else lo - pad
+    return lo, hi + pad
+
+
 def plot_scatter(
     arr: TokenArrays | None,
     stem: Path,
@@ -131,8 +143,8 @@ def plot_scatter(
     fig, axes = _figure(1, 1, (5.0, 4.4), top=0.6)
     ax = axes[0, 0]
     size = 14.0 if len(idx) < 2_000 else 6.0 if len(idx) < 8_000 else 3.0  # points visible at any count
-    hi = float(np.nanpercentile(np.concatenate([base, ref]), 99.5)) if len(base) else 1.0
-    ax.plot([0, hi], [0, hi], color="black", lw=0.8, ls="--", label="base = reference")
+    lo, hi = _axis_range(np.concatenate([base, ref]))
+    ax.plot([lo, hi], [lo, hi], color="black", lw=0.8, ls="--", label="base = reference")
     ax.scatter(
         base[~kept],
         ref[~kept],
@@ -146,8 +158,8 @@ def plot_scatter(
     ax.scatter(
         base[kept], ref[kept], s=size, alpha=0.6, color=KEPT_COLOR, lw=0, rasterized=True, label="kept"
     )
-    ax.set_xlim(0, hi * 1.02)
-    ax.set_ylim(0, hi * 1.02)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
     ax.set_xlabel("base model loss")
     ax.set_ylabel("reference model loss")
     n_all = len(arr.score)
