@@ -25,6 +25,10 @@ def _limit_arg(value: str) -> float:
 def _eval(a: argparse.Namespace) -> int:
     from tokenclean.evaluation import evaluate
 
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     r = evaluate(
         a.model,
         adapter=a.adapter,
@@ -112,6 +116,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per held-out forward")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     s.add_argument("--dtype", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
+    s.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (1 is faster on a busy machine)"
+    )
 
     s = sub.add_parser("eval-data", help="make local benchmark files for offline evaluation")
     act = s.add_subparsers(dest="action", required=True, metavar="ACTION")

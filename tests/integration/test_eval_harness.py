@@ -72,6 +72,51 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             for i, w in enumerate(words)
         ],
     )
+    _jsonl(
+        d / "logiqa.jsonl",
+        [
+            {
+                "context": f"all {w} cats are cats.",
+                "question": "which is true?",
+                "options": words,
+                "label": "abcd"[i],
+            }
+            for i, w in enumerate(words)
+        ],
+    )
+    _jsonl(
+        d / "hellaswag.jsonl",
+        [
+            {
+                "activity_label": "Cooking",
+                "ctx_a": f"a man cooks {w} rice.",
+                "ctx_b": "then he",
+                "ctx": "",
+                "endings": words,
+                "label": str(i),
+            }
+            for i, w in enumerate(words)
+        ],
+    )
+    _jsonl(
+        d / "arc_challenge.jsonl",
+        [
+            {
+                "id": str(i),
+                "question": f"which colour is {w}?",
+                "choices": {"text": words, "label": list("ABCD")},
+                "answerKey": "ABCD"[i],
+            }
+            for i, w in enumerate(words)
+        ],
+    )
+    _jsonl(
+        d / "boolq.jsonl",
+        [
+            {"passage": f"the sky is {w}.", "question": f"is the sky {w}", "idx": i, "label": i % 2}
+            for i, w in enumerate(words)
+        ],
+    )
     return d
 
 
@@ -161,6 +206,32 @@ def test_local_tasks_base_adapter_and_merged(
     assert alone["tasks"]["truthfulqa_mc2"]["value"] == pytest.approx(
         ada["tasks"]["truthfulqa_mc2"]["value"], abs=1e-6
     )
+
+
+def test_whole_paper_suite_from_local_files(tiny_model_dir: Path, data_dir: Path) -> None:
+    """Every benchmark's local file (in its Hub dataset's schema) runs through the harness's own task YAML."""
+    r = evaluate(str(tiny_model_dir), suite="paper", data_dir=data_dir, batch_size=8)
+    assert list(r["tasks"]) == [
+        "truthfulqa_mc2",
+        "tydiqa",
+        "logiqa",
+        "mmlu",
+        "hellaswag",
+        "arc_challenge",
+        "boolq",
+    ]
+    assert {k: v["n"] for k, v in r["tasks"].items()} == {
+        "truthfulqa_mc2": 4,
+        "tydiqa": 4,
+        "logiqa": 4,
+        "mmlu": 12,
+        "hellaswag": 4,
+        "arc_challenge": 4,
+        "boolq": 4,
+    }
+    assert "acc_norm" in r["tasks"]["hellaswag"]["details"]  # kept for reference; the reported metric is acc
+    assert r["tasks"]["hellaswag"]["value"] == r["tasks"]["hellaswag"]["details"]["acc"]
+    assert r["average"] == pytest.approx(sum(v["value"] for v in r["tasks"].values()) / 7)
 
 
 def test_limit_applies_per_subject(tiny_model_dir: Path, data_dir: Path) -> None:

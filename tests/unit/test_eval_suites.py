@@ -76,3 +76,35 @@ def test_resolve_tasks() -> None:
     assert resolve_tasks("quick", None) == ([], [])
     with pytest.raises(ConfigError, match="use --suite quick"):
         resolve_tasks("paper", ["my_task.yaml"])
+
+
+def test_hub_mode_configs_keep_the_harness_dataset(tmp_path: Path) -> None:
+    """Without local files the generated tasks keep the harness's Hub dataset and resolve our functions."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from tokenclean.evaluation.harness import Source, write_task_configs
+    from tokenclean.evaluation.tasks import tydiqa
+
+    specs = suite_tasks("paper")
+    names = write_task_configs(tmp_path, specs, {s.name: Source("hub", s.hub.path) for s in specs})
+    assert names == [f"tc_{s.name}" for s in specs]
+    group = load_yaml(tmp_path / "tc_mmlu.yaml")
+    assert len(group["task"]) == 57 and group["aggregate_metric_list"][0]["weight_by_size"] is True
+    anatomy = load_yaml(tmp_path / "tc_mmlu_anatomy.yaml", resolve_func=False)
+    assert (anatomy["dataset_path"], anatomy["dataset_name"], anatomy["num_fewshot"]) == (
+        "cais/mmlu",
+        "anatomy",
+        5,
+    )
+    assert anatomy["fewshot_split"] == "dev"
+    arc = load_yaml(tmp_path / "tc_arc_challenge.yaml", resolve_func=False)
+    assert (arc["dataset_path"], arc["dataset_name"], arc["test_split"]) == (
+        "allenai/ai2_arc",
+        "ARC-Challenge",
+        "test",
+    )
+    ty = load_yaml(tmp_path / "tc_tydiqa.yaml")
+    assert (ty["dataset_path"], ty["dataset_name"]) == ("google-research-datasets/tydiqa", "secondary_task")
+    assert ty["process_results"] is tydiqa.process_results and ty["process_docs"] is tydiqa.process_docs
+    assert ty["generation_kwargs"]["until"] == ["\n"]
