@@ -56,6 +56,31 @@ def test_one_model_toggle_equals_two_separately_loaded_models(setup) -> None:
         np.testing.assert_array_equal(a.losses, b.losses)
 
 
+def test_fp32_reference_merged_in_place_is_exact(setup, tmp_path) -> None:
+    """The fp32 reference phase merges the adapter into the loaded weights: bit-equal to a separately
+    loaded merged checkpoint, within 1e-5 of the unmerged adapter; the base phase must come first."""
+    samples = _samples(setup["prep"])
+    pair = load_pair(str(setup["model"]), str(setup["adapter"]))
+    assert pair.merge_reference and not pair.merged
+    base = pair.base_losses(samples, 0)
+    unmerged = batch_token_losses(load_model(str(setup["model"]), adapter=str(setup["adapter"])), samples)
+    ref = pair.ref_losses(samples, 0)
+    assert pair.merged and ref is not None
+    merged_dir = tmp_path / "merged"
+    load_model(str(setup["model"]), adapter=str(setup["adapter"])).merge_and_unload().save_pretrained(
+        merged_dir
+    )
+    from_disk = batch_token_losses(load_model(str(merged_dir)), samples)
+    plain = batch_token_losses(load_model(str(setup["model"])), samples)
+    for r, d, u, b, p in zip(ref, from_disk, unmerged, base, plain):
+        np.testing.assert_array_equal(r.losses, d.losses)
+        np.testing.assert_allclose(r.losses, u.losses, atol=1e-5)
+        np.testing.assert_array_equal(b.losses, p.losses)
+    with pytest.raises(RuntimeError, match="base pass must come first"):
+        pair.base_losses(samples, 0)
+    assert not load_pair(str(setup["model"]), str(setup["adapter"]), dtype="bf16").merge_reference
+
+
 def test_store_from_one_model_equals_store_from_external_merged_reference(setup, tmp_path) -> None:
     import datasets
 

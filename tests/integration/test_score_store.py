@@ -87,6 +87,7 @@ def test_store_layout_and_manifest_contract(setup, uninterrupted) -> None:
     assert len(m["base"]["hash"]) == 64 and m["reference"]["adapter_hash"]
     assert m["reference"]["adapter"] == str(setup["adapter"].resolve())
     assert m["mode"] == "one_model" and m["dtype"] == "fp32" and m["device"] == "cpu"
+    assert m["reference_merged_in_place"] is True
     assert {"torch", "transformers", "peft"} <= set(m["versions"])
     assert m["counts"]["samples"] == N and m["counts"]["chunks"] == 4
     assert m["timings"]["tokens_per_s"] > 0 and m["self_check_max_diff"] < 1e-4
@@ -106,19 +107,19 @@ def test_rerun_reuses_and_other_scorer_recomputes(setup, uninterrupted, tmp_path
 
 def test_resume_after_crash_gives_identical_scores(setup, uninterrupted, tmp_path) -> None:
     out = tmp_path / "s"
-    seen: list[int] = []
+    seen: list[tuple[int, str]] = []
 
-    def crash(k: int) -> None:
-        seen.append(k)
-        if len(seen) == 3:  # chunks 0, 1, 2 saved, then the crash
+    def crash(k: int, phase: str) -> None:
+        seen.append((k, phase))
+        if len(seen) == 5:  # base parts of chunks 0-3 and the reference part of chunk 0 saved, then the crash
             raise RuntimeError("simulated crash")
 
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _score(setup, out, on_chunk=crash)
-    assert not (out / "manifest.json").exists()
-    resumed: list[int] = []
-    _score(setup, out, on_chunk=resumed.append)
-    assert resumed == [3]  # finished chunks are skipped
+        _score(setup, out, on_part=crash)
+    assert seen[-1] == (0, "ref") and not (out / "manifest.json").exists()
+    resumed: list[tuple[int, str]] = []
+    _score(setup, out, on_part=lambda k, ph: resumed.append((k, ph)))
+    assert resumed == [(1, "ref"), (2, "ref"), (3, "ref")]  # finished parts are skipped
     assert _same(_cols(out), _cols(uninterrupted[0]))
 
 
@@ -131,19 +132,19 @@ def test_resume_after_sigkill_gives_identical_scores(setup, uninterrupted, tmp_p
     env = dict(os.environ, TOKENCLEAN_LOGLEVEL="WARNING")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / ".work").glob("chunk-*.json"))) < 2:
+    while time.time() < deadline and len(list((out / ".work").glob("chunk-*.json"))) < N + 2:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "manifest.json").exists(), "run finished before the kill; test did not test anything"
-    n_done = len(list((out / ".work").glob("chunk-*.json")))
-    assert 2 <= n_done < N
+    n_done = len(list((out / ".work").glob("chunk-*.json")))  # killed inside the reference phase
+    assert N + 2 <= n_done < 2 * N
     resumed: list[int] = []
     score_dataset(
         setup["prep"], str(setup["model"]), reference=str(setup["adapter"]), out=out, shard_size=1,
-        batch_tokens=200, progress=False, on_chunk=resumed.append,
+        batch_tokens=200, progress=False, on_part=lambda k, ph: resumed.append(k),
     )  # fmt: skip
-    assert len(resumed) <= N - n_done + 1  # at most the chunk being written at the kill is redone
+    assert len(resumed) <= 2 * N - n_done + 1  # at most the part being written at the kill is redone
     whole = tmp_path / "whole"  # uninterrupted, same settings: bit-identical
     _score(setup, whole, shard_size=1)
     assert _same(_cols(out), _cols(whole))
@@ -163,11 +164,11 @@ def test_process_shards_merge_to_the_single_process_result(setup, uninterrupted,
 def test_changed_settings_do_not_mix_with_partial_results(setup, tmp_path) -> None:
     out = tmp_path / "s"
 
-    def crash(k: int) -> None:
+    def crash(k: int, phase: str) -> None:
         raise RuntimeError("stop")
 
     with pytest.raises(RuntimeError):
-        _score(setup, out, on_chunk=crash)
+        _score(setup, out, on_part=crash)
     with pytest.raises(StoreError, match="differs in: dtype"):
         _score(setup, out, dtype="bf16")
     m = _score(setup, out, dtype="bf16", force=True)

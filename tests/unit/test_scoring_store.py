@@ -11,10 +11,11 @@ import pytest
 
 from tokenclean.scoring import store
 
+BASE = np.array([np.nan, 1.0, 2.0, np.nan, np.nan, 0.5], dtype=np.float32)
 
-def _chunk(k: int = 0) -> store.Chunk:
-    base = np.array([np.nan, 1.0, 2.0, np.nan, np.nan, 0.5], dtype=np.float32)
-    return store.Chunk(k, 4 * k, np.array([0, 3, 6]), base, base - 0.25)
+
+def _part(k: int = 0, phase: str = "base") -> store.Part:
+    return store.Part(k, phase, 4 * k, np.array([0, 3, 6]), BASE if phase == "base" else BASE - 0.25)
 
 
 def _plan(**kw) -> dict:
@@ -24,26 +25,25 @@ def _plan(**kw) -> dict:
 
 def test_chunk_roundtrip_and_marker(tmp_path: Path) -> None:
     store.prepare_out(tmp_path / "o", _plan(), force=False)
-    assert not store.chunk_done(tmp_path / "o", 0)
-    store.write_chunk(tmp_path / "o", _chunk(0), {"tokens": 6})
-    assert store.chunk_done(tmp_path / "o", 0)
-    got = store.read_chunk(tmp_path / "o", 0)
-    np.testing.assert_array_equal(got.base, _chunk().base)
-    np.testing.assert_array_equal(got.ref, _chunk().ref)
-    assert got.offsets.tolist() == [0, 3, 6] and got.start == 0
+    assert not store.part_done(tmp_path / "o", 0, "base")
+    store.write_part(tmp_path / "o", _part(0), {"tokens": 6})
+    assert store.part_done(tmp_path / "o", 0, "base") and not store.part_done(tmp_path / "o", 0, "ref")
+    got = store.read_part(tmp_path / "o", 0, "base")
+    np.testing.assert_array_equal(got.values, BASE)
+    assert got.offsets.tolist() == [0, 3, 6] and got.start == 0 and got.phase == "base"
     assert not list((tmp_path / "o" / ".work").glob("*.tmp"))  # no temporary left behind
 
 
 def test_partial_or_corrupt_chunk_is_not_done(tmp_path: Path) -> None:
     out = tmp_path / "o"
     store.prepare_out(out, _plan(), force=False)
-    store.write_chunk(out, _chunk(1), {})
-    npz, marker = store.chunk_paths(out, 1)
+    store.write_part(out, _part(1), {})
+    npz, marker = store.part_paths(out, 1, "base")
     npz.write_bytes(npz.read_bytes()[:-10])  # torn data file under a valid-looking marker
-    assert not store.chunk_done(out, 1)
-    store.write_chunk(out, _chunk(1), {})
+    assert not store.part_done(out, 1, "base")
+    store.write_part(out, _part(1), {})
     marker.unlink()  # killed between data file and marker
-    assert not store.chunk_done(out, 1)
+    assert not store.part_done(out, 1, "base")
 
 
 def test_shards_are_disjoint_and_cover_all_chunks() -> None:
@@ -58,13 +58,13 @@ def test_shards_are_disjoint_and_cover_all_chunks() -> None:
 def test_work_of_a_different_run_is_refused_then_discarded_with_force(tmp_path: Path) -> None:
     out = tmp_path / "o"
     store.prepare_out(out, _plan(), force=False)
-    store.write_chunk(out, _chunk(0), {})
+    store.write_part(out, _part(0), {})
     with pytest.raises(store.StoreError, match="differs in: dtype"):
         store.prepare_out(out, _plan(dtype="bf16"), force=False)
-    store.prepare_out(out, _plan(), force=False)  # same run: resumes, keeps the chunk
-    assert store.chunk_done(out, 0)
+    store.prepare_out(out, _plan(), force=False)  # same run: resumes, keeps the part
+    assert store.part_done(out, 0, "base")
     store.prepare_out(out, _plan(dtype="bf16"), force=True)
-    assert not store.chunk_done(out, 0)
+    assert not store.part_done(out, 0, "base")
 
 
 def test_non_store_directory_is_refused(tmp_path: Path) -> None:
@@ -80,10 +80,11 @@ def test_assemble_checks_lengths_and_writes_dataset(tmp_path: Path) -> None:
 
     out = tmp_path / "o"
     store.prepare_out(out, _plan(), force=False)
-    store.write_chunk(out, _chunk(0), {})
+    store.write_part(out, _part(0, "base"), {})
+    store.write_part(out, _part(0, "ref"), {})
     with pytest.raises(store.StoreError, match="do not match"):
-        store.assemble(out, ["a", "b"], np.array([3, 4]), "token_cleaning", 1)
-    counts = store.assemble(out, ["a", "b"], np.array([3, 3]), "token_cleaning", 1)
+        store.assemble(out, ["a", "b"], np.array([3, 4]), "token_cleaning", 1, with_ref=True)
+    counts = store.assemble(out, ["a", "b"], np.array([3, 3]), "token_cleaning", 1, with_ref=True)
     assert counts == {"scored_positions": 3, "total_positions": 6}
     ds = datasets.load_from_disk(str(out))
     assert ds["sample_id"] == ["a", "b"]

@@ -2,8 +2,9 @@
 
 Order of work: resolve the models and the run key; return at once if ``out`` already holds this run;
 load the models (one model when the reference is an adapter on the base); check the engine against the
-full forward on one sample; score this process's missing chunks (length-bucketed batches, base and
-reference on the same batch); when every chunk is done, assemble the dataset and write the manifest.
+full forward on one sample; score this process's missing parts, every base part first and then every
+reference part (so a LoRA reference can be merged in place once, see :mod:`.models`), in length-bucketed
+batches; when every part is done, assemble the dataset and write the manifest.
 """
 
 from __future__ import annotations
@@ -72,41 +73,38 @@ def _plan(models: dict[str, Any], **settings: Any) -> dict[str, Any]:
     return dict(plan, run_key=sha256_json(plan))
 
 
-def _chunk_arrays(samples: list[Sample], results: dict[int, tuple[SampleLosses, SampleLosses | None]]) -> Any:
-    """Flat per-position arrays of a chunk: offsets (n+1,), base (sum T,), ref (sum T,)."""
-    lengths = [len(s.input_ids) for s in samples]
-    base, ref = [], []
-    for s in samples:
-        b, r = results[s.index]
-        base.append(scatter_to_positions(len(s.input_ids), b.positions, b.losses))
-        ref.append(
-            scatter_to_positions(len(s.input_ids), r.positions, r.losses)
-            if r is not None
-            else np.full(len(s.input_ids), np.nan, dtype=np.float32)
-        )
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return offsets, np.concatenate(base), np.concatenate(ref)
-
-
-def score_chunk(
-    pair: ModelPair, data: PreparedData, k: int, shard_size: int, batch_tokens: int, bar: Any
-) -> tuple[store.Chunk, dict[str, Any]]:
-    """Score chunk ``k`` (rows ``[k*S, (k+1)*S)``): length-bucketed batches, base and reference per batch."""
+def score_part(
+    pair: ModelPair, data: PreparedData, k: int, phase: str, shard_size: int, batch_tokens: int, bar: Any
+) -> tuple[store.Part, dict[str, Any]]:
+    """One model's losses on chunk ``k`` (rows ``[k*S, (k+1)*S)``) in length-bucketed batches."""
     start = k * shard_size
     samples = data.samples(start, min(start + shard_size, len(data)))
     pad_id = pair.tokenizer.pad_token_id if pair.tokenizer.pad_token_id is not None else 0
-    t0 = time.perf_counter()
-    results: dict[int, tuple[SampleLosses, SampleLosses | None]] = {}
+    fn = pair.base_losses if phase == "base" else pair.ref_losses
+    t0, c0 = time.perf_counter(), time.process_time()
+    results: dict[int, SampleLosses] = {}
     for idx in make_batches([len(s.input_ids) for s in samples], batch_tokens):
         batch = [samples[i] for i in idx]
-        base, ref = pair.losses(batch, pad_id)
-        for j, s in enumerate(batch):
-            results[s.index] = (base[j], ref[j] if ref is not None else None)
+        losses = fn(batch, pad_id)
+        assert losses is not None
+        results.update((r.index, r) for r in losses)
         bar.update(sum(len(s.input_ids) for s in batch))
-    offsets, b, r = _chunk_arrays(samples, results)
-    seconds = time.perf_counter() - t0
-    info = {"n": len(samples), "tokens": int(offsets[-1]), "seconds": round(seconds, 4)}
-    return store.Chunk(k, start, offsets, b, r), info
+    lengths = [len(s.input_ids) for s in samples]
+    values = np.concatenate(  # (sum T,) NaN where not scored
+        [
+            scatter_to_positions(len(s.input_ids), results[s.index].positions, results[s.index].losses)
+            for s in samples
+        ]
+    )
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # (n + 1,)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    info = {
+        "n": len(samples),
+        "tokens": int(offsets[-1]),
+        "seconds": round(seconds, 4),
+        "cpu_seconds": round(cpu, 4),
+    }
+    return store.Part(k, phase, start, offsets, values), info
 
 
 def self_check(pair: ModelPair, sample: Sample, dtype: str) -> float:
@@ -158,7 +156,7 @@ def score_dataset(
     num_shards: int = 1,
     shard_size: int = DEFAULT_SHARD_SIZE,
     force: bool = False,
-    on_chunk: Callable[[int], None] | None = None,
+    on_part: Callable[[int, str], None] | None = None,
 ) -> dict[str, Any]:
     """Score every trained token of a prepared dataset with ``base`` and the reference; write the store.
 
@@ -166,7 +164,7 @@ def score_dataset(
     ``base`` (or ``adapter=``) is scored from ONE loaded model with the adapter toggled. Resumable: a re-run
     with the same arguments continues a killed run. With ``num_shards > 1`` each process scores chunks
     ``k % num_shards == shard_index``; the last to finish assembles. Returns the manifest (``complete`` is
-    False when other shards are still missing). ``on_chunk(k)`` is called after each chunk is saved."""
+    False when other shards are still missing). ``on_part(k, phase)`` is called after each part (chunk k, "base" or "ref") is saved."""
     from tokenclean.models.loader import resolve_device
 
     t0 = time.time()
@@ -195,12 +193,13 @@ def score_dataset(
     store.prepare_out(out, plan, force)
     total = store.n_chunks(len(data), shard_size)
     mine = store.my_chunks(len(data), shard_size, shard_index, num_shards)
-    pending = [k for k in mine if not store.chunk_done(out, k)]
-    check = _run_chunks(pair, data, out, pending, dtype, shard_size, batch_tokens, progress, on_chunk)
+    phases = store.PHASES if pair.mode != "base_only" else ("base",)
+    pending = [(k, ph) for ph in phases for k in mine if not store.part_done(out, k, ph)]
+    check = _run_parts(pair, data, out, pending, dtype, shard_size, batch_tokens, progress, on_part)
     finished = store.complete_manifest(out, plan)  # another shard's process may have assembled already
     if finished is not None:
         return dict(finished, reused=True)
-    missing = [k for k in range(total) if not store.chunk_done(out, k)]
+    missing = sorted({k for k in range(total) for ph in phases if not store.part_done(out, k, ph)})
     if missing:
         log.info("shard %d/%d done; %d chunks of other shards missing", shard_index, num_shards, len(missing))
         return dict(plan, stage="score", complete=False, missing_chunks=missing)
@@ -208,33 +207,38 @@ def score_dataset(
     manifest.update(
         device=device, batch_tokens=batch_tokens, num_shards=num_shards, self_check_max_diff=check
     )
+    manifest.update(reference_merged_in_place=pair.merge_reference)
     return _merge(out, data, manifest, total, t0)
 
 
-def _run_chunks(
+def _run_parts(
     pair: ModelPair,
     data: PreparedData,
     out: Path,
-    pending: list[int],
+    pending: list[tuple[int, str]],
     dtype: str,
     shard_size: int,
     batch_tokens: int,
     progress: bool,
-    on_chunk: Callable[[int], None] | None,
+    on_part: Callable[[int, str], None] | None,
 ) -> float | None:
+    """Score the pending ``(chunk, phase)`` parts: every base part first, then every reference part (so the
+    adapter may be merged in place once, between the phases)."""
     from tqdm.auto import tqdm
 
     if not pending:
         return None
-    first = data.samples(pending[0] * shard_size, min((pending[0] + 1) * shard_size, len(data)))
+    k0 = pending[0][0]
+    first = data.samples(k0 * shard_size, min((k0 + 1) * shard_size, len(data)))
     check = self_check(pair, min(first, key=lambda s: len(s.input_ids)), dtype)
-    tokens = sum(int(data.lengths[k * shard_size : (k + 1) * shard_size].sum()) for k in pending)
+    tokens = sum(int(data.lengths[k * shard_size : (k + 1) * shard_size].sum()) for k, _ in pending)
     with tqdm(total=tokens, unit="tok", unit_scale=True, desc="score", disable=not progress) as bar:
-        for k in pending:
-            chunk, info = score_chunk(pair, data, k, shard_size, batch_tokens, bar)
-            store.write_chunk(out, chunk, info)
-            if on_chunk is not None:
-                on_chunk(k)
+        for k, phase in pending:
+            bar.set_description(f"score ({phase})")
+            part, info = score_part(pair, data, k, phase, shard_size, batch_tokens, bar)
+            store.write_part(out, part, info)
+            if on_part is not None:
+                on_part(k, phase)
     return check
 
 
@@ -244,16 +248,21 @@ def _merge(out: Path, data: PreparedData, manifest: dict[str, Any], total: int, 
             old = read_json(out / "manifest.json")
             if old.get("run_key") == manifest["run_key"]:
                 return dict(old, reused=True)
-        markers = store.read_markers(out, total)
-        counts = store.assemble(out, data.sample_ids, data.lengths, manifest["scorer"], total)
+        phases = store.PHASES if manifest["mode"] != "base_only" else ("base",)
+        markers = store.read_markers(out, total, phases)
+        counts = store.assemble(
+            out, data.sample_ids, data.lengths, manifest["scorer"], total, len(phases) == 2
+        )
         compute_s = sum(m["seconds"] for m in markers)
-        tokens = sum(m["tokens"] for m in markers)
+        cpu_s = sum(m.get("cpu_seconds", 0.0) for m in markers)
+        tokens = sum(m["tokens"] for m in markers if m["phase"] == "base")
         manifest.update(
             complete=True,
             counts=dict(counts, samples=len(data), tokens=tokens, chunks=total),
             timings={
                 "compute_seconds": round(compute_s, 3),
-                "tokens_per_s": round(tokens / compute_s, 2) if compute_s else None,
+                "compute_cpu_seconds": round(cpu_s, 3),
+                "tokens_per_s": round(tokens / compute_s, 2) if compute_s else None,  # both models per token
                 "wall_seconds_last_process": round(time.time() - t0, 3),
             },
             versions=package_versions(),

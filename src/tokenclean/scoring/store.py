@@ -2,13 +2,14 @@
 
 Layout of ``OUT`` while a run is in progress (or was killed)::
 
-    OUT/.work/plan.json            what is being computed (run key); a resume must match it
-    OUT/.work/chunk-00012.npz      losses of samples [12*S, 13*S) in prepared order (S = shard_size)
-    OUT/.work/chunk-00012.json     completion marker: written after the .npz, holds its SHA-256
+    OUT/.work/plan.json               what is being computed (run key); a resume must match it
+    OUT/.work/chunk-00012.base.npz    base losses of samples [12*S, 13*S) in prepared order (S = shard_size)
+    OUT/.work/chunk-00012.base.json   completion marker: written after the .npz, holds its SHA-256
+    OUT/.work/chunk-00012.ref.npz     reference losses of the same samples (+ .ref.json marker)
 
-Every file is written to a temporary name, fsynced and moved into place with ``os.replace``; a chunk counts
+Every file is written to a temporary name, fsynced and moved into place with ``os.replace``; a part counts
 as done only when its marker exists and the hash matches, so a run killed at any moment never reads a
-partial file. A restart recomputes exactly the chunks without a valid marker, with the same chunk
+partial file. A restart recomputes exactly the parts without a valid marker, with the same chunk
 boundaries and batching, so it ends with bit-identical scores.
 
 Chunk ``k`` belongs to process ``k % num_shards``: processes started with ``shard_index = 0..n-1`` score
@@ -41,24 +42,27 @@ class StoreError(TokencleanError):
     """The output directory cannot be used as a score store (or holds another run's partial results)."""
 
 
+PHASES = ("base", "ref")
+
+
 @dataclass(frozen=True)
-class Chunk:
-    """Scored losses of a contiguous range of prepared samples, flat and aligned to positions."""
+class Part:
+    """One model's losses on a contiguous range of prepared samples, flat and aligned to positions."""
 
     k: int  # chunk number
+    phase: str  # "base" or "ref"
     start: int  # first prepared row
-    offsets: np.ndarray  # (n + 1,) int64 offsets into the flat arrays
-    base: np.ndarray  # (sum of lengths,) float32, NaN where not scored
-    ref: np.ndarray  # (sum of lengths,) float32, NaN where not scored or no reference
+    offsets: np.ndarray  # (n + 1,) int64 offsets into ``values``
+    values: np.ndarray  # (sum of lengths,) float32 losses, NaN where not scored
 
 
 def work_dir(out: Path) -> Path:
     return Path(out) / ".work"
 
 
-def chunk_paths(out: Path, k: int) -> tuple[Path, Path]:
+def part_paths(out: Path, k: int, phase: str) -> tuple[Path, Path]:
     w = work_dir(out)
-    return w / f"chunk-{k:05d}.npz", w / f"chunk-{k:05d}.json"
+    return w / f"chunk-{k:05d}.{phase}.npz", w / f"chunk-{k:05d}.{phase}.json"
 
 
 def n_chunks(n_samples: int, shard_size: int) -> int:
@@ -126,24 +130,26 @@ def _fsync_replace(tmp: str, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def write_chunk(out: Path, chunk: Chunk, info: dict[str, Any]) -> None:
-    """Write a chunk's arrays, then its marker (both atomically). ``info`` goes into the marker."""
-    npz, marker = chunk_paths(out, chunk.k)
+def write_part(out: Path, part: Part, info: dict[str, Any]) -> None:
+    """Write a part's arrays, then its marker (both atomically). ``info`` goes into the marker."""
+    npz, marker = part_paths(out, part.k, part.phase)
     fd, tmp = tempfile.mkstemp(dir=npz.parent, prefix=f".{npz.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, offsets=chunk.offsets, base=chunk.base, ref=chunk.ref, start=np.int64(chunk.start))
+            np.savez(f, offsets=part.offsets, values=part.values, start=np.int64(part.start))
         _fsync_replace(tmp, npz)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    write_json_atomic(marker, dict(info, k=chunk.k, start=chunk.start, sha256=sha256_file(npz)))
+    write_json_atomic(
+        marker, dict(info, k=part.k, phase=part.phase, start=part.start, sha256=sha256_file(npz))
+    )
 
 
-def chunk_done(out: Path, k: int) -> bool:
-    """A chunk is done when its marker exists and names the current .npz content."""
-    npz, marker = chunk_paths(out, k)
+def part_done(out: Path, k: int, phase: str) -> bool:
+    """A part is done when its marker exists and names the current .npz content."""
+    npz, marker = part_paths(out, k, phase)
     if not (marker.exists() and npz.exists()):
         return False
     try:
@@ -152,14 +158,14 @@ def chunk_done(out: Path, k: int) -> bool:
         return False
 
 
-def read_chunk(out: Path, k: int) -> Chunk:
-    npz, _ = chunk_paths(out, k)
+def read_part(out: Path, k: int, phase: str) -> Part:
+    npz, _ = part_paths(out, k, phase)
     with np.load(npz) as z:
-        return Chunk(k, int(z["start"]), z["offsets"], z["base"], z["ref"])
+        return Part(k, phase, int(z["start"]), z["offsets"], z["values"])
 
 
-def read_markers(out: Path, total: int) -> list[dict[str, Any]]:
-    return [read_json(chunk_paths(out, k)[1]) for k in range(total)]
+def read_markers(out: Path, total: int, phases: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [read_json(part_paths(out, k, ph)[1]) for k in range(total) for ph in phases]
 
 
 @contextlib.contextmanager
@@ -186,22 +192,25 @@ def _list_array(offsets: np.ndarray, values: np.ndarray) -> Any:
 
 
 def assemble(
-    out: Path, sample_ids: list[str], lengths: np.ndarray, scorer: str, total: int
+    out: Path, sample_ids: list[str], lengths: np.ndarray, scorer: str, total: int, with_ref: bool
 ) -> dict[str, int]:
-    """Build the final dataset from all chunks into ``out`` (manifest written by the caller, last).
+    """Build the final dataset from all parts into ``out`` (manifest written by the caller, last).
 
     Columns: ``sample_id``, ``base_loss``, ``ref_loss``, ``score`` (float32 lists, NaN where not scored), one
     row per prepared sample in prepared order. Returns counts of scored positions."""
     import datasets
     import pyarrow as pa
 
-    chunks = [read_chunk(out, k) for k in range(total)]
-    base = np.concatenate([c.base for c in chunks])  # (sum T,)
-    ref = np.concatenate([c.ref for c in chunks])  # (sum T,)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # (n + 1,)
-    got = np.concatenate([[0]] + [np.diff(c.offsets) for c in chunks]).cumsum()
-    if len(got) != len(offsets) or not np.array_equal(got, offsets):
-        raise StoreError(f"{work_dir(out)}: chunk lengths do not match the prepared input_ids lengths")
+    flat = {}
+    for phase in PHASES if with_ref else ("base",):
+        parts = [read_part(out, k, phase) for k in range(total)]
+        got = np.concatenate([[0]] + [np.diff(p.offsets) for p in parts]).cumsum()
+        if len(got) != len(offsets) or not np.array_equal(got, offsets):
+            raise StoreError(f"{work_dir(out)}: {phase} chunk lengths do not match the prepared input_ids")
+        flat[phase] = np.concatenate([p.values for p in parts])  # (sum T,)
+    base = flat["base"]
+    ref = flat.get("ref", np.full_like(base, np.nan))
     mask = ~np.isnan(base)
     score = get_scorer(scorer)(base, ref, mask)  # (sum T,)
     table = pa.table(
