@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from tokenclean.errors import ConfigError, TokencleanError
-from tokenclean.evaluation.local_data import DATA_DIR_ENV, local_file, read_records
+from tokenclean.errors import ConfigError, DataError, TokencleanError
+from tokenclean.evaluation.local_data import DATA_DIR_ENV, local_file, read_records, write_records
 from tokenclean.evaluation.suites import MMLU_SUBJECTS, EvalDataError, TaskSpec
 from tokenclean.utils import get_logger
 
@@ -163,9 +163,6 @@ def _write_included_task(inc: Path, spec: TaskSpec, source: Source, tasks_dir: P
 
 def _split_mmlu(path: Path, spec: TaskSpec, out: Path) -> dict[str, Path]:
     """Per-subject JSONL files from one MMLU file; unknown subjects are an error naming FILE:LINE."""
-    from tokenclean.errors import DataError
-    from tokenclean.evaluation.local_data import write_records
-
     by_subject: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for i, r in enumerate(read_records(path, spec.fields), 1):
         if r["subject"] not in MMLU_SUBJECTS:
