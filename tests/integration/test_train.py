@@ -254,6 +254,19 @@ def test_data_from_another_tokenizer_is_refused(tmp_path: Path, tiny_model_dir: 
         train(tmp_path / "d", str(tiny_model_dir), tmp_path / "run", CFG, progress=False)
 
 
+def test_data_prepared_with_another_tokenizer_is_refused(
+    tmp_path: Path, tiny_tok_sp, tiny_model_dir: Path
+) -> None:
+    from tokenclean.data.prepare import prepare
+    from tokenclean.errors import ModelError
+
+    src = tmp_path / "sft.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in _records(4, seed=1)))
+    prepare(src, tiny_tok_sp, tmp_path / "prep_sp", progress=False)
+    with pytest.raises(ModelError, match=r"was tokenised with .* differs from the tokenizer of model"):
+        train(tmp_path / "prep_sp", str(tiny_model_dir), tmp_path / "run", CFG, progress=False)
+
+
 def test_cli_train_and_merge(tmp_path: Path, prepared: Path, tiny_model_dir: Path, capsys) -> None:
     from tokenclean.cli import main
 

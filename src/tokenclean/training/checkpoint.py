@@ -46,7 +46,7 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 def save_checkpoint(out: Path, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> None:
     """Write OUT/checkpoint atomically (the previous one is replaced only once this one is complete)."""
     with atomic_dir(out / CHECKPOINT) as tmp:
-        model.save_pretrained(str(tmp / "adapter"))
+        model.save_pretrained(str(tmp / "adapter"), save_embedding_layers=False)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(_rng_state(), tmp / "rng.pt")
