@@ -141,3 +141,19 @@ def test_empty_step_and_empty_micro_batch_never_nan(lora_model) -> None:
     g_alone = grads(lora_model)
     assert mixed.loss == alone.loss and np.isfinite(mixed.loss)
     assert all(torch.equal(g_mixed[n], g_alone[n]) and torch.isfinite(g_mixed[n]).all() for n in g_alone)
+
+
+def test_optimizer_step_skips_empty_and_nonfinite_steps() -> None:
+    from tokenclean.training.loop import _optimizer_step
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([p], lr=0.1)
+    state = {"skipped_steps": 0, "nonfinite_steps": 0}
+    assert _optimizer_step(None, [p], opt, 1.0, state) is None and state["skipped_steps"] == 1
+    p.grad = torch.tensor([1.0, float("nan"), 0.0])
+    assert _optimizer_step(1.5, [p], opt, 1.0, state) is None and state["nonfinite_steps"] == 1
+    assert _optimizer_step(float("inf"), [p], opt, 1.0, state) is None and state["nonfinite_steps"] == 2
+    assert torch.equal(p.detach(), torch.ones(3))  # no update from a NaN gradient or an empty step
+    p.grad = torch.full((3,), 2.0)
+    norm = _optimizer_step(1.5, [p], opt, 1.0, state)
+    assert norm == pytest.approx(12**0.5) and not torch.equal(p.detach(), torch.ones(3))
