@@ -68,7 +68,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="fp32 (default, exact) or bf16/fp16 (faster, moves losses; see docs/scoring.md)",
     )
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    s.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per batch (default 4096)")
+    s.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=None,
+        help="padded tokens per batch (default 1024 on CPU, 16384 on CUDA)",
+    )
     s.add_argument("--shard-size", type=int, default=256, help="samples per resumable chunk file")
     s.add_argument("--shard-index", type=int, default=0, help="this process's shard (0..num-shards-1)")
     s.add_argument("--num-shards", type=int, default=1, help="processes scoring disjoint shards")

@@ -24,8 +24,17 @@ import numpy as np
 from tokenclean import IGNORE_INDEX
 from tokenclean.alignment import logit_positions, trained_positions
 
-DEFAULT_BATCH_TOKENS = 4096
-DEFAULT_CHUNK_ROWS = 1024
+DEFAULT_BATCH_TOKENS = 1024  # CPU: measured fastest (smaller batches pad less; GEMMs stay efficient)
+GPU_BATCH_TOKENS = 16384
+
+
+def default_batch_tokens(device: str) -> int:
+    """Padded tokens per batch: 1024 on CPU (SmolLM2-135M, 2 cores: 1024 beat 2048 and 4096 by 9-20%),
+    16384 on CUDA (larger GEMMs, the head chunks bound the memory)."""
+    return GPU_BATCH_TOKENS if device.startswith("cuda") else DEFAULT_BATCH_TOKENS
+
+
+DEFAULT_CHUNK_ROWS = 256  # rows of the LM head per step: 256 x vocab fp32 logits (49k vocab: 50 MB)
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from tokenclean import IGNORE_INDEX
 from tokenclean.alignment import scatter_to_positions
 from tokenclean.errors import ConfigError, DataError, ModelError
 from tokenclean.scoring import store
 from tokenclean.scoring.engine import (
-    DEFAULT_BATCH_TOKENS,
     Sample,
     SampleLosses,
     batch_token_losses,
+    default_batch_tokens,
     make_batches,
     naive_token_losses,
 )
@@ -108,9 +109,11 @@ def score_part(
 
 
 def self_check(pair: ModelPair, sample: Sample, dtype: str) -> float:
-    """Max |engine - full forward| over one sample (cut to 256 tokens) for each model; raises on a mismatch
+    """Max |engine - full forward| over one sample (cut to ~128 tokens) for each model; raises on a mismatch
     (an architecture whose head the engine does not reproduce)."""
-    s = Sample(sample.index, sample.input_ids[:256], sample.labels[:256])
+    trained = np.flatnonzero(np.asarray(sample.labels) != IGNORE_INDEX)
+    end = max(128, int(trained[0]) + 32) if len(trained) else 128  # short, but with trained tokens in it
+    s = Sample(sample.index, sample.input_ids[:end], sample.labels[:end])
     pad = pair.tokenizer.pad_token_id or 0
     worst = 0.0
     models: list[tuple[str, Any, bool]] = [("base", pair.model, pair.mode == "one_model")]
@@ -150,7 +153,7 @@ def score_dataset(
     scorer: str = "token_cleaning",
     dtype: str = "fp32",
     device: str = "cpu",
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    batch_tokens: int | None = None,
     progress: bool = True,
     shard_index: int = 0,
     num_shards: int = 1,
@@ -172,6 +175,7 @@ def score_dataset(
     data = PreparedData(prepared_dir)
     out = Path(out).resolve()
     device = resolve_device(device)
+    batch_tokens = batch_tokens or default_batch_tokens(device)
     mode, base_spec, ref_spec = resolve_pair(base, reference, adapter)
     settings = {
         "prepared_cache_key": data.manifest.get("cache_key"),
