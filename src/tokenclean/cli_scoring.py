@@ -38,7 +38,7 @@ def _score(a: argparse.Namespace) -> int:
     print(
         f"{'reused' if m.get('reused') else 'wrote'} {a.out}: {c['samples']} samples, "
         f"{c['scored_positions']} scored tokens of {c['tokens']} ({m['mode']}, {m['dtype']} on {m['device']}, "
-        f"scorer {m['scorer']}, {t.get('tokens_per_s')} tok/s)"
+        f"scorer {m['scorer']}, {t.get('tokens_per_s')} sample tokens/s through both models)"
     )
     return 0
 
