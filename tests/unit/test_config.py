@@ -12,7 +12,7 @@ from tokenclean.errors import ConfigError
 from tokenclean.pipelines.config import RunConfig, load_run_config
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml")) + [ROOT / "src/tokenclean/resources/demo.yaml"]
+CONFIGS = [*sorted((ROOT / "configs").glob("*.yaml")), ROOT / "src/tokenclean/resources/demo.yaml"]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

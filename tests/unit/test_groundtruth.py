@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def test_pool_is_seeded_and_labelled(tmp_path: Path) -> None:
         content = row["messages"][1]["content"]
         spans = row["truth"]
         assert spans[0][0] == 0 and spans[-1][1] == len(content)
-        assert all(s[1] == t[0] for s, t in zip(spans, spans[1:]))  # contiguous cover
+        assert all(s[1] == t[0] for s, t in itertools.pairwise(spans))  # contiguous cover
         fact = facts[row["fact"]]
         labels = {content[s:e]: lab for s, e, lab in spans}
         if row["noise"] == "wrong_fact":

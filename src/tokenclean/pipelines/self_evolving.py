@@ -21,6 +21,7 @@ from tokenclean.pipelines.stages import (
     Run,
     eval_stage,
     pool_splits,
+    rebase_scores,
     score_stage,
     select_stage,
     train_stage,
@@ -32,14 +33,14 @@ def run(run: Run) -> None:
     rounds_cfg = run.cfg.self_evolving
     splits = pool_splits(run)
     reference = warmup_adapter(run)
-    previous: Path | None = (
-        None  # the model before `reference` (for base = "previous"); None = the original base
-    )
+    previous: Path | None = None  # the adapter before `reference` (None: the original base)
     rounds = []
     for t in range(1, rounds_cfg.rounds + 1):
         d = run.root / "rounds" / f"round_{t}"
-        base_adapter = previous if rounds_cfg.base == "previous" else None
-        scores = score_stage(run, splits[t], d / "scores", adapter=reference, base_adapter=base_adapter)
+        scores = score_stage(run, splits[t], d / "scores", adapter=reference)
+        if rounds_cfg.base == "previous" and previous is not None:
+            prev_scores = score_stage(run, splits[t], d / "scores_previous", adapter=previous)
+            scores = rebase_scores(scores, prev_scores, d / "scores_vs_previous")
         cleaned = select_stage(run, scores, d / "cleaned", level="global")
         new_reference = train_stage(run, cleaned, d / "train", init_adapter=reference)
         previous, reference = reference, new_reference

@@ -160,32 +160,50 @@ def train_stage(
 
 
 def score_stage(
-    run: Run,
-    data: Path,
-    out: Path,
-    adapter: Path | None = None,
-    reference: str | None = None,
-    base_adapter: Path | None = None,
+    run: Run, data: Path, out: Path, adapter: Path | None = None, reference: str | None = None
 ) -> Path:
-    """Score ``data``: base (optionally itself base + ``base_adapter``) vs the reference (an adapter on the
-    base, scored from one loaded model, or an external model)."""
+    """Score ``data``: base vs the reference (an adapter on the base, scored from one loaded model with the
+    adapter off/on, or an external model). Resumes an interrupted store; returns at once for a complete one."""
     from tokenclean.scoring import score_dataset
 
-    if not (out / "manifest.json").exists():
-        kwargs: dict[str, Any] = {}
-        if base_adapter is not None:
-            kwargs["base_adapter"] = str(base_adapter)
-        score_dataset(
-            str(data),
-            run.cfg.model.base,
-            reference=reference,
-            adapter=str(adapter) if adapter else None,
-            out=str(out),
-            dtype=run.cfg.scoring.dtype,
-            device=run.cfg.model.device,
-            batch_tokens=run.cfg.scoring.batch_tokens,
-            **kwargs,
-        )
+    score_dataset(
+        str(data),
+        run.cfg.model.base,
+        reference=reference,
+        adapter=str(adapter) if adapter else None,
+        out=str(out),
+        dtype=run.cfg.scoring.dtype,
+        device=run.cfg.model.device,
+        batch_tokens=run.cfg.scoring.batch_tokens,
+    )
+    return out
+
+
+def rebase_scores(new_vs_base: Path, prev_vs_base: Path, out: Path) -> Path:
+    """Scores of the new reference against the *previous* model instead of the base:
+    ``loss_prev - loss_new`` = ``(base - new) - (base - prev)``, from two stores scored against the base."""
+    import datasets
+    import numpy as np
+
+    if (out / "manifest.json").exists():
+        return out
+    a, b = datasets.load_from_disk(str(new_vs_base)), datasets.load_from_disk(str(prev_vs_base))
+    if a["sample_id"] != b["sample_id"]:
+        raise ValueError(f"{new_vs_base} and {prev_vs_base} hold different samples")
+    prev = [np.asarray(x, dtype=np.float32) for x in b["ref_loss"]]
+    new = [np.asarray(x, dtype=np.float32) for x in a["ref_loss"]]
+    cols = {
+        "sample_id": a["sample_id"],
+        "base_loss": prev,
+        "ref_loss": new,
+        "score": [p - n for p, n in zip(prev, new)],
+    }
+    manifest = dict(
+        read_json(new_vs_base / "manifest.json"), base={"name": "previous round", "store": str(prev_vs_base)}
+    )
+    with atomic_dir(out) as tmp:
+        datasets.Dataset.from_dict(cols, features=a.features.copy()).save_to_disk(str(tmp))
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
     return out
 
 

@@ -1,0 +1,149 @@
+"""Every pipeline end to end on a tiny model (seconds): artifacts, summary, resume after a kill, and the
+ground-truth (demo) logic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tokenclean.pipelines.config import load_run_config
+from tokenclean.pipelines.runner import run
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "configs" / "tiny_cpu.yaml"
+
+
+def adapter_state(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def tiny_cfg(tmp_path: Path, model_dir: Path, *extra: str):
+    return load_run_config(TINY, [f"run_dir={tmp_path / 'run'}", f"model.base={model_dir}", *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, dict]:
+    tmp = tmp_path_factory.mktemp("pipe")
+    summary = run(tiny_cfg(tmp, tiny_model_dir))
+    return tmp / "run", summary
+
+
+def test_every_pipeline_writes_its_artifacts(tiny_run: tuple[Path, dict]) -> None:
+    root, summary = tiny_run
+    assert json.loads((root / "summary.json").read_text()) == summary
+    assert (root / "config.yaml").exists()
+    assert set(summary["methods"]) == {
+        "base",
+        "warmup",
+        "full",
+        "random",
+        "rho",
+        "fixed_model",
+        "self_evolving",
+    }
+    for name, m in summary["methods"].items():
+        if name == "base":
+            assert m["adapter"] is None
+            continue
+        assert (root / m["adapter"] / "adapter_config.json").exists(), name
+    for name in ("fixed_model", "rho", "random"):
+        stats = json.loads((root / summary["methods"][name]["cleaned"] / "selection_stats.json").read_text())
+        assert stats["level"] == {"fixed_model": "global", "rho": "sample", "random": "random"}[name]
+        assert stats["kept_tokens"] == int(0.6 * stats["total_response_tokens"]) or name == "rho"
+    # self-evolving: T=2 rounds, each with scores, cleaned split and adapter; output is the last round's
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        for key in ("scores", "cleaned", "adapter"):
+            assert (root / r[key]).exists()
+    assert summary["methods"]["self_evolving"]["adapter"] == rounds[-1]["adapter"]
+    # the three splits partition the pool
+    import datasets
+
+    ids = [set(datasets.load_from_disk(str(root / "data" / f"split_{i}"))["sample_id"]) for i in range(3)]
+    pool = set(datasets.load_from_disk(str(root / "data" / "pool"))["sample_id"])
+    assert set().union(*ids) == pool and sum(map(len, ids)) == len(pool)
+    # sweep: one cleaned set + adapter per ratio, from the same scores
+    assert sorted(e["ratio"] for e in summary["sweep"]) == [0.3, 0.9]
+
+
+def test_rounds_continue_the_previous_adapter(tiny_run: tuple[Path, dict]) -> None:
+    root, summary = tiny_run
+    done = json.loads((root / summary["rounds"][1]["adapter"]).parent.joinpath("done.json").read_text())
+    assert (
+        done.get("init_adapter")
+        and Path(done["init_adapter"]).resolve() == (root / summary["rounds"][0]["adapter"]).resolve()
+    )
+
+
+def test_rerun_skips_finished_stages(tiny_run: tuple[Path, dict], tiny_model_dir: Path, monkeypatch) -> None:
+    root, summary = tiny_run
+    import tokenclean.training as training
+
+    def boom(*a, **k):
+        raise AssertionError("a finished training stage was run again")
+
+    monkeypatch.setattr(training, "train", boom)
+    again = run(tiny_cfg(root.parent, tiny_model_dir))
+    assert again["methods"].keys() == summary["methods"].keys()
+
+
+def test_killed_pipeline_resumes_to_the_same_adapter(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch
+) -> None:
+    import tokenclean.training as training
+
+    methods = "methods=[fixed_model,self_evolving]"
+    ref = run(tiny_cfg(tmp_path / "a", tiny_model_dir, methods))
+    real_train = training.train
+    calls = {"n": 0}
+
+    def dies_on_third(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(training, "train", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_cfg(tmp_path / "b", tiny_model_dir, methods))
+    monkeypatch.setattr(training, "train", real_train)
+    resumed = run(tiny_cfg(tmp_path / "b", tiny_model_dir, methods))
+    for name in ("fixed_model", "self_evolving"):
+        a = adapter_state(tmp_path / "a" / "run" / ref["methods"][name]["adapter"])
+        b = adapter_state(tmp_path / "b" / "run" / resumed["methods"][name]["adapter"])
+        assert a.keys() == b.keys()
+        for k in a:
+            assert (a[k] == b[k]).all(), (name, k)
+
+
+def test_ground_truth_demo_logic(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from tokenclean.pipelines.groundtruth import results_table
+
+    cfg = tiny_cfg(
+        tmp_path,
+        tiny_model_dir,
+        "methods=[base,full,random,rho,fixed_model,self_evolving]",
+        "data.synthetic={n_facts: 6, repeats: 3, noise_rate: 0.5, seed: 0}",
+        "selection.sweep=[]",
+        "report=true",
+    )
+    summary = run(cfg)
+    for name in ("full", "random", "rho", "fixed_model", "self_evolving"):
+        rec = summary["methods"][name]["recovery"]
+        assert 0 <= rec["precision"] <= 1 and 0 <= rec["recall"] <= 1
+        if name == "full":
+            assert rec["recall"] == 1.0 and rec["noise_rate_kept"] == rec["noise_rate_all"]
+        if name in ("rho", "fixed_model", "self_evolving"):
+            assert rec["auroc"] is not None
+    for m in summary["methods"].values():
+        assert m["heldout"]["loss"] > 0 and 0 <= m["heldout"]["exact_match"] <= 1
+    table = results_table(summary)
+    assert "fixed_model" in table and "exact match" in table
+    # the run's report: tables and highlighted tokens of the cleaning methods
+    html = (tmp_path / "run" / "report" / "index.html").read_text()
+    assert 'class="t kept"' in html and "fixed_model" in html
