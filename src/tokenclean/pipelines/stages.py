@@ -28,6 +28,7 @@ class Run:
     root: Path
     summary: dict[str, Any] = field(default_factory=dict)
     _tokenizer: Any = None
+    _pool: Path | None = None  # the prepared pool, once prepare_pool has checked it in this process
 
     @property
     def tokenizer(self) -> Any:
@@ -250,6 +251,8 @@ def eval_stage(run: Run, name: str, adapter: Path | None, out: Path) -> dict[str
 
 def prepare_pool(run: Run) -> Path:
     """The prepared pool (and held-out set), generated first when the config asks for a synthetic pool."""
+    if run._pool is not None:
+        return run._pool
     out = run.root / "data" / "pool"
     d = run.cfg.data
     source, heldout = d.path, d.heldout
@@ -263,6 +266,7 @@ def prepare_pool(run: Run) -> Path:
     prepare_file(run, source, out)
     if heldout:
         prepare_file(run, heldout, run.root / "data" / "heldout")
+    run._pool = out
     return out
 
 
