@@ -17,6 +17,18 @@ import pytest
 from tokenclean.testing import make_tiny_llama, make_tiny_tokenizer
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared CPU two spinning threads are much
+    slower (up to ~10x measured here). Modules opt in with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A byte-level BPE tokenizer directory (GPT-2/SmolLM2 style, ChatML template, eos <|im_end|>)."""

@@ -18,15 +18,7 @@ from tokenclean.evaluation import evaluate
 SUBJECTS = ("anatomy", "virology")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a loaded machine two threads are ~10x slower."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:

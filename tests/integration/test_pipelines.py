@@ -11,6 +11,8 @@ import pytest
 from tokenclean.pipelines.config import load_run_config
 from tokenclean.pipelines.runner import run
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
 

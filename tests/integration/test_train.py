@@ -19,14 +19,7 @@ from tokenclean.testing import WORDS
 from tokenclean.training import TrainConfig, TrainingInterrupted, merge, train
 from tokenclean.training import loop as loop_mod
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices gain nothing from threads, and on a shared CPU two spinning threads are much slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CFG = TrainConfig(lora_r=4, batch_size=2, grad_accum=2, warmup_ratio=0.0, lr=1e-3, save_steps=2)

@@ -48,7 +48,8 @@ def tokenizer_fingerprint(tok: Any) -> str:
     return sha256_json([blob, str(getattr(tok, "chat_template", "")), str(tok.eos_token)])
 
 
-def _features() -> Any:
+def prepared_features() -> Any:
+    """The schema of a prepared dataset (the contract every later stage reads)."""
     import datasets
 
     return datasets.Features(
@@ -128,7 +129,7 @@ def prepare(
             }
         )
 
-    cols: dict[str, list[Any]] = {k: [] for k in _features()}
+    cols: dict[str, list[Any]] = {k: [] for k in prepared_features()}
     n_tokens = n_trained_total = 0
     records = read_records(data, fmt, on_error if skip_invalid else None)
     for rec in tqdm(records, desc="prepare", unit="sample", disable=not progress):
@@ -169,7 +170,7 @@ def prepare(
             "tokenised as the special token, as the HF stack does",
             counts["special_text_in_content"],
         )
-    features = _features()
+    features = prepared_features()
     table = pa.Table.from_pydict(cols, schema=features.arrow_schema)
     ds = datasets.Dataset(table, info=datasets.DatasetInfo(features=features), fingerprint=key[:32])
     manifest = {

@@ -186,6 +186,8 @@ def rebase_scores(new_vs_base: Path, prev_vs_base: Path, out: Path) -> Path:
     import datasets
     import numpy as np
 
+    from tokenclean.scoring.store import score_features
+
     if (out / "manifest.json").exists():
         return out
     a, b = datasets.load_from_disk(str(new_vs_base)), datasets.load_from_disk(str(prev_vs_base))
@@ -203,7 +205,7 @@ def rebase_scores(new_vs_base: Path, prev_vs_base: Path, out: Path) -> Path:
         read_json(new_vs_base / "manifest.json"), base={"name": "previous round", "store": str(prev_vs_base)}
     )
     with atomic_dir(out) as tmp:
-        datasets.Dataset.from_dict(cols, features=a.features.copy()).save_to_disk(str(tmp))
+        datasets.Dataset.from_dict(cols, features=score_features()).save_to_disk(str(tmp))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
     return out
 

@@ -66,28 +66,6 @@ def write_records(path: str | Path, records: Sequence[dict[str, str]] = tuple(NA
     return p
 
 
-def _features() -> Any:
-    import datasets
-
-    f32 = datasets.Sequence(datasets.Value("float32"))
-    i32 = datasets.Sequence(datasets.Value("int32"))
-    return {
-        "scores": datasets.Features(
-            {"sample_id": datasets.Value("string"), "base_loss": f32, "ref_loss": f32, "score": f32}
-        ),
-        "cleaned": datasets.Features(
-            {
-                "sample_id": datasets.Value("string"),
-                "input_ids": i32,
-                "attention_mask": i32,
-                "labels": i32,
-                "response_labels": i32,
-                "score": f32,
-            }
-        ),
-    }
-
-
 def draw_losses(labels: Sequence[int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(base, ref, informative) per position: NaN where not scored (prompt, position 0)."""
     L = len(labels)
@@ -154,6 +132,8 @@ def make_synthetic_run(
     import datasets
 
     from tokenclean.data.prepare import prepare
+    from tokenclean.scoring.store import score_features
+    from tokenclean.selection.cleaned import cleaned_features
 
     datasets.disable_progress_bars()
 
@@ -163,7 +143,6 @@ def make_synthetic_run(
     ds = datasets.load_from_disk(str(out / "prepared"))
     rows = [ds[i] for i in range(len(ds))]
     drawn = [draw_losses(r["labels"], rng) for r in rows]
-    feats = _features()
 
     def write_scores(rel: str, idx: Sequence[int], ref_scale: float = 1.0) -> list[np.ndarray]:
         base = [drawn[i][0] for i in idx]
@@ -181,7 +160,7 @@ def make_synthetic_run(
             "prepared_dir": str((out / "prepared").resolve()),
             "synthetic": True,
         }
-        _write(cols, feats["scores"], out / rel, man)
+        _write(cols, score_features(), out / rel, man)
         return score
 
     def write_cleaned(
@@ -195,6 +174,7 @@ def make_synthetic_run(
             "labels": labels,
             "response_labels": [rows[i]["labels"] for i in idx],
             "score": score,
+            "completion_mask": [(lab != IGNORE_INDEX).astype(np.int8) for lab in labels],
         }
         man = {
             "stage": "select",
@@ -204,7 +184,7 @@ def make_synthetic_run(
         }
         if scores_rel:
             man["scores_dir"] = str((out / scores_rel).resolve())
-        _write(cols, feats["cleaned"], out / rel, man)
+        _write(cols, cleaned_features(), out / rel, man)
 
     allidx = list(range(len(rows)))
     score = write_scores("scores/fixed_model", allidx)

@@ -185,6 +185,16 @@ def merge_lock(out: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def score_features() -> Any:
+    """The schema of a score store: per sample its id and float32 per-position losses and score."""
+    import datasets
+
+    f32 = datasets.Sequence(datasets.Value("float32"))
+    return datasets.Features(
+        {"sample_id": datasets.Value("string"), "base_loss": f32, "ref_loss": f32, "score": f32}
+    )
+
+
 def _list_array(offsets: np.ndarray, values: np.ndarray) -> Any:
     import pyarrow as pa
 
@@ -221,12 +231,7 @@ def assemble(
             "score": _list_array(offsets, score),
         }
     )
-    features = datasets.Features(
-        {
-            "sample_id": datasets.Value("string"),
-            **{c: datasets.Sequence(datasets.Value("float32")) for c in ("base_loss", "ref_loss", "score")},
-        }
-    )
+    features = score_features()
     ds = datasets.Dataset(table.cast(features.arrow_schema), info=datasets.DatasetInfo(features=features))
     tmp = work_dir(out) / "final"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from tokenclean import IGNORE_INDEX
+from tokenclean.data.prepare import prepared_features
 from tokenclean.utils import atomic_dir, read_json, sha256_json, write_json_atomic
 
 
@@ -38,20 +39,8 @@ def write_prepared(
     tokenizer: dict[str, Any] | None = None,
 ) -> Path:
     """A prepared dataset (contract columns + manifest) from token id and label lists."""
-    import datasets
-
     ids = list(sample_ids) if sample_ids is not None else [f"s{i:06d}" for i in range(len(input_ids))]
-    feats = datasets.Features(
-        {
-            "sample_id": datasets.Value("string"),
-            "input_ids": datasets.Sequence(datasets.Value("int32")),
-            "labels": datasets.Sequence(datasets.Value("int32")),
-            "n_trained": datasets.Value("int32"),
-            "length": datasets.Value("int32"),
-            "truncated": datasets.Value("bool"),
-            "location": datasets.Value("string"),
-        }
-    )
+    feats = prepared_features()
     lab = [list(map(int, x)) for x in labels]
     cols: dict[str, list[Any]] = {
         "sample_id": ids,
@@ -118,10 +107,9 @@ def write_score_store(
         for s in (scores if scores is not None else random_scores(prep["labels"], seed))
     ]
     ref = [np.where(np.isnan(s), np.nan, 1.0).astype(np.float32) for s in sc]
-    f32 = datasets.Sequence(datasets.Value("float32"))
-    feats = datasets.Features(
-        {"sample_id": datasets.Value("string"), "base_loss": f32, "ref_loss": f32, "score": f32}
-    )
+    from tokenclean.scoring.store import score_features
+
+    feats = score_features()
     cols = {
         "sample_id": ids,
         "base_loss": [(r + s).tolist() for r, s in zip(ref, sc)],
