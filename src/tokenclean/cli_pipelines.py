@@ -12,6 +12,14 @@ def _resource(name: str) -> Path:
     return Path(__file__).resolve().parent / "resources" / name
 
 
+def _print_report(summary: dict) -> None:
+    """Where the run's report page is (build_report returns {relative name: path})."""
+    files = summary.get("report") or {}
+    page = files.get("index.html") or files.get("report.md")
+    if page:
+        print(f"report: {page}")
+
+
 @cli.command("run")
 def _run(a: argparse.Namespace) -> int:
     from tokenclean.pipelines.config import load_run_config
@@ -23,8 +31,7 @@ def _run(a: argparse.Namespace) -> int:
     if cfg.data.synthetic is not None:
         print(results_table(summary))
     print(f"run directory: {cfg.run_dir} (summary.json, config.yaml)")
-    if summary.get("report"):
-        print(f"report: {summary['report'].get('html', summary['report'])}")
+    _print_report(summary)
     return 0
 
 
@@ -49,8 +56,7 @@ def _demo(a: argparse.Namespace) -> int:
     print("AUROC = of the method's score for informative tokens; noise kept vs all = share of noise tokens")
     print("among kept vs among all response tokens (paper Thm. 5.1); test = clean held-out facts.")
     print(f"wall time: {time.time() - t0:.0f} s; artifacts: {cfg.run_dir}")
-    if summary.get("report"):
-        print(f"report: {summary['report'].get('html', summary['report'])}")
+    _print_report(summary)
     return 0
 
 
