@@ -154,7 +154,12 @@ def test_ground_truth_demo_logic(tmp_path: Path, tiny_model_dir: Path) -> None:
 def test_run_command_says_where_the_report_is(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
     from tokenclean.cli import main
 
-    args = [f"run_dir={tmp_path / 'run'}", f"model.base={tiny_model_dir}", "methods=[base,full]", "report=true"]
+    args = [
+        f"run_dir={tmp_path / 'run'}",
+        f"model.base={tiny_model_dir}",
+        "methods=[base,full]",
+        "report=true",
+    ]
     assert main(["run", str(TINY), *args]) == 0
     out = capsys.readouterr().out
     page = tmp_path / "run" / "report" / "index.html"
