@@ -237,6 +237,20 @@ def test_gradient_checkpointing_same_result_and_bf16_runs(
     assert abs(done["final_loss"] - log_losses(tmp_path / "plain")[-1]) < 0.1
 
 
+def test_gradient_checkpointing_is_switched_on(tiny_model_dir: Path) -> None:
+    from tokenclean.models.loader import resolve_model
+    from tokenclean.training.model import build_lora_model
+
+    spec = resolve_model(str(tiny_model_dir), None)
+    for on in (False, True):
+        net = build_lora_model(spec, CFG.replace(gradient_checkpointing=on), None, "cpu")
+        base = net.get_base_model()
+        flag = getattr(base, "is_activation_checkpointing", None)
+        if flag is None:  # older transformers
+            flag = base.is_gradient_checkpointing
+        assert flag is on
+
+
 def test_data_from_another_tokenizer_is_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
     import datasets
 

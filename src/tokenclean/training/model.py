@@ -52,9 +52,11 @@ def build_lora_model(spec: ModelSpec, cfg: TrainConfig, init_adapter: str | None
             raise ConfigError(f"train.target_modules: {e}") from None
     model.peft_config["default"].base_model_name_or_path = portable_base_name(spec)
     if cfg.gradient_checkpointing:
-        model.get_base_model().gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        base = model.get_base_model()
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     return model
 
