@@ -22,6 +22,13 @@ def test_every_shipped_config_validates(path: Path) -> None:
     assert path.read_text().startswith("# tokenclean ")  # each opens with the command to run it
 
 
+def test_groundtruth_config_is_the_demo() -> None:
+    """configs/groundtruth_smollm2.yaml says it is `tokenclean demo`: only the run directory may differ."""
+    a = to_dict(load_run_config(ROOT / "configs" / "groundtruth_smollm2.yaml"))
+    b = to_dict(load_run_config(ROOT / "src/tokenclean/resources/demo.yaml"))
+    assert {k for k in a if a[k] != b[k]} == {"run_dir"}
+
+
 def test_paper_configs_hold_the_paper_settings() -> None:
     for name in ("paper_llama3.2-3b.yaml", "paper_llama3.1-8b.yaml", "paper_mistral-7b.yaml"):
         cfg = load_run_config(ROOT / "configs" / name)
