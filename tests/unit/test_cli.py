@@ -41,3 +41,25 @@ def test_bad_input_exits_2_with_location(tmp_path: Path, tiny_tok_dir: Path, cap
     err = capsys.readouterr().err
     assert rc == 2
     assert "bad.jsonl:1: field 'messages[1].role': unknown role 'bot'" in err
+
+
+def test_prepare_and_inspect_bundled_sample(tmp_path: Path, tiny_tok_dir: Path, capsys) -> None:
+    for template in ("tulu", "chat"):
+        out = tmp_path / template
+        argv = [
+            "prepare",
+            "--data",
+            "builtin:sample",
+            "--tokenizer",
+            str(tiny_tok_dir),
+            "--template",
+            template,
+        ]
+        assert main([*argv, "--out", str(out)]) == 0
+        assert "20 samples (20 read, 0 truncated, 0 dropped" in capsys.readouterr().out
+        assert main([*argv, "--out", str(out)]) == 0  # same input, tokenizer, template, length: reused
+        assert capsys.readouterr().out.startswith("reused")
+        assert main(["inspect", str(out), "--n", "1", "--markers"]) == 0
+        text = capsys.readouterr().out
+        assert "[+The capital of France is Paris.<|im_end|>+]" in text
+        assert "What is the capital of France?" in text and "[+What is" not in text
