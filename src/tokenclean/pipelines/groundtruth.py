@@ -73,8 +73,15 @@ def evaluate_ground_truth(run: Run) -> None:
             )
             m["heldout"] = heldout_metrics(model, test_ds["input_ids"], test_ds["labels"], test_truth)
             del model
-        log.info("%s: recovery=%s heldout=%s", name, m.get("recovery"), m["heldout"])
+        log.info("%s: recovery: %s; held-out: %s", name, _brief(m.get("recovery")), _brief(m["heldout"]))
         run.save_summary()
+
+
+def _brief(metrics: dict[str, Any] | None) -> str:
+    """``k=v`` pairs with 4 significant digits, for one readable log line per method."""
+    if not metrics:
+        return "-"
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
 
 
 def results_table(summary: dict[str, Any]) -> str:
