@@ -23,13 +23,15 @@ def _print_report(summary: dict) -> None:
 @cli.command("run")
 def _run(a: argparse.Namespace) -> int:
     from tokenclean.pipelines.config import load_run_config
-    from tokenclean.pipelines.groundtruth import results_table
+    from tokenclean.pipelines.groundtruth import class_table, results_table
     from tokenclean.pipelines.runner import run
 
     cfg = load_run_config(a.config, a.overrides)
     summary = run(cfg)
     if cfg.data.synthetic is not None:
         print(results_table(summary))
+        print("\nkept share / mean score per token class")
+        print(class_table(summary))
     print(f"run directory: {cfg.run_dir} (summary.json, config.yaml)")
     _print_report(summary)
     return 0
@@ -40,7 +42,7 @@ def _demo(a: argparse.Namespace) -> int:
     import time
 
     from tokenclean.pipelines.config import load_run_config
-    from tokenclean.pipelines.groundtruth import results_table
+    from tokenclean.pipelines.groundtruth import class_table, results_table
     from tokenclean.pipelines.runner import run
 
     overrides = [f"run_dir={a.out}", *a.overrides]
@@ -55,6 +57,10 @@ def _demo(a: argparse.Namespace) -> int:
     print("kept = response tokens trained on; precision/recall = of informative (fact) tokens among kept;")
     print("AUROC = of the method's score for informative tokens; noise kept vs all = share of noise tokens")
     print("among kept vs among all response tokens (paper Thm. 5.1); test = clean held-out facts.")
+    print()
+    print("Per token class: share of its tokens kept / mean score (wrong fact = a learnable wrong answer,")
+    print("gibberish = an unlearnable span; both are noise)")
+    print(class_table(summary))
     print(f"wall time: {time.time() - t0:.0f} s; artifacts: {cfg.run_dir}")
     _print_report(summary)
     return 0

@@ -124,7 +124,7 @@ def test_killed_pipeline_resumes_to_the_same_adapter(
 
 
 def test_ground_truth_demo_logic(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from tokenclean.pipelines.groundtruth import results_table
+    from tokenclean.pipelines.groundtruth import class_table, results_table
 
     cfg = tiny_cfg(
         tmp_path,
@@ -146,6 +146,17 @@ def test_ground_truth_demo_logic(tmp_path: Path, tiny_model_dir: Path) -> None:
         assert m["heldout"]["loss"] > 0 and 0 <= m["heldout"]["exact_match"] <= 1
     table = results_table(summary)
     assert "fixed_model" in table and "exact match" in table
+    for name in ("full", "random", "rho", "fixed_model", "self_evolving"):
+        classes = summary["methods"][name]["classes"]
+        n = sum(c["tokens"] for c in classes.values())
+        assert n == summary["methods"][name]["recovery"]["response_tokens"]  # every response token, once
+        kept = sum(c["kept"] * c["tokens"] for c in classes.values())
+        assert kept == pytest.approx(summary["methods"][name]["recovery"]["kept_tokens"])
+        assert (classes["informative"]["mean_score"] is None) == (name in ("full", "random"))
+    assert summary["methods"]["full"]["classes"]["noise:gibberish"]["kept"] == 1.0
+    lines = class_table(summary).splitlines()
+    assert lines[0].split() == ["method", "fact", "boilerplate", "wrong", "fact", "gibberish"]
+    assert [ln.split()[0] for ln in lines[2:]] == ["full", "random", "rho", "fixed_model", "self_evolving"]
     # the run's report: tables and highlighted tokens of the cleaning methods
     html = (tmp_path / "run" / "report" / "index.html").read_text()
     assert 'class="t kept"' in html and "fixed_model" in html

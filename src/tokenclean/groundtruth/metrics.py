@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from tokenclean.groundtruth.truth import INFORMATIVE, NOISE, NOT_RESPONSE
+from tokenclean.groundtruth.truth import INFORMATIVE, NOISE, NOT_RESPONSE, UNINFORMATIVE
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
@@ -55,6 +55,43 @@ def recovery_metrics(
     if scores is not None:
         s = np.concatenate([np.asarray(x, dtype=np.float64) for x in scores])[resp]
         out["auroc"] = auroc(s, info)
+    return out
+
+
+TOKEN_CLASSES = ("informative", "uninformative", "noise:wrong_fact", "noise:gibberish")
+
+
+def class_breakdown(
+    truth: Sequence[np.ndarray],
+    keep: Sequence[np.ndarray],
+    noise_kinds: Sequence[str],
+    scores: Sequence[np.ndarray] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Per token class: response tokens, the share kept and the mean score. Noise tokens are split by the
+    kind of noise their sample carries (``noise_kinds[i]``: ``wrong_fact`` or ``gibberish``), which is what
+    tells harmful noise (a learnable wrong answer) from unlearnable noise. Classes with no token are left out."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in TOKEN_CLASSES:
+        kept = total = 0
+        score_sum = 0.0
+        for i, (t, k) in enumerate(zip(truth, keep)):
+            t = np.asarray(t)
+            if name.startswith("noise:"):
+                if noise_kinds[i] != name.removeprefix("noise:"):
+                    continue
+                sel = t == NOISE
+            else:
+                sel = t == (INFORMATIVE if name == "informative" else UNINFORMATIVE)
+            total += int(sel.sum())
+            kept += int(np.asarray(k, dtype=bool)[sel].sum())
+            if scores is not None:
+                score_sum += float(np.asarray(scores[i], dtype=np.float64)[sel].sum())
+        if total:
+            out[name] = {
+                "tokens": total,
+                "kept": kept / total,
+                "mean_score": score_sum / total if scores is not None else None,
+            }
     return out
 
 
