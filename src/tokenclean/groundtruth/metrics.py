@@ -70,27 +70,24 @@ def class_breakdown(
     """Per token class: response tokens, the share kept and the mean score. Noise tokens are split by the
     kind of noise their sample carries (``noise_kinds[i]``: ``wrong_fact`` or ``gibberish``), which is what
     tells harmful noise (a learnable wrong answer) from unlearnable noise. Classes with no token are left out."""
+    t = np.concatenate([np.asarray(x) for x in truth])
+    k = np.concatenate([np.asarray(x, dtype=bool) for x in keep])
+    kind = np.repeat(np.asarray(noise_kinds, dtype=object), [len(x) for x in truth])
+    s = np.concatenate([np.asarray(x, dtype=np.float64) for x in scores]) if scores is not None else None
+    masks = {
+        "informative": t == INFORMATIVE,
+        "uninformative": t == UNINFORMATIVE,
+        "noise:wrong_fact": (t == NOISE) & (kind == "wrong_fact"),
+        "noise:gibberish": (t == NOISE) & (kind == "gibberish"),
+    }
     out: dict[str, dict[str, Any]] = {}
     for name in TOKEN_CLASSES:
-        kept = total = 0
-        score_sum = 0.0
-        for i, (t, k) in enumerate(zip(truth, keep)):
-            t = np.asarray(t)
-            if name.startswith("noise:"):
-                if noise_kinds[i] != name.removeprefix("noise:"):
-                    continue
-                sel = t == NOISE
-            else:
-                sel = t == (INFORMATIVE if name == "informative" else UNINFORMATIVE)
-            total += int(sel.sum())
-            kept += int(np.asarray(k, dtype=bool)[sel].sum())
-            if scores is not None:
-                score_sum += float(np.asarray(scores[i], dtype=np.float64)[sel].sum())
-        if total:
+        sel = masks[name]
+        if sel.any():
             out[name] = {
-                "tokens": total,
-                "kept": kept / total,
-                "mean_score": score_sum / total if scores is not None else None,
+                "tokens": int(sel.sum()),
+                "kept": float(k[sel].mean()),
+                "mean_score": float(s[sel].mean()) if s is not None else None,
             }
     return out
 
