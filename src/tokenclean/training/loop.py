@@ -357,7 +357,7 @@ def _finish(
         "trained %d steps on %d kept tokens (final loss %s, %.1f tokens/s) -> %s",
         n_steps,
         state["tokens_kept"],
-        state["last_loss"],
+        "-" if state["last_loss"] is None else f"{state['last_loss']:.4f}",
         done["tokens_per_s"],
         out / "adapter",
     )
