@@ -58,9 +58,6 @@ def recovery_metrics(
     return out
 
 
-TOKEN_CLASSES = ("informative", "uninformative", "noise:wrong_fact", "noise:gibberish")
-
-
 def class_breakdown(
     truth: Sequence[np.ndarray],
     keep: Sequence[np.ndarray],
@@ -81,8 +78,7 @@ def class_breakdown(
         "noise:gibberish": (t == NOISE) & (kind == "gibberish"),
     }
     out: dict[str, dict[str, Any]] = {}
-    for name in TOKEN_CLASSES:
-        sel = masks[name]
+    for name, sel in masks.items():
         if sel.any():
             out[name] = {
                 "tokens": int(sel.sum()),
