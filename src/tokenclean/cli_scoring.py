@@ -11,7 +11,12 @@ from tokenclean.cli import _EXTRA_PARSERS, command
 @command("score")
 def _score(a: argparse.Namespace) -> int:
     from tokenclean.scoring import score_dataset
+    from tokenclean.training.distributed import launched_world
 
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     m = score_dataset(
         a.data,
         a.base,
@@ -28,6 +33,8 @@ def _score(a: argparse.Namespace) -> int:
         shard_size=a.shard_size,
         force=a.force,
     )
+    if launched_world()[0] != 0:
+        return 0  # rank 0 reports
     if not m.get("complete", True):
         print(
             f"shard {a.shard_index}/{a.num_shards} done; waiting for {len(m['missing_chunks'])} chunks of "
@@ -68,6 +75,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="fp32 (default, exact) or bf16/fp16 (faster, moves losses; see docs/scoring.md)",
     )
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    s.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)"
+    )
     s.add_argument(
         "--batch-tokens",
         type=int,

@@ -49,7 +49,26 @@ def train_config_from_args(a: argparse.Namespace) -> Any:
         values["gradient_checkpointing"] = True
     if a.no_group_by_length:
         values["group_by_length"] = False
+    if a.policy is not None:
+        values["policy"] = a.policy
+    if a.policy_set:
+        values["policy_settings"] = _policy_settings(a.policy_set)
     return TrainConfig.from_dict(values, prefix="train")
+
+
+def _policy_settings(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs (values parsed as YAML scalars: 0.6 -> float, base -> str)."""
+    import yaml
+
+    from tokenclean.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ConfigError(f"--policy-set {p!r}: expected KEY=VALUE (e.g. ratio=0.6)")
+        k, v = p.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v) if v.strip() else None
+    return out
 
 
 @command("train")
@@ -57,7 +76,20 @@ def _train(a: argparse.Namespace) -> int:
     from tokenclean.training.loop import train
 
     cfg = train_config_from_args(a)
-    d = train(a.data, a.model, a.out, cfg, init_adapter=a.adapter, progress=not a.quiet, device=a.device)
+    d = train(
+        a.data,
+        a.model,
+        a.out,
+        cfg,
+        init_adapter=a.adapter,
+        progress=not a.quiet,
+        device=a.device,
+        threads=a.threads,
+    )
+    from tokenclean.training.distributed import launched_world
+
+    if launched_world()[0] != 0:
+        return 0  # rank 0 reports
     if d.get("reused"):
         print(f"{a.out} is already trained ({a.out}/done.json); nothing to do")
         return 0
@@ -93,7 +125,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         s.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None, help=help_)
     for flag, help_ in _BOOL_FLAGS.items():
         s.add_argument("--" + flag.replace("_", "-"), dest=flag, action="store_true", help=help_)
+    s.add_argument(
+        "--policy",
+        default=None,
+        help="token policy inside each step: labels (default), weights (the data's weights column), rho1",
+    )
+    s.add_argument(
+        "--policy-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of the policy, repeatable (rho1: ratio=0.6 reference=base|store scores=DIR)",
+    )
     s.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    s.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)"
+    )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("merge", help="merge a LoRA adapter into its base model (writes a full model)")

@@ -118,11 +118,25 @@ def test_collate_follows_the_alignment_rule(tmp_path: Path) -> None:
     labels = [[M, M, 12, 13], [M, 21]]
     d = load_train_data(save(tmp_path / "d", ids, labels), 16)
     mb = collate(d, np.array([0, 1]))
-    assert mb.input_ids.tolist() == [[10, 11, 12, 13], [20, 21, 0, 0]]
-    assert mb.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
-    assert mb.labels.tolist() == [[M, M, 12, 13], [M, 21, M, M]]
-    # token j of row r is predicted by the logits at j - 1
-    assert mb.rows.tolist() == [0, 0, 1] and mb.logit_pos.tolist() == [1, 2, 0]
-    assert mb.targets.tolist() == [12, 13, 21]
-    assert mb.input_ids[mb.rows, mb.logit_pos + 1].tolist() == mb.targets.tolist()
+    b = mb.batch
+    assert b.input_ids.tolist() == [[10, 11, 12, 13], [20, 21, 0, 0]]
+    assert b.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    # candidate tokens are the trained positions j (their logits sit at j - 1)
+    assert b.rows.tolist() == [0, 0, 1] and b.pos.tolist() == [2, 3, 1]
+    assert b.targets.tolist() == [12, 13, 21]
+    assert mb.keys.tolist() == [[0, 2], [0, 3], [1, 1]]
     assert (mb.n_kept, mb.n_tokens) == (3, 6)
+    counted, w = mb.counted(np.array([0.0, 2.0, 1.0], dtype=np.float32))
+    assert counted.pos.tolist() == [3, 1] and w.tolist() == [2.0, 1.0]
+
+
+def test_rank_share_splits_a_step_by_length(tmp_path: Path) -> None:
+    from tokenclean.training.collate import rank_share
+
+    lengths = np.array([5, 9, 2, 7, 3, 8])
+    step = np.array([0, 1, 2, 3, 4, 5])
+    r0 = rank_share(step, lengths, 0, 2, True)
+    r1 = rank_share(step, lengths, 1, 2, True)
+    assert r0.tolist() == [1, 3, 4] and r1.tolist() == [5, 0, 2]  # sorted 1,5,3,0,4,2 dealt out in turn
+    assert sorted(r0.tolist() + r1.tolist()) == step.tolist()
+    assert rank_share(step, lengths, 0, 1, False).tolist() == step.tolist()

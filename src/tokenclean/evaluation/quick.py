@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from tokenclean.alignment import logit_positions, trained_positions
+from tokenclean.alignment import trained_positions
 from tokenclean.errors import DataError, ModelError
 from tokenclean.utils import read_json
 
@@ -43,45 +43,20 @@ def _batches(lengths: np.ndarray, batch_tokens: int) -> Iterator[list[int]]:
         yield batch
 
 
-def _forward_selected(model: Any, ids: Any, mask: Any, keep: Any) -> Any:
-    """Logits at the positions ``keep`` (K,) of every row: (B, K, V). Uses ``logits_to_keep`` when the model
-    supports it, else slices full logits."""
-    try:
-        return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
-    except TypeError:
-        return model(input_ids=ids, attention_mask=mask).logits[:, keep]
-
-
 def _batch_stats(model: Any, samples: list[tuple[np.ndarray, np.ndarray]], device: Any) -> dict[str, Any]:
-    """Summed loss, counts of tokens and greedy hits, and per-sample all-correct flags for one batch."""
-    import torch
+    """Summed loss, counts of tokens and greedy hits, and per-sample all-correct flags for one batch, from
+    the one token-signal primitive (:func:`tokenclean.signals.token_signals`)."""
+    from tokenclean.signals import make_token_batch, token_signals
 
-    width = max(len(ids) for ids, _ in samples)
-    ids = torch.zeros((len(samples), width), dtype=torch.long)  # (B, T) right-padded
-    mask = torch.zeros((len(samples), width), dtype=torch.long)  # (B, T)
-    rows, pos = [], []
-    for r, (x, y) in enumerate(samples):
-        ids[r, : len(x)] = torch.as_tensor(x, dtype=torch.long)
-        mask[r, : len(x)] = 1
-        p = trained_positions(y)
-        rows.append(np.full(len(p), r))
-        pos.append(p)
-    row_idx, tok_pos = np.concatenate(rows), np.concatenate(pos)  # (N,), (N,)
-    lpos = logit_positions(tok_pos)  # (N,) positions whose logits predict the tokens
-    keep = np.unique(lpos)  # (K,) sorted
-    k_idx = np.searchsorted(keep, lpos)  # (N,) column of each token in the kept logits
-    with torch.no_grad():
-        logits = _forward_selected(model, ids.to(device), mask.to(device), torch.as_tensor(keep).to(device))
-        sel = logits[torch.as_tensor(row_idx), torch.as_tensor(k_idx)].float()  # (N, V)
-        target = ids[torch.as_tensor(row_idx), torch.as_tensor(tok_pos)].to(sel.device)  # (N,)
-        loss = -torch.log_softmax(sel, dim=-1).gather(1, target[:, None])[:, 0]  # (N,)
-        hit = (sel.argmax(-1) == target).cpu().numpy()  # (N,)
-    all_hit = [bool(hit[row_idx == r].all()) for r in range(len(samples))]
+    batch = make_token_batch([x for x, _ in samples], [trained_positions(y) for _, y in samples])
+    sig = token_signals(model, batch.to(device), ("loss", "hit"))
+    loss, hit = sig["loss"].double().cpu(), sig["hit"].cpu().numpy()  # (N,), (N,)
+    rows = batch.rows.numpy()  # (N,)
     return {
-        "loss_sum": float(loss.double().sum()),
-        "tokens": len(tok_pos),
+        "loss_sum": float(loss.sum()),
+        "tokens": len(rows),
         "hits": int(hit.sum()),
-        "all_hit": all_hit,
+        "all_hit": [bool(hit[rows == r].all()) for r in range(len(samples))],
     }
 
 

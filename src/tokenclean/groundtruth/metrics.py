@@ -96,28 +96,27 @@ def heldout_metrics(
 ) -> dict[str, float]:
     """On clean held-out samples: mean response loss, mean loss on the answer (informative) tokens, and
     exact match = share of samples whose every answer token is the model's greedy (argmax) prediction
-    given the correct prefix (teacher forcing; equal to greedy decoding of the answer span)."""
-    import torch
+    given the correct prefix (teacher forcing; equal to greedy decoding of the answer span). Per-token
+    losses and greedy hits come from :func:`tokenclean.signals.token_signals`, one sample at a time."""
+    from tokenclean.alignment import trained_positions
+    from tokenclean.signals import make_token_batch, token_signals
 
     resp_losses, ans_losses, exact = [], [], []
     model.eval()
     device = next(model.parameters()).device
-    with torch.inference_mode():
-        for ids, labs, tr in zip(input_ids, labels, truth):
-            x = torch.tensor([list(ids)], device=device)
-            logits = model(input_ids=x).logits[0, :-1].float()  # (T-1, V): row j predicts token j+1
-            logp = torch.log_softmax(logits, dim=-1)
-            tgt = x[0, 1:]
-            nll = -logp.gather(-1, tgt[:, None])[:, 0].cpu().numpy()  # nll[j-1] is the loss of token j
-            pred = logits.argmax(-1).cpu().numpy()
-            labs_a = np.asarray(labs)[1:]
-            tr_a = np.asarray(tr)[1:]
-            resp = labs_a != -100
-            ans = tr_a == INFORMATIVE
-            resp_losses.extend(nll[resp].tolist())
-            ans_losses.extend(nll[ans].tolist())
-            if ans.any():
-                exact.append(bool((pred[ans] == tgt.cpu().numpy()[ans]).all()))
+    for ids, labs, tr in zip(input_ids, labels, truth):
+        resp = trained_positions(np.asarray(labs))  # (n,) response positions j >= 1
+        ans = np.flatnonzero(np.asarray(tr) == INFORMATIVE)
+        ans = ans[ans >= 1]  # (a,) answer positions
+        pos = np.union1d(resp, ans)  # (m,) every position asked about, ascending
+        batch = make_token_batch([np.asarray(ids, dtype=np.int64)], [pos])
+        sig = token_signals(model, batch.to(device), ("loss", "hit"))
+        nll, hit = sig["loss"].cpu().numpy(), sig["hit"].cpu().numpy()  # (m,), (m,)
+        resp_losses.extend(nll[np.isin(pos, resp)].tolist())
+        is_ans = np.isin(pos, ans)
+        ans_losses.extend(nll[is_ans].tolist())
+        if is_ans.any():
+            exact.append(bool(hit[is_ans].all()))
     return {
         "loss": float(np.mean(resp_losses)),
         "answer_loss": float(np.mean(ans_losses)) if ans_losses else float("nan"),

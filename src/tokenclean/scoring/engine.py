@@ -1,4 +1,5 @@
-"""The per-token loss engine: ``loss_M(j) = -log P_M(x_j | x_<j)`` at every trained position.
+"""The scoring engine: ``loss_M(j) = -log P_M(x_j | x_<j)`` at every trained position, in length-bucketed
+batches, through the one token-signal primitive :func:`tokenclean.signals.token_signals`.
 
 How it stays fast and lean (and why it is exact):
 
@@ -21,8 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from tokenclean import IGNORE_INDEX
-from tokenclean.alignment import logit_positions, trained_positions
+from tokenclean.alignment import trained_positions
+from tokenclean.signals import (
+    DEFAULT_CHUNK_ROWS,
+    make_token_batch,
+    model_parts,
+    naive_token_signals,
+    token_signals,
+)
 
 DEFAULT_BATCH_TOKENS = 1024  # CPU: measured fastest (smaller batches pad less; GEMMs stay efficient)
 GPU_BATCH_TOKENS = 16384
@@ -32,9 +39,6 @@ def default_batch_tokens(device: str) -> int:
     """Padded tokens per batch: 1024 on CPU (SmolLM2-135M, 2 cores: 1024 beat 2048 and 4096 by 9-20%),
     16384 on CUDA (larger GEMMs, the head chunks bound the memory)."""
     return GPU_BATCH_TOKENS if device.startswith("cuda") else DEFAULT_BATCH_TOKENS
-
-
-DEFAULT_CHUNK_ROWS = 256  # rows of the LM head per step: 256 x vocab fp32 logits (49k vocab: 50 MB)
 
 
 @dataclass(frozen=True)
@@ -77,136 +81,41 @@ def make_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
-def model_parts(model: Any) -> tuple[Any, Any, Any]:
-    """``(decoder, lm_head, config)`` of a causal LM, also inside a PEFT wrapper (public APIs only).
-
-    The decoder returns the final-norm hidden states; ``lm_head`` maps them to logits. LoRA layers injected
-    by PEFT live inside these modules, so ``disable_adapter()`` on the wrapper still applies."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = inner.get_decoder()
-    head = inner.get_output_embeddings()
-    if decoder is inner or head is None:
-        raise TypeError(f"{type(inner).__name__} has no separate decoder and LM head; not a causal LM")
-    return decoder, head, inner
+def _samples_batch(samples: Sequence[Sample], pad_id: int) -> Any:
+    """The samples right-padded, asking for every trained position (alignment rule: j >= 1)."""
+    return make_token_batch(
+        [np.asarray(s.input_ids, dtype=np.int64) for s in samples],
+        [trained_positions(s.labels) for s in samples],
+        pad_id,
+    )
 
 
-def _head_transform(inner: Any, logits: Any) -> Any:
-    """Architecture-specific logit post-processing some causal LMs apply after the head (fp32 in, fp32 out):
-    Gemma-2/3 final soft-capping, Granite ``logits_scaling``, Cohere ``logit_scale``. Anything else is
-    caught by the self-check in :mod:`tokenclean.scoring.store` (engine vs full forward on one sample)."""
-    import torch
-
-    cfg = inner.config
-    cap = getattr(cfg, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    scaling = getattr(cfg, "logits_scaling", None)
-    if scaling:
-        logits = logits / scaling
-    scale = getattr(inner, "logit_scale", None)
-    if isinstance(scale, (int, float)):
-        logits = logits * scale
-    return logits
-
-
-def collate(samples: Sequence[Sample], pad_id: int = 0) -> dict[str, Any]:
-    """Right-pad a batch: ``input_ids``, ``attention_mask``, ``position_ids`` (B, T) and ``labels`` (B, T)
-    with IGNORE_INDEX on pads."""
-    import torch
-
-    t_max = max(len(s.input_ids) for s in samples)
-    b = len(samples)
-    ids = torch.full((b, t_max), pad_id, dtype=torch.long)  # (B, T)
-    labels = torch.full((b, t_max), IGNORE_INDEX, dtype=torch.long)  # (B, T)
-    mask = torch.zeros((b, t_max), dtype=torch.long)  # (B, T)
-    for r, s in enumerate(samples):
-        n = len(s.input_ids)
-        ids[r, :n] = torch.from_numpy(
-            np.array(s.input_ids, dtype=np.int64)
-        )  # copy: Arrow views are read-only
-        labels[r, :n] = torch.from_numpy(np.array(s.labels, dtype=np.int64))
-        mask[r, :n] = 1
-    pos = torch.arange(t_max, dtype=torch.long).unsqueeze(0).expand(b, t_max)  # (B, T); real tokens 0..n-1
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "labels": labels}
-
-
-def _targets(labels: Any) -> tuple[Any, Any, Any]:
-    """``(rows, logit_cols, target_ids)`` of every trained position of a (B, T) label tensor (alignment rule:
-    the token at ``j`` is predicted by the logits at ``j - 1``)."""
-    import torch
-
-    rows_l, cols_l = [], []
-    for r in range(labels.shape[0]):
-        pos = trained_positions(labels[r].numpy())  # (n_r,) token positions j >= 1
-        rows_l.append(np.full(len(pos), r, dtype=np.int64))
-        cols_l.append(logit_positions(pos))  # (n_r,) j - 1
-    rows = torch.from_numpy(np.concatenate(rows_l))  # (N,)
-    cols = torch.from_numpy(np.concatenate(cols_l))  # (N,)
-    return rows, cols, labels[rows, cols + 1]  # target ids (N,)
-
-
-def _split(rows: Any, cols: Any, losses: Any, samples: Sequence[Sample]) -> list[SampleLosses]:
+def _split(batch: Any, losses: np.ndarray, samples: Sequence[Sample]) -> list[SampleLosses]:
     """Per-sample results from the flat (N,) losses, rows in batch order."""
-    rows_np, pos_np = rows.numpy(), cols.numpy() + 1
-    out = []
-    for r, s in enumerate(samples):
-        sel = rows_np == r
-        out.append(SampleLosses(s.index, pos_np[sel], losses[sel]))
-    return out
+    rows_np, pos_np = batch.rows.numpy(), batch.pos.numpy()
+    return [SampleLosses(s.index, pos_np[rows_np == r], losses[rows_np == r]) for r, s in enumerate(samples)]
 
 
 def batch_token_losses(
     model: Any, samples: Sequence[Sample], pad_id: int = 0, chunk_rows: int = DEFAULT_CHUNK_ROWS
 ) -> list[SampleLosses]:
-    """Losses at every trained position of each sample, computed in one padded batch without full logits.
+    """Losses at every trained position of each sample, from :func:`tokenclean.signals.token_signals` in one
+    padded batch without full logits.
 
     Equals :func:`naive_token_losses` (fp32: to ~1e-6; bf16: up to bf16 rounding of the head matmul)."""
-    import torch
-
-    decoder, head, inner = model_parts(model)
-    batch = collate(samples, pad_id)
-    rows, cols, tgt = _targets(batch["labels"])  # (N,), (N,), (N,)
-    device = head.weight.device
-    with torch.inference_mode():
-        out = decoder(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            position_ids=batch["position_ids"].to(device),
-            use_cache=False,
-        )
-        hidden = out.last_hidden_state  # (B, T, H), final norm applied
-        h = hidden[rows.to(device), cols.to(device)]  # (N, H) hidden states at logit positions j-1
-        del hidden, out
-        tgt_d = tgt.to(device)
-        losses = torch.empty(len(tgt), dtype=torch.float32, device=device)  # (N,)
-        for lo in range(0, len(tgt), chunk_rows):
-            logits = head(h[lo : lo + chunk_rows]).float()  # (C, V) fp32
-            logits = _head_transform(inner, logits)
-            lse = torch.logsumexp(logits, dim=-1)  # (C,)
-            tl = logits.gather(1, tgt_d[lo : lo + chunk_rows, None]).squeeze(1)  # (C,)
-            losses[lo : lo + chunk_rows] = lse - tl
-    return _split(rows, cols, losses.cpu().numpy(), samples)
+    batch = _samples_batch(samples, pad_id)
+    device = model_parts(model)[1].weight.device
+    out = token_signals(model, batch.to(device), ("loss",), chunk_rows=chunk_rows)
+    return _split(batch, out["loss"].float().cpu().numpy(), samples)
 
 
 def naive_token_losses(model: Any, samples: Sequence[Sample], pad_id: int = 0) -> list[SampleLosses]:
     """The naive twin: full ``[B, T, V]`` logits from ``model(...)``, ``log_softmax`` in fp32, ``gather``.
     Slow and memory-hungry; used by tests and the self-check only."""
-    import torch
-
-    batch = collate(samples, pad_id)
-    rows, cols, tgt = _targets(batch["labels"])
+    batch = _samples_batch(samples, pad_id)
     device = next(model.parameters()).device
-    with torch.inference_mode():
-        logits = model(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            position_ids=batch["position_ids"].to(device),
-            use_cache=False,
-        ).logits  # (B, T, V)
-        logp = logits.float().log_softmax(-1)  # (B, T, V)
-        picked = logp[rows.to(device), cols.to(device)].gather(1, tgt.to(device)[:, None])  # (N, 1)
-        losses = (-picked.squeeze(1)).cpu().numpy()
-    return _split(rows, cols, losses, samples)
+    out = naive_token_signals(model, batch.to(device), ("loss",))
+    return _split(batch, out["loss"].cpu().numpy(), samples)
 
 
 def iter_token_losses(

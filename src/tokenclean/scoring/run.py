@@ -172,6 +172,11 @@ def score_dataset(
 
     t0 = time.time()
     _validate(scorer, reference, adapter, shard_size)
+    launched = _launched_group(num_shards, device)
+    if launched is not None:  # accelerate launch / torchrun: one shard per process
+        shard_index, num_shards = launched.process_index, launched.num_processes
+        if device in ("cuda", "auto") and str(launched.device).startswith("cuda"):
+            device = str(launched.device)
     data = PreparedData(prepared_dir)
     out = Path(out).resolve()
     device = resolve_device(device)
@@ -194,12 +199,21 @@ def score_dataset(
     pair = load_pair(base, reference, adapter, dtype, device, data.manifest.get("tokenizer"))
     base_id, ref_id = pair.identities()  # a Hub model downloaded just now has a commit hash only from here
     plan = _plan({"base": base_id, "reference": ref_id, "mode": mode}, **settings)
-    store.prepare_out(out, plan, force)
+    if launched is None:
+        store.prepare_out(out, plan, force)
+    else:
+        with launched.main_process_first():  # rank 0 sets up OUT, then the others check it
+            store.prepare_out(out, plan, force and launched.is_main_process)
+        progress = progress and launched.is_main_process
     total = store.n_chunks(len(data), shard_size)
     mine = store.my_chunks(len(data), shard_size, shard_index, num_shards)
     phases = store.PHASES if pair.mode != "base_only" else ("base",)
     pending = [(k, ph) for ph in phases for k in mine if not store.part_done(out, k, ph)]
     check = _run_parts(pair, data, out, pending, dtype, shard_size, batch_tokens, progress, on_part)
+    if launched is not None:
+        return _assemble_on_rank0(
+            launched, out, plan, data, device, batch_tokens, num_shards, check, pair, t0
+        )
     finished = store.complete_manifest(out, plan)  # another shard's process may have assembled already
     if finished is not None:
         return dict(finished, reused=True)
@@ -213,6 +227,52 @@ def score_dataset(
     )
     manifest.update(reference_merged_in_place=pair.merge_reference)
     return _merge(out, data, manifest, total, t0)
+
+
+def _launched_group(num_shards: int, device: str) -> Any:
+    """The accelerate ``PartialState`` when this process was started by a launcher with several processes
+    (and no explicit ``--num-shards``), else None."""
+    from tokenclean.training.distributed import launched_world
+
+    if launched_world()[1] <= 1 or num_shards != 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    return PartialState(cpu=cpu)
+
+
+def _assemble_on_rank0(
+    group: Any,
+    out: Path,
+    plan: dict[str, Any],
+    data: PreparedData,
+    device: str,
+    batch_tokens: int,
+    num_shards: int,
+    check: float | None,
+    pair: ModelPair,
+    t0: float,
+) -> dict[str, Any]:
+    """Every rank has written its parts: rank 0 assembles the store once, the others wait and read it."""
+    from accelerate.utils import gather_object
+
+    group.wait_for_everyone()
+    gathered = gather_object([check])  # the worst self-check over ranks goes in the manifest
+    worst = max((c for c in gathered if c is not None), default=None)
+    if group.is_main_process:
+        manifest = dict(plan, stage="score", prepared_dir=str(data.dir), prepared=data.manifest)
+        manifest.update(
+            device=device, batch_tokens=batch_tokens, num_shards=num_shards, self_check_max_diff=worst
+        )
+        manifest.update(reference_merged_in_place=pair.merge_reference, processes=group.num_processes)
+        _merge(out, data, manifest, store.n_chunks(len(data), plan["shard_size"]), t0)
+    group.wait_for_everyone()
+    done = store.complete_manifest(out, plan)
+    if done is None:
+        raise store.StoreError(f"{out}: rank 0 did not assemble the store")
+    return done
 
 
 def _run_parts(

@@ -43,14 +43,40 @@ def _set_rng_state(s: dict[str, Any]) -> None:
     np.random.set_state(np_state)
 
 
-def save_checkpoint(out: Path, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> None:
-    """Write OUT/checkpoint atomically (the previous one is replaced only once this one is complete)."""
-    with atomic_dir(out / CHECKPOINT) as tmp:
-        model.save_pretrained(str(tmp / "adapter"), save_embedding_layers=False)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
-        write_json_atomic(tmp / "state.json", state)
+def _sharded(acc: Any) -> bool:
+    return str(acc.distributed_type).split(".")[-1] in ("FSDP", "DEEPSPEED")
+
+
+def save_checkpoint(
+    out: Path, acc: Any, model: Any, net: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]
+) -> None:
+    """Write OUT/checkpoint. One process or DDP: rank 0 writes it atomically (the previous one is replaced
+    only once this one is complete), with every rank's RNG state gathered into ``rng.pt``. FSDP/DeepSpeed:
+    every rank writes its shard through ``accelerator.save_state`` into ``checkpoint/accelerate``, and
+    rank 0 writes ``state.json`` last (a checkpoint counts only when it exists)."""
+    from accelerate.utils import gather_object
+
+    rng = gather_object([_rng_state()]) if acc.num_processes > 1 else [_rng_state()]
+    if _sharded(acc):
+        d = out / CHECKPOINT
+        if acc.is_main_process:
+            (d / "state.json").unlink(missing_ok=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(d / "accelerate"))
+        if acc.is_main_process:
+            torch.save(scheduler.state_dict(), d / "scheduler.pt")
+            torch.save(rng, d / "rng.pt")
+            write_json_atomic(d / "state.json", state)
+        acc.wait_for_everyone()
+        return
+    if acc.is_main_process:
+        with atomic_dir(out / CHECKPOINT) as tmp:
+            net.save_pretrained(str(tmp / "adapter"), save_embedding_layers=False)
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save(rng, tmp / "rng.pt")
+            write_json_atomic(tmp / "state.json", state)
+    acc.wait_for_everyone()
 
 
 def read_checkpoint_state(out: Path) -> dict[str, Any] | None:
@@ -74,20 +100,29 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], what: str) ->
         )
 
 
-def load_checkpoint(out: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNG states from OUT/checkpoint; return its state.json."""
+def load_checkpoint(
+    out: Path, acc: Any, model: Any, net: Any, optimizer: Any, scheduler: Any
+) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and this rank's RNG state from OUT/checkpoint; return its
+    state.json. Every rank reads the same files."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     d = out / CHECKPOINT
-    weights = load_file(str(d / "adapter" / "adapter_model.safetensors"))
-    res: Any = set_peft_model_state_dict(model, weights)
-    missing = [k for k in res.missing_keys if "lora_" in k]
-    if res.unexpected_keys or missing:
-        raise ConfigError(
-            f"{d}: adapter does not fit the model (missing {missing[:3]}, unexpected {res.unexpected_keys[:3]})"
-        )
-    optimizer.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
+    if _sharded(acc):
+        acc.load_state(str(d / "accelerate"))
+    else:
+        weights = load_file(str(d / "adapter" / "adapter_model.safetensors"))
+        res: Any = set_peft_model_state_dict(net, weights)
+        missing = [k for k in res.missing_keys if "lora_" in k]
+        if res.unexpected_keys or missing:
+            raise ConfigError(
+                f"{d}: adapter does not fit the model (missing {missing[:3]}, unexpected {res.unexpected_keys[:3]})"
+            )
+        optimizer.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(d / "scheduler.pt", weights_only=True))
-    _set_rng_state(torch.load(d / "rng.pt", weights_only=False))
+    rng = torch.load(d / "rng.pt", weights_only=False)
+    if isinstance(rng, dict):  # a checkpoint of a single-process run written before ranks existed
+        rng = [rng]
+    _set_rng_state(rng[acc.process_index])
     return read_json(d / "state.json")

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
-from tokenclean import IGNORE_INDEX
-from tokenclean.alignment import logit_positions, trained_positions
+from tokenclean.alignment import trained_positions
+from tokenclean.signals import TokenBatch, make_token_batch
 from tokenclean.training.data import TrainData
-
-if TYPE_CHECKING:
-    import torch
 
 
 def steps_per_epoch(n_samples: int, effective_batch: int) -> int:
@@ -43,12 +40,23 @@ def step_samples(n_samples: int, effective_batch: int, seed: int, step: int) -> 
     return epoch_order(n_samples, seed, epoch)[i * effective_batch : (i + 1) * effective_batch]
 
 
+def rank_share(
+    samples: np.ndarray, lengths: np.ndarray, rank: int, world: int, group_by_length: bool
+) -> np.ndarray:
+    """This rank's samples of one optimizer step. With ``group_by_length`` the step's samples are sorted by
+    length first (longest first, stable); rank ``r`` of ``world`` then takes every ``world``-th sample from
+    ``r``, so every rank gets a similar mix of lengths. ``world = 1`` keeps them all."""
+    if group_by_length:
+        samples = samples[np.argsort(-lengths[samples], kind="stable")]
+    return samples[rank::world]
+
+
 def micro_batches(
     samples: np.ndarray, lengths: np.ndarray, batch_size: int, group_by_length: bool
 ) -> list[np.ndarray]:
-    """Cut one step's samples into micro-batches of ``batch_size``; with ``group_by_length`` sort them by
-    length first (longest first, stable) so each micro-batch pads little. The step's loss does not change:
-    it is a mean over the kept tokens of all its micro-batches."""
+    """Cut one step's (or one rank's) samples into micro-batches of ``batch_size``; with ``group_by_length``
+    sort them by length first (longest first, stable) so each micro-batch pads little. The step's loss does
+    not change: it is normalised over the counted tokens of all its micro-batches."""
     if group_by_length:
         samples = samples[np.argsort(-lengths[samples], kind="stable")]
     return [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
@@ -56,40 +64,61 @@ def micro_batches(
 
 @dataclass
 class MicroBatch:
-    """Padded tensors of one forward pass plus the kept tokens in flat form.
+    """One forward pass: the padded samples and their *candidate* tokens (every trained label, j >= 1).
 
-    ``rows``/``logit_pos``/``targets`` list every kept token: the token ``targets[k]`` of row ``rows[k]`` is
-    predicted by the logits at ``logit_pos[k]`` (= its position - 1, via :mod:`tokenclean.alignment`).
+    A token policy turns candidates into weights; :meth:`counted` keeps the tokens with weight > 0, so only
+    those reach the LM head in the gradient pass. ``keys`` are (sample index, position) per candidate: a
+    global name for a token, the same on every rank and for every micro-batching.
     """
 
-    input_ids: torch.Tensor  # torch.LongTensor (B, T), right-padded with 0
-    attention_mask: torch.Tensor  # torch.LongTensor (B, T), 0 on padding
-    labels: torch.Tensor  # torch.LongTensor (B, T), IGNORE_INDEX on padding and untrained positions
-    rows: torch.Tensor  # torch.LongTensor (N,)
-    logit_pos: torch.Tensor  # torch.LongTensor (N,)
-    targets: torch.Tensor  # torch.LongTensor (N,)
-    n_kept: int  # N
+    batch: TokenBatch  # candidates; tensors on the training device
+    data_weights: np.ndarray  # (N,) float32: the dataset's ``weights`` column at the candidates, else 1
+    sample_rows: np.ndarray  # (B,) dataset index of each row
+    positions_by_row: list[np.ndarray]  # per row, its candidate positions
+    keys: np.ndarray  # (N, 2) int64 (sample index, position)
     n_tokens: int  # non-padding tokens
+
+    @property
+    def n_candidates(self) -> int:
+        return len(self.keys)
+
+    @property
+    def n_kept(self) -> int:
+        """Candidates with a positive dataset weight (with no weights column: all of them)."""
+        return int((self.data_weights > 0).sum())
+
+    def counted(self, weights: np.ndarray) -> tuple[TokenBatch, Any]:
+        """The batch asking only for tokens with ``weights > 0``, and those weights as a float32 tensor."""
+        import torch
+
+        sel = np.flatnonzero(weights > 0)
+        idx = torch.from_numpy(sel).to(self.batch.rows.device)
+        tb = TokenBatch(
+            self.batch.input_ids,
+            self.batch.attention_mask,
+            self.batch.rows[idx],
+            self.batch.pos[idx],
+            self.batch.prompt_mask,
+        )
+        return tb, torch.from_numpy(np.ascontiguousarray(weights[sel], dtype=np.float32)).to(idx.device)
 
 
 def collate(data: TrainData, idx: np.ndarray, device: str = "cpu") -> MicroBatch:
-    """Right-pad the samples ``idx`` into one micro-batch."""
-    import torch
-
-    lens = [len(data.input_ids[i]) for i in idx]
-    b, t = len(idx), max(lens)
-    ids = np.zeros((b, t), dtype=np.int64)  # (B, T)
-    att = np.zeros((b, t), dtype=np.int64)  # (B, T)
-    lab = np.full((b, t), IGNORE_INDEX, dtype=np.int64)  # (B, T)
-    rows, lpos, tgts = [], [], []
-    for r, (i, n) in enumerate(zip(idx, lens)):
-        ids[r, :n] = data.input_ids[i]
-        att[r, :n] = 1 if data.attention_mask is None else data.attention_mask[i]
-        lab[r, :n] = data.labels[i]
-        tok_pos = trained_positions(lab[r, :n])  # (n_r,) positions j >= 1 that are trained
-        rows.append(np.full(len(tok_pos), r, dtype=np.int64))
-        lpos.append(logit_positions(tok_pos))  # (n_r,) j - 1
-        tgts.append(lab[r, tok_pos])
-    flat = [np.concatenate(x) for x in (rows, lpos, tgts)]
-    ts = [torch.from_numpy(x).to(device) for x in (ids, att, lab, *flat)]
-    return MicroBatch(ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], n_kept=len(flat[0]), n_tokens=int(sum(lens)))
+    """Right-pad the samples ``idx`` into one micro-batch; every trained label is a candidate."""
+    ids = [np.asarray(data.input_ids[i], dtype=np.int64) for i in idx]
+    att = None if data.attention_mask is None else [data.attention_mask[i] for i in idx]
+    pos = [trained_positions(data.labels[i]) for i in idx]  # (n_r,) positions j >= 1 that are trained
+    batch = make_token_batch(ids, pos, pad_id=0, attention_mask=att)
+    if data.weights is not None:
+        w = np.concatenate([np.asarray(data.weights[i], dtype=np.float32)[p] for i, p in zip(idx, pos)])
+    else:
+        w = np.ones(sum(len(p) for p in pos), dtype=np.float32)
+    keys = np.concatenate([np.stack([np.full(len(p), i, dtype=np.int64), p], 1) for i, p in zip(idx, pos)])
+    return MicroBatch(
+        batch.to(device),
+        w,
+        np.asarray(idx, dtype=np.int64),
+        pos,
+        keys.reshape(-1, 2),
+        n_tokens=int(sum(len(x) for x in ids)),
+    )

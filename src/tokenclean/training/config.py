@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tokenclean.errors import ConfigError
@@ -65,10 +65,16 @@ class TrainConfig:
     """Write a resumable checkpoint every this many optimizer steps (0: never; the final adapter is always saved)."""
     logging_steps: int = 1
     """Append a line to OUT/log.jsonl every this many optimizer steps."""
+    policy: str = "labels"
+    """Token policy deciding inside each step which tokens count and with what weight: labels (the labels
+    as given), weights (the dataset's weights column), rho1 (online RHO-1); see docs/training.md."""
+    policy_settings: dict[str, Any] = field(default_factory=dict)
+    """Settings of the token policy (e.g. rho1: ratio, reference, scores); unknown keys are errors."""
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, list):
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        object.__setattr__(self, "policy_settings", dict(self.policy_settings or {}))
         validate(dataclasses.asdict(self), "train")
 
     @property
@@ -96,11 +102,15 @@ class TrainConfig:
         """Plain JSON/YAML-able dict; ``TrainConfig.from_dict(cfg.to_dict()) == cfg``."""
         d = dataclasses.asdict(self)
         d["target_modules"] = list(self.target_modules)
+        d["policy_settings"] = dict(self.policy_settings)
         return d
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine the trained adapter (everything except checkpoint and logging cadence)."""
-        return {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_FIELDS}
+        d = {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_FIELDS}
+        if d["policy"] == "labels" and not d["policy_settings"]:
+            del d["policy"], d["policy_settings"]  # the default: identities of older runs stay valid
+        return d
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied (validated)."""
@@ -177,7 +187,20 @@ def _problem(key: str, v: Any) -> str | None:
 
 def validate(values: dict[str, Any], prefix: str) -> None:
     """Check every given field; raise :class:`ConfigError` naming ``prefix.key`` on the first bad one."""
+    from tokenclean.training.policies import get_policy_class, parse_settings
+
+    if "policy" in values or "policy_settings" in values:
+        name = values.get("policy", "labels")
+        if not isinstance(name, str):
+            raise ConfigError(f"{prefix}.policy: expected a policy name, got {name!r}")
+        get_policy_class(name, f"{prefix}.policy")
+        ps = values.get("policy_settings") or {}
+        if not isinstance(ps, dict):
+            raise ConfigError(f"{prefix}.policy_settings: expected a mapping, got {ps!r}")
+        parse_settings(name, ps, f"{prefix}.policy_settings")
     for key, v in values.items():
+        if key in ("policy", "policy_settings"):
+            continue
         expected = _problem(key, v)
         if expected is not None:
             raise ConfigError(f"{prefix}.{key}: expected {expected}, got {v!r}")

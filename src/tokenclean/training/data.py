@@ -33,6 +33,7 @@ class TrainData:
     sample_ids: list[str]
     counts: dict[str, int] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
+    weights: list[np.ndarray] | None = None  # per-position float32 loss weights (the ``weights`` column)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -114,7 +115,39 @@ def load_train_data(data_dir: str | Path, max_length: int) -> TrainData:
             raise DataError(f"{where}[row {r}]", "a kept label sits where attention_mask is 0", "labels")
         if bool((mask == 1).all()):
             mask = None  # all ones: nothing to carry
-    return _truncate_and_filter(where, ids, labels, mask, offsets, sids, max_length, _read_manifest(path))
+    weights = _weights_column(ds, table, where, offsets, labels, sids)
+    data = _truncate_and_filter(where, ids, labels, mask, offsets, sids, max_length, _read_manifest(path))
+    if weights is not None:
+        keep = {s: i for i, s in enumerate(sids)}
+        starts = offsets[:-1]
+        data.weights = [
+            weights[starts[keep[s]] : starts[keep[s]] + len(x)]
+            for s, x in zip(data.sample_ids, data.input_ids)
+        ]
+    return data
+
+
+def _weights_column(
+    ds: Any, table: Any, where: str, offsets: np.ndarray, labels: np.ndarray, sids: list[str]
+) -> np.ndarray | None:
+    """The optional per-position ``weights`` column (float, finite, >= 0, positive only on trained labels)."""
+    if "weights" not in ds.column_names:
+        return None
+    w, woff = _flat_column(table, "weights")
+    if not np.array_equal(offsets, woff):
+        raise DataError(where, "weights lengths differ from input_ids", "weights")
+    w = w.astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(w) | (w < 0) | ((w > 0) & (labels == IGNORE_INDEX)))
+    if bad.size:
+        j = int(bad[0])
+        r = _row_of(j, offsets)
+        raise DataError(
+            f"{where}[row {r}] (sample_id {sids[r]})",
+            f"weight {float(w[j])!r} at position {j - offsets[r]}: weights must be finite, >= 0, and 0 where "
+            "the label is -100",
+            field="weights",
+        )
+    return w
 
 
 def _truncate_and_filter(

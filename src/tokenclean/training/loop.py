@@ -1,9 +1,17 @@
-"""The training stage: an explicit LoRA fine-tuning loop over kept tokens (PEFT + torch AdamW + the
-transformers linear warm-up/decay schedule).
+"""The training stage: LoRA fine-tuning driven by an ``accelerate.Accelerator`` (PEFT + torch AdamW + the
+transformers linear warm-up/decay schedule), one process or N (``accelerate launch`` / ``torchrun``: DDP by
+default, FSDP or DeepSpeed through an accelerate config).
 
-An explicit loop rather than ``transformers.Trainer``: the loss rule (mean over every kept token of an
-optimizer step, see :mod:`tokenclean.training.loss`) needs the step's kept-token count before the first
-micro-batch's backward pass, which Trainer does not expose without overriding its internals.
+An Accelerator-driven loop rather than ``transformers.Trainer`` (docs/training.md says why): a token policy
+decides *inside* each step which tokens count (a no-grad signal pass, a top-k over all ranks, then the
+gradient pass), and the loss rule needs the step's weight sum over all ranks before the first backward
+(:mod:`tokenclean.training.loss`). Accelerate supplies the process group, DDP/FSDP wrapping, ``no_sync``,
+collectives and sharded checkpoints; tokenclean writes none of those itself.
+
+Data: optimizer step ``s`` takes the same samples whatever the number of processes
+(:func:`tokenclean.training.collate.step_samples`); rank ``r`` of ``N`` takes every N-th of them after a
+length sort (:func:`tokenclean.training.collate.rank_share`), so ``N`` processes with micro-batch ``b``
+train the same steps as one process with micro-batch ``N * b``. Only rank 0 writes files and logs.
 
 Output directory:
 
@@ -28,7 +36,7 @@ from typing import Any
 
 import torch
 
-from tokenclean.errors import DataError, ModelError, TokencleanError
+from tokenclean.errors import ConfigError, DataError, ModelError, TokencleanError
 from tokenclean.models.loader import (
     ModelSpec,
     load_tokenizer,
@@ -36,6 +44,7 @@ from tokenclean.models.loader import (
     resolve_model,
     tokenizer_identity,
 )
+from tokenclean.signals import signal_model
 from tokenclean.training.checkpoint import (
     CHECKPOINT,
     check_same_run,
@@ -44,15 +53,18 @@ from tokenclean.training.checkpoint import (
     save_checkpoint,
 )
 from tokenclean.training.collate import (
+    MicroBatch,
     collate,
     micro_batches,
+    rank_share,
     step_samples,
     steps_per_epoch,
     total_steps,
 )
 from tokenclean.training.config import TrainConfig
 from tokenclean.training.data import TrainData, load_train_data
-from tokenclean.training.loss import accumulate_step, supports_logits_to_keep
+from tokenclean.training.distributed import StepDist
+from tokenclean.training.loss import accumulate_step
 from tokenclean.training.model import (
     adapter_path,
     build_lora_model,
@@ -60,6 +72,7 @@ from tokenclean.training.model import (
     portable_base_name,
     trainable_parameters,
 )
+from tokenclean.training.policies import Policy, StepView, build_policy
 from tokenclean.utils import (
     atomic_dir,
     get_logger,
@@ -102,18 +115,23 @@ def train(
     *,
     device: str = "auto",
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """LoRA-fine-tune ``model`` on the kept labels of ``data_dir``; write OUT/adapter and OUT/done.json.
+    """LoRA-fine-tune ``model`` on the counted tokens of ``data_dir``; write OUT/adapter and OUT/done.json.
 
-    ``data_dir`` is a prepared dataset (every response token trained) or a cleaned one (kept tokens only).
-    Samples with no kept token are dropped first (counted in ``done.json``). Each optimizer step's loss is
-    the mean cross-entropy over all kept tokens of its ``grad_accum`` micro-batches (not a mean of
-    micro-batch means). With ``init_adapter`` an existing LoRA adapter is trained further (its own r/alpha).
-    Re-running a finished run returns its ``done.json`` at once; re-running an interrupted one resumes from
-    OUT/checkpoint and ends with the same adapter as an uninterrupted run. ``on_step`` is called with each
-    step's log record. Returns the ``done.json`` contents.
+    ``data_dir`` is a prepared dataset (every response token trained), a cleaned one (kept tokens only) or
+    one with a ``weights`` column. Samples with no kept token are dropped first (counted in ``done.json``).
+    ``cfg.policy`` decides inside every step which candidate tokens count and with what weight; the step's
+    loss is normalised over the counted weight of all micro-batches of all ranks (not a mean of means).
+    With ``init_adapter`` an existing LoRA adapter is trained further (its own r/alpha). Re-running a
+    finished run returns its ``done.json`` at once; re-running an interrupted one resumes from
+    OUT/checkpoint (same number of processes) and ends with the same adapter as an uninterrupted run.
+    Under ``accelerate launch``/``torchrun`` every process calls this; rank 0 writes. ``on_step`` is called
+    (rank 0) with each step's log record. Returns the ``done.json`` contents.
     """
     out, data_dir = Path(out), Path(data_dir)
+    if threads:
+        torch.set_num_threads(threads)
     spec = resolve_model(model, init_adapter)
     init_adapter = adapter_path(spec.adapter)  # a PEFT dir given as the model counts as init_adapter
     identity = run_identity(cfg, data_dir, spec, init_adapter)
@@ -129,12 +147,24 @@ def train(
 
     data = load_train_data(data_dir, cfg.max_length)
     _check_tokenizer(data.manifest, spec, data_dir)
-    dev = resolve_device(device)
+    acc = _accelerator(device)
+    dev = str(acc.device)
+    if saved is not None:
+        check_world_size(saved, acc.num_processes, out)
     net = build_lora_model(spec, cfg, init_adapter, dev)
+    if acc.process_index > 0:
+        torch.manual_seed(cfg.seed + acc.process_index)  # per-rank dropout streams (docs/training.md)
     _check_vocab(data, net, data_dir)
-    params = trainable_parameters(net)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n_steps = total_steps(len(data), cfg.effective_batch_size, cfg.epochs, cfg.max_steps)
+    policy = build_policy(cfg.policy, cfg.policy_settings, data)
+    if policy.uses_data_weights and data.weights is None:
+        raise DataError(
+            str(data_dir), "policy 'weights' needs a weights column (tokenclean select --weights)"
+        )
+    wrapped = signal_model(net)
+    optimizer = torch.optim.AdamW(trainable_parameters(net), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    wrapped, optimizer = acc.prepare(wrapped, optimizer)
+    global_batch = cfg.effective_batch_size * acc.num_processes  # HF convention: per-device x accum x N
+    n_steps = total_steps(len(data), global_batch, cfg.epochs, cfg.max_steps)
     scheduler = _scheduler(optimizer, cfg, n_steps)
     state: dict[str, Any] = {
         "step": 0,
@@ -143,15 +173,49 @@ def train(
         "seconds": 0.0,
         "skipped_steps": 0,
     }
-    state |= {"nonfinite_steps": 0, "last_loss": None, "identity": identity}
+    state |= {"nonfinite_steps": 0, "last_loss": None, "identity": identity, "world_size": acc.num_processes}
     if saved is not None:
-        state = load_checkpoint(out, net, optimizer, scheduler)
+        state = load_checkpoint(out, acc, wrapped, net, optimizer, scheduler)
         log.info("resuming %s from step %d of %d", out, state["step"], n_steps)
     resumed_from = state["step"] if saved is not None else None
-    _trim_log(out / "log.jsonl", state["step"])
-    out.mkdir(parents=True, exist_ok=True)
-    state = _run_steps(net, data, cfg, n_steps, state, optimizer, scheduler, out, dev, progress, on_step)
-    return _finish(net, data, cfg, spec, init_adapter, data_dir, out, n_steps, state, dev, resumed_from)
+    if acc.is_main_process:
+        _trim_log(out / "log.jsonl", state["step"])
+        out.mkdir(parents=True, exist_ok=True)
+    acc.wait_for_everyone()
+    loop = _Loop(acc, wrapped, net, policy, data, cfg, optimizer, scheduler, out, progress, on_step)
+    state = loop.run(n_steps, state)
+    return _finish(
+        acc, wrapped, net, data, cfg, spec, init_adapter, data_dir, out, n_steps, state, resumed_from
+    )
+
+
+def _accelerator(device: str) -> Any:
+    """The Accelerator of this process: CPU when asked (or when no GPU), else the launcher's GPU."""
+    from accelerate import Accelerator
+
+    dev = resolve_device(device)
+    # mixed precision is tokenclean's own setting (train.bf16, autocast); None keeps an accelerate state
+    # that this process already set up (e.g. an lm-eval or TRL run before this one in the same process)
+    acc = Accelerator(cpu=dev == "cpu", mixed_precision=None)
+    if acc.mixed_precision != "no":
+        log.warning(
+            "accelerate mixed precision '%s' is active (from an accelerate config or an earlier Accelerator "
+            "in this process); the forward passes run under it in addition to train.bf16",
+            acc.mixed_precision,
+        )
+    return acc
+
+
+def check_world_size(saved: dict[str, Any], world: int, out: Path) -> None:
+    """A checkpoint resumes only with the number of processes that wrote it (the data shards, RNG streams
+    and sharded optimizer states are per rank)."""
+    was = int(saved.get("world_size", 1))
+    if was != world:
+        raise ConfigError(
+            f"{out / CHECKPOINT} was written by a run with {was} process(es); this run has {world}. Resume "
+            f"with {was} processes (accelerate launch --num_processes {was}), or delete {out / CHECKPOINT} "
+            "to start over"
+        )
 
 
 def _scheduler(optimizer: Any, cfg: TrainConfig, n_steps: int) -> Any:
@@ -193,78 +257,134 @@ def _check_tokenizer(manifest: dict[str, Any], spec: ModelSpec, data_dir: Path) 
         )
 
 
-def _run_steps(
-    net: Any,
-    data: TrainData,
-    cfg: TrainConfig,
-    n_steps: int,
-    state: dict[str, Any],
-    optimizer: Any,
-    scheduler: Any,
-    out: Path,
-    dev: str,
-    progress: bool,
-    on_step: Callable[[dict[str, Any]], None] | None,
-) -> dict[str, Any]:
-    """The optimizer-step loop from ``state['step']`` to ``n_steps``; returns the updated state."""
-    from tqdm.auto import tqdm
+class _Loop:
+    """The optimizer-step loop of one process (see :func:`train`)."""
 
-    lengths, use_ltk = data.lengths, supports_logits_to_keep(net)
-    params = trainable_parameters(net)
-    interrupt = int(os.environ.get(INTERRUPT_ENV, "0") or 0)
-    autocast = _autocast(dev, cfg.bf16)
-    t0, tok0, kept0 = time.perf_counter(), state["tokens_input"], state["tokens_kept"]
-    secs0 = state["seconds"]
-    bar = tqdm(total=n_steps, initial=state["step"], desc="train", unit="step", disable=not progress)
-    for step in range(state["step"], n_steps):
-        idx = step_samples(len(data), cfg.effective_batch_size, cfg.seed, step)
-        mbs = [
-            collate(data, b, dev) for b in micro_batches(idx, lengths, cfg.batch_size, cfg.group_by_length)
-        ]
-        lr = scheduler.get_last_lr()[0]
-        res = accumulate_step(net, mbs, autocast, use_ltk)
-        grad_norm = _optimizer_step(res.loss, params, optimizer, cfg.max_grad_norm, state)
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        elapsed = time.perf_counter() - t0
-        state["step"] = step + 1
-        state["tokens_input"] += res.n_tokens
-        state["tokens_kept"] += res.n_kept
-        state["seconds"] = secs0 + elapsed
-        state["last_loss"] = res.loss if res.loss is not None else state["last_loss"]
-        rate = (state["tokens_input"] - tok0) / max(elapsed, 1e-9)
-        rec = {"step": step + 1, "loss": res.loss, "lr": lr, "kept_tokens": res.n_kept}
-        rec |= {"tokens": res.n_tokens, "grad_norm": grad_norm, "tokens_per_s": round(rate, 2)}
-        rec["seconds"] = round(state["seconds"], 3)
-        if (step + 1) % cfg.logging_steps == 0 or step + 1 == n_steps:
-            with open(out / "log.jsonl", "a") as f:
+    def __init__(
+        self,
+        acc: Any,
+        model: Any,
+        net: Any,
+        policy: Policy,
+        data: TrainData,
+        cfg: TrainConfig,
+        optimizer: Any,
+        scheduler: Any,
+        out: Path,
+        progress: bool,
+        on_step: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        self.acc, self.model, self.net, self.policy, self.data, self.cfg = acc, model, net, policy, data, cfg
+        self.optimizer, self.scheduler, self.out, self.on_step = optimizer, scheduler, out, on_step
+        self.progress = progress and acc.is_main_process
+        self.dist = StepDist(acc if acc.num_processes > 1 else None, model)
+        self.autocast = _autocast(str(acc.device), cfg.bf16)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def micro_batches(self, step: int) -> tuple[list[MicroBatch], MicroBatch | None]:
+        """This rank's micro-batches of ``step``, and a stand-in (counted with weight 0) when it has none."""
+        cfg, data, dev = self.cfg, self.data, str(self.acc.device)
+        idx = step_samples(len(data), cfg.effective_batch_size * self.acc.num_processes, cfg.seed, step)
+        mine = rank_share(
+            idx, data.lengths, self.acc.process_index, self.acc.num_processes, cfg.group_by_length
+        )
+        mbs = [collate(data, b, dev) for b in micro_batches(mine, data.lengths, cfg.batch_size, False)]
+        return mbs, (collate(data, idx[:1], dev) if not mbs else None)
+
+    def step_weights(self, step: int, mbs: list[MicroBatch]) -> list[Any]:
+        view = StepView(
+            self.acc.unwrap_model(self.model), mbs, step, self.dist.rank, self.dist.gather, self.autocast
+        )
+        was_training = self.net.training
+        self.net.eval()  # online policies read signals without dropout
+        try:
+            return self.policy.weights(view)
+        finally:
+            self.net.train(was_training)
+
+    def run(self, n_steps: int, state: dict[str, Any]) -> dict[str, Any]:
+        """Optimizer steps from ``state['step']`` to ``n_steps``; returns the updated state."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        interrupt = int(os.environ.get(INTERRUPT_ENV, "0") or 0)
+        t0, tok0, kept0 = time.perf_counter(), state["tokens_input"], state["tokens_kept"]
+        secs0 = state["seconds"]
+        bar = tqdm(total=n_steps, initial=state["step"], desc="train", unit="step", disable=not self.progress)
+        for step in range(state["step"], n_steps):
+            mbs, stand_in = self.micro_batches(step)
+            weights = self.step_weights(step, mbs)
+            if stand_in is not None:
+                mbs, weights = [stand_in], [stand_in.data_weights * 0.0]
+            lr = self.scheduler.get_last_lr()[0]
+            res = accumulate_step(
+                self.model,
+                mbs,
+                weights,
+                self.autocast,
+                self.dist,
+                self.policy.multiplier,
+                self.policy.forward_signals,
+            )
+            grad_norm = self.optimizer_step(res.loss, state)
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            elapsed = time.perf_counter() - t0
+            state["step"] = step + 1
+            state["tokens_input"] += res.n_tokens
+            state["tokens_kept"] += res.n_kept
+            state["seconds"] = secs0 + elapsed
+            state["last_loss"] = res.loss if res.loss is not None else state["last_loss"]
+            rate = (state["tokens_input"] - tok0) / max(elapsed, 1e-9)
+            rec = {"step": step + 1, "loss": res.loss, "lr": lr, "kept_tokens": res.n_kept}
+            rec |= {"tokens": res.n_tokens, "grad_norm": grad_norm, "tokens_per_s": round(rate, 2)}
+            if cfg.policy == "weights":
+                rec["weight_sum"] = round(res.weight_sum, 6)
+            rec["seconds"] = round(state["seconds"], 3)
+            self.log_step(rec, step, n_steps, state)
+            bar.update(1)
+            bar.set_postfix(loss=f"{res.loss:.4f}" if res.loss is not None else "-", tok_s=f"{rate:.0f}")
+            if interrupt and step + 1 == interrupt:
+                bar.close()
+                raise TrainingInterrupted(f"training interrupted after step {interrupt} by {INTERRUPT_ENV}")
+        bar.close()
+        state["session_seconds"] = time.perf_counter() - t0
+        state["session_tokens"] = state["tokens_input"] - tok0
+        state["session_kept"] = state["tokens_kept"] - kept0
+        return state
+
+    def log_step(self, rec: dict[str, Any], step: int, n_steps: int, state: dict[str, Any]) -> None:
+        cfg = self.cfg
+        if self.acc.is_main_process and ((step + 1) % cfg.logging_steps == 0 or step + 1 == n_steps):
+            with open(self.out / "log.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
         if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < n_steps:
-            save_checkpoint(out, net, optimizer, scheduler, state)
-        bar.update(1)
-        bar.set_postfix(loss=f"{res.loss:.4f}" if res.loss is not None else "-", tok_s=f"{rate:.0f}")
-        if on_step is not None:
-            on_step(rec)
-        if interrupt and step + 1 == interrupt:
-            bar.close()
-            raise TrainingInterrupted(f"training interrupted after step {interrupt} by {INTERRUPT_ENV}")
-    bar.close()
-    state["session_seconds"] = time.perf_counter() - t0
-    state["session_tokens"] = state["tokens_input"] - tok0
-    state["session_kept"] = state["tokens_kept"] - kept0
-    return state
+            save_checkpoint(self.out, self.acc, self.model, self.net, self.optimizer, self.scheduler, state)
+        if self.on_step is not None and self.acc.is_main_process:
+            self.on_step(rec)
+
+    def optimizer_step(self, loss: float | None, state: dict[str, Any]) -> float | None:
+        return _optimizer_step(
+            loss, self.params, self.optimizer, self.cfg.max_grad_norm, state, self.acc.clip_grad_norm_
+        )
 
 
 def _optimizer_step(
-    loss: float | None, params: list[Any], optimizer: Any, max_grad_norm: float, state: dict[str, Any]
+    loss: float | None,
+    params: list[Any],
+    optimizer: Any,
+    max_grad_norm: float,
+    state: dict[str, Any],
+    clip: Callable[..., Any] = torch.nn.utils.clip_grad_norm_,
 ) -> float | None:
-    """Clip and apply the accumulated gradient. A step with no kept token or a non-finite loss or gradient
-    norm is skipped (the adapter never takes a NaN update)."""
+    """Clip and apply the accumulated (all-reduced) gradient. A step with no counted token or a non-finite
+    loss or gradient norm is skipped (on every rank: loss and norm are the same on all of them), so the
+    adapter never takes a NaN update."""
     if loss is None:
         state["skipped_steps"] += 1
-        log.warning("a step had no kept token; skipped")
+        log.warning("a step had no counted token; skipped")
         return None
-    norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf))
+    norm = float(clip(params, max_grad_norm if max_grad_norm > 0 else math.inf))
     if not (math.isfinite(loss) and math.isfinite(norm)):
         state["nonfinite_steps"] += 1
         log.warning("non-finite loss %s or gradient norm %s; step skipped", loss, norm)
@@ -303,6 +423,8 @@ def _trim_log(path: Path, step: int) -> None:
 
 
 def _finish(
+    acc: Any,
+    model: Any,
     net: Any,
     data: TrainData,
     cfg: TrainConfig,
@@ -312,12 +434,47 @@ def _finish(
     out: Path,
     n_steps: int,
     state: dict[str, Any],
-    dev: str,
     resumed_from: int | None,
 ) -> dict[str, Any]:
-    """Save the adapter, then done.json (last), then remove the checkpoint."""
-    with atomic_dir(out / "adapter") as tmp:
-        net.save_pretrained(str(tmp), save_embedding_layers=False)  # never resized; no Hub lookup
+    """Save the adapter, then done.json (last), then remove the checkpoint (rank 0; the others wait)."""
+    full = acc.get_state_dict(model) if _sharded(acc) else None  # every rank takes part in the gather
+    done = _done_record(acc, net, data, cfg, spec, init_adapter, data_dir, out, n_steps, state, resumed_from)
+    if acc.is_main_process:
+        lm_state = None if full is None else {k.removeprefix("lm."): v for k, v in full.items()}
+        with atomic_dir(out / "adapter") as tmp:  # never resized; no Hub lookup
+            net.save_pretrained(str(tmp), save_embedding_layers=False, state_dict=lm_state)
+        write_json_atomic(out / "done.json", done)
+        shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
+        log.info(
+            "trained %d steps on %d kept tokens (final loss %s, %.1f tokens/s) -> %s",
+            n_steps,
+            state["tokens_kept"],
+            "-" if state["last_loss"] is None else f"{state['last_loss']:.4f}",
+            done["tokens_per_s"],
+            out / "adapter",
+        )
+    acc.wait_for_everyone()
+    return done
+
+
+def _sharded(acc: Any) -> bool:
+    """Whether parameters are sharded across ranks (FSDP / DeepSpeed): saving needs a gather."""
+    return str(acc.distributed_type).split(".")[-1] in ("FSDP", "DEEPSPEED")
+
+
+def _done_record(
+    acc: Any,
+    net: Any,
+    data: TrainData,
+    cfg: TrainConfig,
+    spec: Any,
+    init_adapter: str | None,
+    data_dir: Path,
+    out: Path,
+    n_steps: int,
+    state: dict[str, Any],
+    resumed_from: int | None,
+) -> dict[str, Any]:
     secs = state["session_seconds"]
     manifest = data_dir / "manifest.json"
     done = {
@@ -337,7 +494,10 @@ def _finish(
         "trainable_params": sum(p.numel() for p in trainable_parameters(net)),
         "adapter": str((out / "adapter").resolve()),
         "steps": n_steps,
-        "epochs": round(n_steps / steps_per_epoch(len(data), cfg.effective_batch_size), 4),
+        "epochs": round(
+            n_steps / steps_per_epoch(len(data), cfg.effective_batch_size * acc.num_processes), 4
+        ),
+        "global_batch_size": cfg.effective_batch_size * acc.num_processes,
         "skipped_steps": state["skipped_steps"],
         "nonfinite_steps": state["nonfinite_steps"],
         "tokens": {"input": state["tokens_input"], "kept": state["tokens_kept"]},
@@ -346,21 +506,14 @@ def _finish(
         "kept_tokens_per_s": round(state["session_kept"] / max(secs, 1e-9), 2),
         "seconds": round(state["seconds"], 3),
         "resumed_from_step": resumed_from,
-        "device": dev,
+        "device": str(acc.device),
+        "world_size": acc.num_processes,
+        "distributed_type": str(acc.distributed_type).split(".")[-1],
+        "policy": {"name": cfg.policy, "settings": dict(cfg.policy_settings)},
         "bf16": cfg.bf16,
         "torch_threads": torch.get_num_threads(),
         "versions": package_versions(),
     }
-    write_json_atomic(out / "done.json", done)
-    shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
-    log.info(
-        "trained %d steps on %d kept tokens (final loss %s, %.1f tokens/s) -> %s",
-        n_steps,
-        state["tokens_kept"],
-        "-" if state["last_loss"] is None else f"{state['last_loss']:.4f}",
-        done["tokens_per_s"],
-        out / "adapter",
-    )
     return done
 
 

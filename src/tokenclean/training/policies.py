@@ -1,0 +1,250 @@
+"""Token policies: which tokens of a training step count in the loss, and with what weight.
+
+A policy runs *inside* every optimizer step, between reading the step's samples and the gradient pass. It
+sees the step's candidate tokens (every token whose label is trained in the data, ``labels != -100``) on this
+rank, and returns a weight ``w_j >= 0`` per candidate. The step's loss (see :mod:`tokenclean.training.loss`) is
+
+    loss_step = sum_{ranks, micro-batches, j} w_j * m_j * loss_j  /  sum_{ranks, micro-batches, j} w_j
+
+where ``m_j`` is an optional in-forward multiplier (1 for every policy here; a soft policy such as DFT sets
+it from the same forward pass). Tokens with ``w_j = 0`` never reach the LM head in the gradient pass.
+
+Registered policies:
+
+- ``labels``: the labels as given (a cleaned dataset's kept tokens): ``w = 1``.
+- ``weights``: the dataset's per-token float column ``weights`` (``tokenclean select --weights``): ``w`` as
+  stored, so the loss is ``sum w*l / sum w`` over the step on all ranks.
+- ``rho1``: online RHO-1 (Lin et al. 2024). Before the gradient pass, a no-grad pass of the current model
+  (eval mode: no dropout) gives ``loss_cur``; the reference loss ``loss_ref`` comes from a score store
+  (``reference: store``, its ``ref_loss`` column) or from the same model with the adapter switched off
+  (``reference: base``). Excess loss ``loss_cur - loss_ref``; the top ``floor(ratio * N_step)`` tokens of
+  the step over all ranks count (``w = 1``), ties broken by (sample index, position) ascending, so the
+  choice does not depend on the number of processes or the micro-batching.
+
+Adding a policy is one class here with a settings dataclass and a ``@register`` line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from tokenclean.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StepView:
+    """What a policy may read about one optimizer step on this rank."""
+
+    model: Any  # the unwrapped signal model (tokenclean.signals.signal_model); call under no grad only
+    micro_batches: Sequence[Any]  # tokenclean.training.collate.MicroBatch, this rank's share of the step
+    step: int
+    rank: int
+    gather: Callable[[np.ndarray], list[np.ndarray]]  # this rank's array -> every rank's array, rank order
+    autocast: Callable[[], Any]
+
+
+class Policy:
+    """Base of every policy: ``weights`` returns one float32 array per micro-batch (its candidates)."""
+
+    name: ClassVar[str] = ""
+    Settings: ClassVar[type] = type(None)
+    uses_data_weights: ClassVar[bool] = False
+    forward_signals: ClassVar[tuple[str, ...]] = ()  # signals the gradient pass must also return
+
+    def multiplier(self, signals: dict[str, Any]) -> Any:
+        """An in-forward, detached per-token multiplier ``m_j`` from the gradient pass's own signals
+        (e.g. DFT's ``sg(p)``), or None for ``m = 1``."""
+        return None
+
+    def __init__(self, settings: Any, train_data: Any = None) -> None:
+        self.settings = settings
+
+    def weights(self, view: StepView) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[Policy]] = {}
+
+
+def register(cls: type[Policy]) -> type[Policy]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def policy_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_policy_class(name: str, prefix: str = "train.policy") -> type[Policy]:
+    if name not in _REGISTRY:
+        raise ConfigError(f"{prefix}: unknown token policy {name!r} (valid: {', '.join(policy_names())})")
+    return _REGISTRY[name]
+
+
+def parse_settings(name: str, values: dict[str, Any] | None, prefix: str) -> Any:
+    """The policy's settings dataclass from a mapping; unknown keys and bad values name the dotted key."""
+    cls = get_policy_class(name).Settings
+    values = dict(values or {})
+    names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+    for key in values:
+        if key not in names:
+            valid = ", ".join(names) if names else "none"
+            raise ConfigError(f"{prefix}.{key}: unknown setting of policy {name!r} (valid: {valid})")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{prefix}: {e}") from None
+
+
+# ---- labels / weights -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    pass
+
+
+@register
+class LabelsPolicy(Policy):
+    name = "labels"
+    Settings = NoSettings
+
+    def weights(self, view: StepView) -> list[np.ndarray]:
+        return [np.ones(mb.n_candidates, dtype=np.float32) for mb in view.micro_batches]
+
+
+@register
+class WeightsPolicy(Policy):
+    name = "weights"
+    Settings = NoSettings
+    uses_data_weights = True
+
+    def weights(self, view: StepView) -> list[np.ndarray]:
+        return [mb.data_weights for mb in view.micro_batches]
+
+
+# ---- online RHO-1 -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rho1Settings:
+    ratio: float = 0.6
+    """Share of each step's candidate tokens (over all ranks) that count: the top ``floor(ratio * N)``."""
+    reference: str = "store"
+    """``store``: reference losses from a score store (``scores``); ``base``: the model with its adapter off."""
+    scores: str | None = None
+    """A score store directory (``tokenclean score``) whose ``ref_loss`` is the reference (``reference: store``)."""
+
+    def __post_init__(self) -> None:
+        r = self.ratio
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0 < r <= 1) or math.isnan(r):
+            raise ValueError(f"ratio: expected a float in (0, 1], got {r!r}")
+        if self.reference not in ("store", "base"):
+            raise ValueError(f"reference: expected 'store' or 'base', got {self.reference!r}")
+        if self.reference == "store" and not self.scores:
+            raise ValueError("scores: reference 'store' needs a score store directory (scores: DIR)")
+
+
+def load_reference_losses(store_dir: str, sample_ids: Sequence[str]) -> list[np.ndarray]:
+    """Per training sample (by ``sample_id``) its ``ref_loss`` array from a score store (NaN where unscored)."""
+    import datasets
+
+    path = Path(store_dir)
+    try:
+        ds = datasets.load_from_disk(str(path)).with_format("arrow")
+    except FileNotFoundError:
+        raise ConfigError(f"train.policy_settings.scores: {path} is not a score store") from None
+    if "ref_loss" not in ds.column_names:
+        raise ConfigError(f"train.policy_settings.scores: {path} has no ref_loss column")
+    tbl = ds[:]
+    by_id = dict(zip(tbl["sample_id"].to_pylist(), range(tbl.num_rows)))
+    col = tbl["ref_loss"].combine_chunks()
+    off, vals = col.offsets.to_numpy(), col.values.to_numpy(zero_copy_only=False)
+    missing = [s for s in sample_ids if s not in by_id]
+    if missing:
+        raise ConfigError(
+            f"train.policy_settings.scores: {path} has no scores for {len(missing)} training samples "
+            f"(e.g. sample_id {missing[0]!r}); score the training data with `tokenclean score`"
+        )
+    return [vals[off[by_id[s]] : off[by_id[s] + 1]] for s in sample_ids]
+
+
+def top_k_over_ranks(
+    values: np.ndarray, keys: np.ndarray, ratio: float, gather: Callable, rank: int = 0
+) -> np.ndarray:
+    """Bool mask of this rank's tokens in the step's top ``floor(ratio * N)`` over all ranks.
+
+    ``values`` (n,) float, larger = kept first; ``keys`` (n, 2) int64 (sample index, position) break ties
+    ascending. Every rank computes the same global order from the gathered arrays."""
+    all_v, all_k = gather(values.astype(np.float64)), gather(keys.astype(np.int64).reshape(-1))
+    v = np.concatenate(all_v)  # (N,)
+    k = np.concatenate([a.reshape(-1, 2) for a in all_k])  # (N, 2)
+    origin = np.concatenate([np.full(len(a), r) for r, a in enumerate(all_v)])  # (N,)
+    local = np.concatenate([np.arange(len(a)) for a in all_v])  # (N,)
+    n_keep = math.floor(ratio * len(v) + 1e-9)
+    v = np.where(np.isnan(v), -np.inf, v)  # unscored tokens go last
+    order = np.lexsort((k[:, 1], k[:, 0], -v))[:n_keep]
+    mine = np.zeros(len(values), dtype=bool)
+    mine[local[order][origin[order] == rank]] = True
+    return mine
+
+
+@register
+class Rho1Policy(Policy):
+    name = "rho1"
+    Settings = Rho1Settings
+
+    def __init__(self, settings: Rho1Settings, train_data: Any = None) -> None:
+        super().__init__(settings)
+        self.ref: list[np.ndarray] | None = None
+        if settings.reference == "store" and train_data is not None:
+            assert settings.scores is not None
+            self.ref = load_reference_losses(settings.scores, train_data.sample_ids)
+
+    def weights(self, view: StepView) -> list[np.ndarray]:
+        from tokenclean.signals import token_signals
+
+        excess, keys = [], []
+        lm = view.model.lm
+        for mb in view.micro_batches:
+            with view.autocast():
+                cur = token_signals(view.model, mb.batch)["loss"].float().cpu().numpy()
+                if self.settings.reference == "base":
+                    with lm.disable_adapter():
+                        ref = token_signals(view.model, mb.batch)["loss"].float().cpu().numpy()
+                else:
+                    assert self.ref is not None
+                    ref = np.concatenate(
+                        [self.ref[s][p] for s, p in zip(mb.sample_rows, mb.positions_by_row)]
+                    )
+            excess.append(cur - ref)
+            keys.append(mb.keys)
+        sizes = [len(e) for e in excess]
+        flat = np.concatenate(excess) if excess else np.zeros(0)
+        flat_keys = np.concatenate(keys) if keys else np.zeros((0, 2), dtype=np.int64)
+        kept = top_k_over_ranks(flat, flat_keys, self.settings.ratio, view.gather, view.rank)
+        return [w.astype(np.float32) for w in np.split(kept, np.cumsum(sizes)[:-1])]
+
+
+def build_policy(name: str, settings: dict[str, Any] | None, train_data: Any) -> Policy:
+    cls = get_policy_class(name)
+    return cls(parse_settings(name, settings, "train.policy_settings"), train_data)
+
+
+__all__ = [
+    "Policy",
+    "StepView",
+    "build_policy",
+    "get_policy_class",
+    "parse_settings",
+    "policy_names",
+    "register",
+    "top_k_over_ranks",
+]

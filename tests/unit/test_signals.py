@@ -1,0 +1,107 @@
+"""The one token-signal primitive equals its naive twin (full logits, output_attentions) for every signal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tokenclean.signals import make_token_batch, naive_token_signals, signal_model, token_signals
+from tokenclean.testing import make_tiny_llama
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _batch(seed: int = 0, vocab: int = 300):
+    """Rows of different lengths; a multi-turn-like prompt mask (prompt spans before and between responses)."""
+    rng = np.random.default_rng(seed)
+    ids, pos, prompt = [], [], []
+    for n in (9, 17, 5, 12):
+        x = rng.integers(5, vocab, n)
+        pm = np.ones(n, dtype=bool)
+        pm[n // 3 : n // 2] = False  # first response span
+        pm[(2 * n) // 3 :] = False  # second response span
+        ids.append(x)
+        pos.append(np.flatnonzero(~pm))
+        prompt.append(pm)
+    return make_token_batch(ids, pos, pad_id=0, prompt_mask=prompt)
+
+
+@pytest.fixture()
+def eager_model(tiny_tok):
+    m = make_tiny_llama(tiny_tok, seed=3)
+    m.config._attn_implementation = "eager"  # the twin needs output_attentions
+    return m.eval()
+
+
+def test_every_signal_equals_the_naive_twin(eager_model) -> None:
+    b = _batch()
+    want = ("loss", "prob", "entropy", "hit", "attn")
+    fast = token_signals(eager_model, b, want, chunk_rows=5)
+    slow = naive_token_signals(eager_model, b, want)
+    assert set(fast) == set(want)
+    for k in ("loss", "prob", "entropy", "attn"):
+        assert fast[k].shape == (len(b.rows),)
+        assert torch.allclose(fast[k], slow[k], atol=2e-5), k
+    assert torch.equal(fast["hit"], slow["hit"])
+    assert float(fast["attn"].min()) >= 0 and float(fast["attn"].max()) <= 1 + 1e-6
+    assert float(fast["attn"].std()) > 0  # not a constant: the test can fail
+
+
+def test_wrapper_with_grad_matches_and_backpropagates(eager_model) -> None:
+    b = _batch(seed=1)
+    wrapped = signal_model(eager_model)
+    out = token_signals(wrapped, b, ("loss", "prob"), grad=True)
+    assert out["loss"].requires_grad and not out["prob"].requires_grad
+    out["loss"].sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in eager_model.parameters())
+    slow = naive_token_signals(eager_model, b)
+    assert torch.allclose(out["loss"].detach(), slow["loss"], atol=2e-5)
+
+
+def test_no_grad_runs_in_inference_mode_and_empty_batches(eager_model) -> None:
+    b = _batch(seed=2)
+    out = token_signals(eager_model, b, ("loss",))
+    assert not out["loss"].requires_grad
+    empty = make_token_batch([np.arange(5, 10)], [np.array([], dtype=np.int64)])
+    assert token_signals(eager_model, empty, ("loss", "prob"))["loss"].numel() == 0
+
+
+def test_position_zero_and_unknown_signals_are_refused(eager_model) -> None:
+    with pytest.raises(ValueError, match="position 0"):
+        make_token_batch([np.arange(5, 10)], [np.array([0, 1])])
+    with pytest.raises(ValueError, match="unknown signal"):
+        token_signals(eager_model, _batch(), ("loss", "surprise"))
+
+
+def test_groundtruth_heldout_metrics_equal_full_logits(eager_model) -> None:
+    """The ground-truth held-out metrics (now on the primitive) equal a full-logits computation."""
+    from tokenclean.groundtruth.metrics import heldout_metrics
+    from tokenclean.groundtruth.truth import INFORMATIVE, NOT_RESPONSE, UNINFORMATIVE
+
+    rng = np.random.default_rng(4)
+    ids, labels, truth = [], [], []
+    for n in (10, 14, 7):
+        x = rng.integers(5, 300, n)
+        lab = np.full(n, -100)
+        lab[n // 2 :] = x[n // 2 :]
+        tr = np.full(n, NOT_RESPONSE, dtype=np.int8)
+        tr[n // 2 :] = UNINFORMATIVE
+        tr[n // 2 + 1 : n // 2 + 3] = INFORMATIVE
+        ids.append(x)
+        labels.append(lab)
+        truth.append(tr)
+    got = heldout_metrics(eager_model, ids, labels, truth)
+    resp, ans, exact = [], [], []
+    with torch.no_grad():
+        for x, lab, tr in zip(ids, labels, truth):
+            logits = eager_model(input_ids=torch.as_tensor(x)[None]).logits[0, :-1].float()  # (T-1, V)
+            nll = -torch.log_softmax(logits, -1).gather(1, torch.as_tensor(x)[1:, None])[:, 0].numpy()
+            hit = logits.argmax(-1).numpy() == x[1:]
+            resp += nll[lab[1:] != -100].tolist()
+            a = tr[1:] == INFORMATIVE
+            ans += nll[a].tolist()
+            exact.append(bool(hit[a].all()))
+    assert got["loss"] == pytest.approx(np.mean(resp), rel=1e-5)
+    assert got["answer_loss"] == pytest.approx(np.mean(ans), rel=1e-5)
+    assert got["exact_match"] == pytest.approx(np.mean(exact))
