@@ -1,0 +1,109 @@
+"""Token policies: online RHO-1 against a naive twin, the cross-rank top-k, strict settings."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tokenclean.errors import ConfigError
+from tokenclean.signals import signal_model
+from tokenclean.testing import make_tiny_llama
+from tokenclean.training.collate import collate
+from tokenclean.training.config import TrainConfig
+from tokenclean.training.data import TrainData
+from tokenclean.training.policies import StepView, build_policy, top_k_over_ranks
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _data(seed: int = 0) -> TrainData:
+    rng = np.random.default_rng(seed)
+    ids, labels = [], []
+    for n in (9, 14, 6, 11):
+        x = rng.integers(5, 300, n).astype(np.int32)
+        lab = np.full(n, -100, dtype=np.int32)
+        lab[n // 3 :] = x[n // 3 :]
+        ids.append(x)
+        labels.append(lab)
+    return TrainData(ids, labels, None, np.array([len(x) - len(x) // 3 for x in ids]), list("abcd"))
+
+
+@pytest.fixture()
+def peft_model(tiny_tok):
+    from peft import LoraConfig, get_peft_model
+
+    base = make_tiny_llama(tiny_tok, seed=2)
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    cfg.init_lora_weights = False  # a non-zero adapter: current and base losses differ
+    torch.manual_seed(0)
+    return get_peft_model(base, cfg).eval()
+
+
+def _local_gather(arr: np.ndarray) -> list[np.ndarray]:
+    return [arr]
+
+
+def test_online_rho1_equals_naive_twin(peft_model) -> None:
+    data = _data()
+    mbs = [collate(data, np.array([0, 1])), collate(data, np.array([2, 3]))]
+    policy = build_policy("rho1", {"ratio": 0.4, "reference": "base"}, data)
+    view = StepView(
+        signal_model(peft_model), mbs, 0, 0, _local_gather, lambda: torch.autocast("cpu", enabled=False)
+    )
+    got = np.concatenate(policy.weights(view))
+
+    # naive: full logits of the current model and of the adapter-off model, excess, global sort
+    rows = []
+    with torch.no_grad():
+        for i in range(4):
+            x = torch.as_tensor(data.input_ids[i], dtype=torch.long)[None]
+            cur = torch.log_softmax(peft_model(input_ids=x).logits[0].float(), -1)
+            with peft_model.disable_adapter():
+                ref = torch.log_softmax(peft_model(input_ids=x).logits[0].float(), -1)
+            for j in np.flatnonzero(data.labels[i] != -100):
+                if j >= 1:
+                    t = int(data.input_ids[i][j])
+                    rows.append((-(float(-cur[j - 1, t]) - float(-ref[j - 1, t])), i, int(j)))
+    k = math.floor(0.4 * len(rows))
+    chosen = {(i, j) for _, i, j in sorted(rows)[:k]}
+    keys = np.concatenate([mb.keys for mb in mbs])
+    expected = np.array([(int(s), int(p)) in chosen for s, p in keys])
+    assert got.dtype == np.float32 and got.sum() == k
+    np.testing.assert_array_equal(got > 0, expected)
+
+
+def test_top_k_over_ranks_is_independent_of_the_split() -> None:
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=40).round(1)  # many ties
+    keys = np.stack([rng.integers(0, 6, 40), np.arange(40)], 1)
+    alone = top_k_over_ranks(v, keys, 0.3, _local_gather, 0)
+    split = [np.arange(0, 40, 3), np.setdiff1d(np.arange(40), np.arange(0, 40, 3))]  # uneven shares
+
+    def gather(arr: np.ndarray) -> list[np.ndarray]:  # what each rank would contribute, in rank order
+        src = v if arr.dtype == np.float64 else keys.reshape(-1)
+        if arr.dtype == np.float64:
+            return [src[s].astype(np.float64) for s in split]
+        return [keys[s].reshape(-1) for s in split]
+
+    got = np.zeros(40, dtype=bool)
+    for r, s in enumerate(split):
+        got[s] = top_k_over_ranks(v[s], keys[s], 0.3, gather, r)
+    np.testing.assert_array_equal(got, alone)
+    assert alone.sum() == math.floor(0.3 * 40)
+
+
+def test_policy_settings_are_strict() -> None:
+    with pytest.raises(ConfigError, match=r"train.policy: unknown token policy 'rho2'"):
+        TrainConfig.from_dict({"policy": "rho2"})
+    with pytest.raises(ConfigError, match=r"train.policy_settings.ratios: unknown setting of policy 'rho1'"):
+        TrainConfig.from_dict({"policy": "rho1", "policy_settings": {"ratios": 0.5, "reference": "base"}})
+    with pytest.raises(ConfigError, match=r"ratio: expected a float in \(0, 1\]"):
+        TrainConfig.from_dict({"policy": "rho1", "policy_settings": {"ratio": 1.5, "reference": "base"}})
+    with pytest.raises(ConfigError, match="scores: reference 'store' needs a score store"):
+        TrainConfig.from_dict({"policy": "rho1"})
+    cfg = TrainConfig.from_dict({"policy": "rho1", "policy_settings": {"reference": "base"}})
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg and cfg.identity()["policy"] == "rho1"
+    assert "policy" not in TrainConfig().identity()  # the default keeps older run identities valid
