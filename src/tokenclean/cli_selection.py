@@ -48,6 +48,8 @@ def _select(a: argparse.Namespace) -> int:
         prepared_dir=a.data,
         column=a.column,
         force=a.force,
+        weights=a.weights,
+        temperature=a.temperature,
     )
     for out, st in zip(outs, all_stats):
         what = f"score > {st['threshold']}" if a.level == "threshold" else f"K={st['requested_ratio']}"
@@ -56,6 +58,12 @@ def _select(a: argparse.Namespace) -> int:
             f"{st['kept_tokens']} of {st['total_response_tokens']} response tokens "
             f"(achieved {st['achieved_ratio']:.4f}); {st['samples_emptied']} of {st['samples_total']} "
             f"samples emptied and dropped; {st['nan_scores']} NaN scores"
+            + (
+                f"; soft weights ({st['weights']['mapping']}, T={st['weights']['temperature']}): "
+                f"sum {st['weights']['sum']:.1f}, mean {st['weights']['mean']:.3f}"
+                if st.get("weights")
+                else ""
+            )
         )
     return 0
 
@@ -79,6 +87,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--data", default=None, help="prepared dataset (default: prepared_dir in the score manifest)"
     )
     s.add_argument("--column", default="score", help="score-store column to rank by (default: score)")
+    s.add_argument(
+        "--weights",
+        default=None,
+        choices=["sigmoid"],
+        help="soft Token Cleaning: keep every scored token with weight sigmoid((score - tau) / T), tau = the "
+        "global top-K cut; writes a weights column for `tokenclean train --policy weights`",
+    )
+    s.add_argument(
+        "--temperature", type=float, default=1.0, help="T of --weights sigmoid, in nats of score (1.0)"
+    )
     s.add_argument("--force", action="store_true", help="recompute even if OUT holds the same result")
     s.add_argument("--out", required=True, help="output directory ('{ratio}' is replaced in a sweep)")
 

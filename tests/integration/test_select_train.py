@@ -125,3 +125,69 @@ def test_trl_sft_trainer_consumes_cleaned_data_as_is(
         want = ds[i]["labels"]
         assert batch["labels"][i][: len(want)].tolist() == want
     assert math.isfinite(trainer.train().training_loss)
+
+
+def test_soft_weights_train_with_tokenclean_and_trl(
+    tmp_path: Path, tiny_tok: Any, tiny_tok_dir: Path, tiny_model_dir: Path
+) -> None:
+    """select --weights sigmoid writes a weights column; tokenclean train --policy weights and TRL's
+    SFTTrainer with TokenWeightsMixin both train on it with the rule sum w*l / sum w."""
+    pytest.importorskip("trl")
+    import datasets
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from tokenclean.data.prepare import prepare
+    from tokenclean.interop import TokenWeightsMixin, weighted_token_loss, weights_collator
+    from tokenclean.training import TrainConfig, train
+
+    prep = tmp_path / "prep"
+    prepare(
+        "builtin:sample", tiny_tok, prep, template="tulu", max_length=256, tokenizer_name=str(tiny_tok_dir)
+    )
+    store = write_score_store(tmp_path / "scores", prep, seed=0)
+    st = select(store, 0.6, "global", tmp_path / "soft", weights="sigmoid", temperature=0.5)
+    ds = datasets.load_from_disk(str(tmp_path / "soft"))
+    w = np.concatenate([np.asarray(r, dtype=np.float32) for r in ds["weights"]])
+    lab = np.concatenate([np.asarray(r) for r in ds["labels"]])
+    assert "weights" in ds.column_names and st["weights"]["mapping"] == "sigmoid"
+    assert ((w > 0) == (lab != IGNORE_INDEX)).all() and w.max() < 1 and (w[w > 0] < 0.5).any()
+    assert st["weights"]["sum"] == pytest.approx(float(w.sum()), rel=1e-5)
+
+    cfg = TrainConfig(lora_r=4, batch_size=2, grad_accum=2, max_steps=2, policy="weights", lora_dropout=0.0)
+    done = train(tmp_path / "soft", str(tiny_model_dir), tmp_path / "tc", cfg, progress=False, device="cpu")
+    assert done["policy"]["name"] == "weights" and math.isfinite(done["final_loss"])
+
+    class Weighted(TokenWeightsMixin, SFTTrainer):
+        pass
+
+    args = SFTConfig(
+        output_dir=str(tmp_path / "trl"),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+    )
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    coll = weights_collator(tiny_tok.pad_token_id)
+    trainer = Weighted(
+        model=model, args=args, train_dataset=ds, processing_class=tiny_tok, data_collator=coll
+    )
+    batch = coll([ds[i] for i in range(3)])
+    with torch.no_grad():  # the weighted loss equals a per-token computation by hand
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), -1)
+        tgt = batch["input_ids"][:, 1:]
+        nll = -logp.gather(-1, tgt[..., None])[..., 0]
+        ww = batch["token_weights"][:, 1:]
+        by_hand = float((ww * nll).sum() / ww.sum())
+        got = float(weighted_token_loss(logits, batch["labels"], batch["token_weights"], ww.sum()))
+    assert got == pytest.approx(by_hand, rel=1e-5)
+    assert math.isfinite(trainer.train().training_loss)

@@ -48,10 +48,11 @@ SELECT_VERSION = 1  # bump when the output of select changes for the same inputs
 MAX_CHUNK_TOKENS = 1 << 30  # Arrow list offsets are int32: keep every chunk well below 2**31 values
 
 
-def cleaned_features() -> Any:
+def cleaned_features(with_weights: bool = False) -> Any:
     import datasets
 
     ints = datasets.Sequence(datasets.Value("int32"))
+    extra = {"weights": datasets.Sequence(datasets.Value("float32"))} if with_weights else {}
     return datasets.Features(
         {
             "sample_id": datasets.Value("string"),
@@ -61,6 +62,7 @@ def cleaned_features() -> Any:
             "response_labels": ints,
             "score": datasets.Sequence(datasets.Value("float32")),
             "completion_mask": datasets.Sequence(datasets.Value("int8")),
+            **extra,
         }
     )
 
@@ -95,8 +97,11 @@ def list_array(values: np.ndarray, lengths: np.ndarray) -> Any:
     return pa.chunked_array(chunks)
 
 
-def cleaned_arrow(table: TokenTable, keep: np.ndarray) -> tuple[Any, np.ndarray]:
-    """The cleaned rows as a pyarrow Table, and the (S,) bool mask of rows kept (>= 1 kept token)."""
+def cleaned_arrow(
+    table: TokenTable, keep: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[Any, np.ndarray]:
+    """The cleaned rows as a pyarrow Table, and the (S,) bool mask of rows kept (>= 1 kept token).
+    With ``weights`` ((N,) over response tokens) a ``weights`` column holds them per position (0 elsewhere)."""
     import pyarrow as pa
 
     kept_rows = kept_per_sample(keep, table.response_offsets) > 0  # (S,)
@@ -114,7 +119,11 @@ def cleaned_arrow(table: TokenTable, keep: np.ndarray) -> tuple[Any, np.ndarray]
         "score": list_array(table.score[pos_rows], lens),
         "completion_mask": list_array((new_labels != IGNORE_INDEX).astype(np.int8), lens),
     }
-    return pa.table(cols, schema=cleaned_features().arrow_schema), kept_rows
+    if weights is not None:
+        flat_w = np.zeros(table.labels.size, dtype=np.float32)  # (T,)
+        flat_w[table.response_positions] = np.where(keep, weights, 0.0)
+        cols["weights"] = list_array(flat_w[pos_rows], lens)
+    return pa.table(cols, schema=cleaned_features(weights is not None).arrow_schema), kept_rows
 
 
 def _emptied_records(table: TokenTable, kept_rows: np.ndarray) -> list[dict[str, Any]]:
@@ -170,13 +179,18 @@ def _settings(level: str, ratio: float | None, seed: int, threshold: float | Non
 
 
 def write_cleaned(
-    out: str | Path, table: TokenTable, keep: np.ndarray, stats: dict[str, Any], manifest: dict[str, Any]
+    out: str | Path,
+    table: TokenTable,
+    keep: np.ndarray,
+    stats: dict[str, Any],
+    manifest: dict[str, Any],
+    weights: np.ndarray | None = None,
 ) -> None:
     """Write the cleaned dataset, its stats, emptied samples and manifest atomically into ``out``."""
     import datasets
 
-    arrow, kept_rows = cleaned_arrow(table, keep)
-    features = cleaned_features()
+    arrow, kept_rows = cleaned_arrow(table, keep, weights)
+    features = cleaned_features(weights is not None)
     ds = datasets.Dataset(
         arrow, info=datasets.DatasetInfo(features=features), fingerprint=manifest["cache_key"][:32]
     )
@@ -190,7 +204,14 @@ def write_cleaned(
 
 
 def _select_one(
-    table: TokenTable, keep: np.ndarray, settings: dict, inputs: dict, key: str, out: Path, t0: float
+    table: TokenTable,
+    keep: np.ndarray,
+    settings: dict,
+    inputs: dict,
+    key: str,
+    out: Path,
+    t0: float,
+    weights: np.ndarray | None = None,
 ) -> dict[str, Any]:
     s = settings
     if not keep.any():
@@ -212,7 +233,10 @@ def _select_one(
         },
         versions=package_versions(),
     )
-    write_cleaned(out, table, keep, stats, dict(manifest, seconds=round(time.time() - t0, 3)))
+    if weights is not None:
+        stats["weights"] = weight_stats(weights, keep, s)
+        manifest["weights"] = stats["weights"]
+    write_cleaned(out, table, keep, stats, dict(manifest, seconds=round(time.time() - t0, 3)), weights)
     log.info(
         "%s K=%s: kept %d of %d response tokens (%.4f), %d of %d samples emptied -> %s",
         s["level"],
@@ -246,6 +270,8 @@ def select(
     prepared_dir: str | Path | None = None,
     column: str = "score",
     force: bool = False,
+    weights: str | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """Select tokens from a score store and write the cleaned dataset to ``out``. Returns the stats dict.
 
@@ -253,7 +279,9 @@ def select(
     K in [0, 1] (unused by threshold); ``seed`` drives ``random``; ``threshold`` keeps ``score > value``.
     The same inputs and settings reuse an existing ``out`` unless ``force``.
     """
-    return select_many(scores_dir, [ratio], [out], level, seed, threshold, prepared_dir, column, force)[0]
+    return select_many(
+        scores_dir, [ratio], [out], level, seed, threshold, prepared_dir, column, force, weights, temperature
+    )[0]
 
 
 def select_many(
@@ -266,9 +294,14 @@ def select_many(
     prepared_dir: str | Path | None = None,
     column: str = "score",
     force: bool = False,
+    weights: str | None = None,
+    temperature: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Score once, select many: one cleaned dataset per ratio from one load of the store and the data.
-    Masks of a global sweep are nested (a larger K keeps a superset)."""
+    Masks of a global sweep are nested (a larger K keeps a superset). With ``weights="sigmoid"`` (soft
+    Token Cleaning, level global only) every scored response token is kept with the weight
+    ``sigmoid((score - tau) / temperature)``, ``tau`` the score at the global top-K cut (see
+    :func:`soft_weights`), written as a ``weights`` column for ``train.policy: weights``."""
     if len(ratios) != len(outs):
         raise ConfigError(f"ratios/outs: {len(ratios)} ratios but {len(outs)} output directories")
     t0 = time.time()
@@ -278,6 +311,8 @@ def select_many(
     jobs = []
     for r, o in zip(ratios, outs):
         settings = _settings(level, r, seed, threshold, column)
+        if weights is not None:
+            settings = _weight_settings(settings, weights, temperature)
         key = sha256_json(
             {
                 "v": SELECT_VERSION,
@@ -297,5 +332,57 @@ def select_many(
             results.append(reused)
             continue
         keep = keep_mask(level, scores, offsets, settings["ratio"], seed, threshold)  # O(N) for global
-        results.append(_select_one(table, keep, settings, inputs, key, out, t0))
+        w = None
+        if weights is not None:
+            w = soft_weights(scores, keep, temperature)
+            keep = w > 0
+        results.append(_select_one(table, keep, settings, inputs, key, out, t0, w))
     return results
+
+
+WEIGHT_MAPPINGS = ("sigmoid",)
+
+
+def _weight_settings(settings: dict, mapping: str, temperature: float) -> dict:
+    if mapping not in WEIGHT_MAPPINGS:
+        raise ConfigError(f"weights: unknown mapping '{mapping}' (valid: {', '.join(WEIGHT_MAPPINGS)})")
+    if settings["level"] != "global":
+        raise ConfigError(
+            f"weights: the '{mapping}' mapping centres on the global top-K cut; use --level global"
+        )
+    t = float(temperature)
+    if not (math.isfinite(t) and t > 0):
+        raise ConfigError(f"temperature: expected a positive number, got {temperature!r}")
+    return dict(settings, weights=mapping, temperature=t)
+
+
+def soft_weights(scores: np.ndarray, hard_keep: np.ndarray, temperature: float) -> np.ndarray:
+    """Soft Token Cleaning: ``w = sigmoid((score - tau) / temperature)`` per response token, float32 (N,).
+
+    ``tau`` is the midpoint between the lowest kept and the highest dropped score of the hard global top-K
+    selection ``hard_keep``, so a token at the cut gets ~0.5, the hard-kept tokens mostly above it and the
+    dropped ones below; ``temperature`` (nats of score) sets how soft the cut is (-> 0: the hard selection).
+    Unscored (NaN) tokens get 0. The training loss is then ``sum w*l / sum w`` (policy ``weights``)."""
+    ok = ~np.isnan(scores)
+    kept, dropped = scores[hard_keep & ok], scores[~hard_keep & ok]
+    if kept.size and dropped.size:
+        tau = 0.5 * (float(kept.min()) + float(dropped.max()))
+    elif kept.size:
+        tau = float(kept.min())
+    else:
+        tau = float(dropped.max()) if dropped.size else 0.0
+    z = (scores.astype(np.float64) - tau) / temperature
+    w = 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+    return np.where(ok, w, 0.0).astype(np.float32)
+
+
+def weight_stats(weights: np.ndarray, keep: np.ndarray, settings: dict) -> dict[str, Any]:
+    w = weights[keep]
+    return {
+        "mapping": settings.get("weights"),
+        "temperature": settings.get("temperature"),
+        "sum": float(w.sum()),
+        "mean": float(w.mean()) if w.size else None,
+        "share_above_half": float((w > 0.5).mean()) if w.size else None,
+        "effective_tokens": float(w.sum()),
+    }
