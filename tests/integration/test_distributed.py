@@ -147,3 +147,22 @@ def test_score_on_two_processes_is_bit_identical(work: Path) -> None:
         y = np.concatenate([np.asarray(r, dtype=np.float32) for r in b[col]])
         assert x.tobytes() == y.tobytes(), col
     assert not (work / "s2" / ".work").exists()
+
+
+def test_run_pipeline_uses_every_process(work: Path) -> None:
+    """`tokenclean run` under 2 processes: scoring sharded by rank, training on both ranks, rank 0 writes."""
+    cfg = Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml"
+    args = [
+        "run",
+        str(cfg),
+        f"model.base={work / 'model'}",
+        f"run_dir={work / 'run'}",
+        "methods=[fixed_model]",
+    ]
+    ok(launch(2, args, work))
+    done = json.loads((work / "run" / "methods" / "fixed_model" / "train" / "done.json").read_text())
+    scores = json.loads((work / "run" / "scores" / "pool" / "manifest.json").read_text())
+    assert done["world_size"] == 2 and done["global_batch_size"] == 8
+    assert scores["processes"] == 2 and scores["complete"]
+    summary = json.loads((work / "run" / "summary.json").read_text())
+    assert "fixed_model" in summary["methods"]

@@ -10,6 +10,7 @@ from typing import Any
 from tokenclean.pipelines import baselines, fixed_model, self_evolving
 from tokenclean.pipelines.config import RunConfig
 from tokenclean.pipelines.stages import Run, get_logger, open_run, prepare_pool
+from tokenclean.training.distributed import rank_zero_only
 
 log = get_logger("pipeline")
 
@@ -39,7 +40,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     if cfg.data.synthetic is not None:
         from tokenclean.pipelines.groundtruth import evaluate_ground_truth
 
-        evaluate_ground_truth(r)
+        rank_zero_only(evaluate_ground_truth)(r)  # rank 0 measures; the others skip
         r.save_summary()
     r.summary["total_seconds"] = round(time.time() - t0, 1)
     r.save_summary()
@@ -48,6 +49,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     return r.summary
 
 
+@rank_zero_only
 def _report(r: Run) -> None:
     try:
         from tokenclean.report import build_report

@@ -15,6 +15,7 @@ from typing import Any
 
 from tokenclean.config import to_dict
 from tokenclean.pipelines.config import RunConfig
+from tokenclean.training.distributed import rank_zero_first, rank_zero_only
 from tokenclean.utils import atomic_dir, get_logger, read_json, write_json_atomic
 
 log = get_logger("pipeline")
@@ -56,10 +57,12 @@ class Run:
             },
         )
 
+    @rank_zero_only
     def save_summary(self) -> None:
         write_json_atomic(self.root / "summary.json", self.summary)
 
 
+@rank_zero_first
 def open_run(cfg: RunConfig) -> Run:
     import yaml
 
@@ -90,6 +93,7 @@ def open_run(cfg: RunConfig) -> Run:
 # ------------------------------------------------------------------------------------------------ data
 
 
+@rank_zero_first
 def prepare_file(run: Run, source: str | Path, out: Path) -> Path:
     from tokenclean.data.prepare import prepare
 
@@ -115,6 +119,7 @@ def split_indices(n: int, parts: int, seed: int) -> list[list[int]]:
     return [sorted(int(i) for i in chunk) for chunk in np.array_split(perm, parts)]
 
 
+@rank_zero_first
 def subset(prepared: Path, indices: list[int], out: Path, note: str) -> Path:
     """Write rows ``indices`` of a prepared dataset as a prepared dataset of its own (atomic, cached)."""
     import datasets
@@ -180,6 +185,7 @@ def score_stage(
     return out
 
 
+@rank_zero_first
 def rebase_scores(new_vs_base: Path, prev_vs_base: Path, out: Path) -> Path:
     """Scores of the new reference against the *previous* model instead of the base:
     ``loss_prev - loss_new`` = ``(base - new) - (base - prev)``, from two stores scored against the base."""
@@ -210,6 +216,7 @@ def rebase_scores(new_vs_base: Path, prev_vs_base: Path, out: Path) -> Path:
     return out
 
 
+@rank_zero_first
 def select_stage(run: Run, scores: Path, out: Path, level: str, ratio: float | None = None) -> Path:
     from tokenclean.selection import select
 
@@ -224,6 +231,7 @@ def select_stage(run: Run, scores: Path, out: Path, level: str, ratio: float | N
     return out
 
 
+@rank_zero_first
 def eval_stage(run: Run, name: str, adapter: Path | None, out: Path) -> dict[str, Any] | None:
     """Evaluate base (+ adapter) with the configured suite; cached in ``out``."""
     e = run.cfg.eval
@@ -262,14 +270,19 @@ def prepare_pool(run: Run) -> Path:
         from tokenclean.groundtruth.generator import generate_pool
 
         gen = run.root / "data" / "source"
-        if not (gen / "facts.json").exists():
-            generate_pool(d.synthetic, gen)
+        _generate_once(generate_pool, d.synthetic, gen)
         source, heldout = str(gen / "pool.jsonl"), str(gen / "test.jsonl")
     prepare_file(run, source, out)
     if heldout:
         prepare_file(run, heldout, run.root / "data" / "heldout")
     run._pool = out
     return out
+
+
+@rank_zero_first
+def _generate_once(generate_pool: Any, settings: Any, gen: Path) -> None:
+    if not (gen / "facts.json").exists():
+        generate_pool(settings, gen)
 
 
 def pool_splits(run: Run) -> list[Path]:
