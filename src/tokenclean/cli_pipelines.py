@@ -20,6 +20,19 @@ def _print_report(summary: dict) -> None:
         print(f"report: {page}")
 
 
+def _threads(a: argparse.Namespace) -> None:
+    if getattr(a, "threads", None):
+        import torch
+
+        torch.set_num_threads(a.threads)
+
+
+def _not_rank0() -> bool:
+    from tokenclean.training.distributed import launched_world
+
+    return launched_world()[0] != 0  # under a launcher rank 0 prints
+
+
 @cli.command("run")
 def _run(a: argparse.Namespace) -> int:
     from tokenclean.pipelines.config import load_run_config
@@ -27,7 +40,10 @@ def _run(a: argparse.Namespace) -> int:
     from tokenclean.pipelines.runner import run
 
     cfg = load_run_config(a.config, a.overrides)
+    _threads(a)
     summary = run(cfg)
+    if _not_rank0():
+        return 0
     if cfg.data.synthetic is not None:
         print(results_table(summary))
         print("\nkept share / mean score per token class")
@@ -48,7 +64,10 @@ def _demo(a: argparse.Namespace) -> int:
     overrides = [f"run_dir={a.out}", *a.overrides]
     cfg = load_run_config(_resource("demo.yaml"), overrides)
     t0 = time.time()
+    _threads(a)
     summary = run(cfg)
+    if _not_rank0():
+        return 0
     print()
     print("Token cleaning on a ground-truth pool (SmolLM2-135M-Instruct, LoRA, CPU)")
     print(f"pool: {cfg.data.synthetic}; keep ratio {cfg.selection.ratio}")
@@ -83,10 +102,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("config", help="YAML config (see configs/)")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. selection.ratio=0.5")
+    s.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)"
+    )
 
     s = sub.add_parser("demo", help="offline demo: every method on a ground-truth pool with SmolLM2-135M")
     s.add_argument("--out", default="runs/demo", help="run directory (re-running resumes / reuses it)")
     s.add_argument("overrides", nargs="*", help="key=value overrides of the demo config")
+    s.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)"
+    )
 
     s = sub.add_parser("validate-config", help="check run configs (unknown keys and bad values fail)")
     s.add_argument("configs", nargs="+")

@@ -106,6 +106,10 @@ def _train(a: argparse.Namespace) -> int:
 def _merge(a: argparse.Namespace) -> int:
     from tokenclean.training.merging import merge
 
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     m = merge(a.model, a.adapter, a.out, dtype=a.dtype, device=a.device)
     print(f"merged {m['adapter']} into {m['base']} ({m['dtype']}) -> {a.out}")
     return 0
@@ -149,6 +153,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True)
     s.add_argument("--dtype", default="model", choices=["model", "fp32", "bf16", "fp16"])
     s.add_argument("--device", default="cpu")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
 
 
 _EXTRA_PARSERS.append(add_parsers)
