@@ -14,6 +14,9 @@ Registered policies:
 - ``labels``: the labels as given (a cleaned dataset's kept tokens): ``w = 1``.
 - ``weights``: the dataset's per-token float column ``weights`` (``tokenclean select --weights``): ``w`` as
   stored, so the loss is ``sum w*l / sum w`` over the step on all ranks.
+- ``dft``: DFT, every token weighted in the same forward by its own detached probability (floored).
+- ``profit``: ProFit, tokens whose current-model probability is above (or below, or inside a band of)
+  a threshold count.
 - ``rho1``: online RHO-1 (Lin et al. 2024). Before the gradient pass, a no-grad pass of the current model
   (eval mode: no dropout) gives ``loss_cur``; the reference loss ``loss_ref`` comes from a score store
   (``reference: store``, its ``ref_loss`` column) or from the same model with the adapter switched off
@@ -231,6 +234,90 @@ class Rho1Policy(Policy):
         flat_keys = np.concatenate(keys) if keys else np.zeros((0, 2), dtype=np.int64)
         kept = top_k_over_ranks(flat, flat_keys, self.settings.ratio, view.gather, view.rank)
         return [w.astype(np.float32) for w in np.split(kept, np.cumsum(sizes)[:-1])]
+
+
+# ---- DFT ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DftSettings:
+    weight_floor: float = 0.0
+    """Lower bound of the per-token weight ``max(sg(p), floor)`` (0: the published DFT; ~0.1 keeps gradients
+    from vanishing on long, unlikely text)."""
+
+    def __post_init__(self) -> None:
+        f = self.weight_floor
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not (0 <= f <= 1):
+            raise ValueError(f"weight_floor: expected a float in [0, 1], got {f!r}")
+
+
+@register
+class DftPolicy(Policy):
+    """DFT (Wu et al. 2025): every candidate counts (``w = 1``); its loss is multiplied in the same forward
+    pass by its own detached probability, floored: ``loss = mean_j(max(sg(p_j), floor) * -log p_j)``."""
+
+    name = "dft"
+    Settings = DftSettings
+    forward_signals = ("prob",)
+
+    def weights(self, view: StepView) -> list[np.ndarray]:
+        return [np.ones(mb.n_candidates, dtype=np.float32) for mb in view.micro_batches]
+
+    def multiplier(self, signals: dict[str, Any]) -> Any:
+        p = signals["prob"]  # detached by the primitive
+        return p.clamp_min(self.settings.weight_floor) if self.settings.weight_floor > 0 else p
+
+
+# ---- ProFit -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProfitSettings:
+    prob_threshold: float = 0.1
+    """Probability under the current model that decides whether a token counts (published default 0.1)."""
+    direction: str = "higher"
+    """``higher``: keep p > threshold (published, recommended); ``lower``: keep p < threshold; ``middle``:
+    keep ``prob_range[0] < p < prob_range[1]``."""
+    prob_range: tuple[float, float] = (0.1, 0.9)
+    """The band of ``direction: middle``."""
+
+    def __post_init__(self) -> None:
+        t = self.prob_threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 < t < 1):
+            raise ValueError(f"prob_threshold: expected a float in (0, 1), got {t!r}")
+        if self.direction not in ("higher", "lower", "middle"):
+            raise ValueError(f"direction: expected higher, lower or middle, got {self.direction!r}")
+        r = tuple(self.prob_range)
+        if len(r) != 2 or not all(isinstance(x, (int, float)) for x in r) or not (0 <= r[0] < r[1] <= 1):
+            raise ValueError(
+                f"prob_range: expected [low, high] with 0 <= low < high <= 1, got {self.prob_range!r}"
+            )
+        object.__setattr__(self, "prob_range", (float(r[0]), float(r[1])))
+
+
+@register
+class ProfitPolicy(Policy):
+    """ProFit (Liu et al. 2026): a token counts (``w = 1``) when its probability under the current model
+    (no-grad pass, eval mode) is on the chosen side of ``prob_threshold``."""
+
+    name = "profit"
+    Settings = ProfitSettings
+
+    def weights(self, view: StepView) -> list[np.ndarray]:
+        from tokenclean.signals import token_signals
+
+        s, out = self.settings, []
+        for mb in view.micro_batches:
+            with view.autocast():
+                p = token_signals(view.model, mb.batch, ("prob",))["prob"].float().cpu().numpy()
+            if s.direction == "higher":
+                keep = p > s.prob_threshold
+            elif s.direction == "lower":
+                keep = p < s.prob_threshold
+            else:
+                keep = (p > s.prob_range[0]) & (p < s.prob_range[1])
+            out.append(keep.astype(np.float32))
+        return out
 
 
 def build_policy(name: str, settings: dict[str, Any] | None, train_data: Any) -> Policy:
