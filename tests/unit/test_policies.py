@@ -161,3 +161,65 @@ def test_dft_loss_equals_naive_twin(peft_model, floor: float) -> None:
     want = np.mean([max(p, floor) * nll for p, nll, _, _ in rows])
     assert res.loss == pytest.approx(want, rel=1e-5)
     assert res.n_kept == len(rows)
+
+
+@pytest.mark.parametrize("warmup", [0, 1])
+def test_sstoken_equals_naive_twin(tiny_tok, warmup: int) -> None:
+    """REL from the adapter-off history and the current model, attention to the prompt from
+    output_attentions on an eager model, per-sample min-max, per-sample top-k: all computed naively."""
+    from peft import LoraConfig, get_peft_model
+
+    base = make_tiny_llama(tiny_tok, seed=5)
+    base.config._attn_implementation = "eager"
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    cfg.init_lora_weights = False
+    torch.manual_seed(1)
+    model = get_peft_model(base, cfg).eval()
+    data = _data(seed=6)
+    mbs = [collate(data, np.array([0, 1, 2, 3]))]
+    settings = {"ratio": 0.5, "gamma": 0.3, "history": "base", "attention_warmup_steps": warmup}
+    policy = build_policy("sstoken", settings, data)
+    view = StepView(
+        signal_model(model), mbs, 0, 0, _local_gather, lambda: torch.autocast("cpu", enabled=False)
+    )
+    got = np.concatenate(policy.weights(view)) > 0
+
+    want = []
+    with torch.no_grad():
+        for i in range(4):
+            x = torch.as_tensor(data.input_ids[i], dtype=torch.long)[None]
+            out = model(input_ids=x, output_attentions=True)
+            cur = -torch.log_softmax(out.logits[0].float(), -1)
+            with model.disable_adapter():
+                hist = -torch.log_softmax(model(input_ids=x).logits[0].float(), -1)
+            a = out.attentions[-1][0].float().mean(0)  # (T, T)
+            prompt = torch.as_tensor(data.labels[i] == -100)
+            pos = [j for j in np.flatnonzero(data.labels[i] != -100) if j >= 1]
+            t = [int(data.input_ids[i][j]) for j in pos]
+            rel = np.array([float(hist[j - 1, tt] - cur[j - 1, tt]) for j, tt in zip(pos, t)])
+            attn = np.array([float((a[j] * prompt).sum()) for j in pos])
+            span = rel.max() - rel.min()
+            score = attn if warmup else 0.3 * (rel - rel.min()) / span + 0.7 * attn
+            k = math.floor(0.5 * len(pos))
+            top = set(np.lexsort((np.array(pos), -score))[:k].tolist())
+            want += [n in top for n in range(len(pos))]
+    np.testing.assert_array_equal(got, np.array(want))
+
+
+def test_sstoken_ema_history_tracks_the_adapter(peft_model) -> None:
+    data = _data(seed=7)
+    policy = build_policy("sstoken", {"history": "ema", "ema_decay": 0.5}, data)
+    mbs = [collate(data, np.array([0, 1]))]
+    view = StepView(
+        signal_model(peft_model), mbs, 0, 0, _local_gather, lambda: torch.autocast("cpu", enabled=False)
+    )
+    policy.weights(view)  # h_0 = the adapter now
+    name, p = next((n, p) for n, p in peft_model.named_parameters() if p.requires_grad)
+    h0 = policy.ema[name].clone()
+    with torch.no_grad():
+        p.add_(1.0)
+    policy.on_step_end(peft_model)
+    torch.testing.assert_close(policy.ema[name], 0.5 * h0 + 0.5 * p.detach())
+    restored = build_policy("sstoken", {"history": "ema", "ema_decay": 0.5}, data)
+    restored.load_state(policy.state())
+    assert torch.equal(restored.ema[name], policy.ema[name])

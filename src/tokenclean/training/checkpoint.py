@@ -48,7 +48,14 @@ def _sharded(acc: Any) -> bool:
 
 
 def save_checkpoint(
-    out: Path, acc: Any, model: Any, net: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]
+    out: Path,
+    acc: Any,
+    model: Any,
+    net: Any,
+    optimizer: Any,
+    scheduler: Any,
+    state: dict[str, Any],
+    policy_state: dict[str, Any] | None = None,
 ) -> None:
     """Write OUT/checkpoint. One process or DDP: rank 0 writes it atomically (the previous one is replaced
     only once this one is complete), with every rank's RNG state gathered into ``rng.pt``. FSDP/DeepSpeed:
@@ -66,6 +73,8 @@ def save_checkpoint(
         if acc.is_main_process:
             torch.save(scheduler.state_dict(), d / "scheduler.pt")
             torch.save(rng, d / "rng.pt")
+            if policy_state is not None:
+                torch.save(policy_state, d / "policy.pt")
             write_json_atomic(d / "state.json", state)
         acc.wait_for_everyone()
         return
@@ -75,6 +84,8 @@ def save_checkpoint(
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(rng, tmp / "rng.pt")
+            if policy_state is not None:
+                torch.save(policy_state, tmp / "policy.pt")
             write_json_atomic(tmp / "state.json", state)
     acc.wait_for_everyone()
 
@@ -101,7 +112,7 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], what: str) ->
 
 
 def load_checkpoint(
-    out: Path, acc: Any, model: Any, net: Any, optimizer: Any, scheduler: Any
+    out: Path, acc: Any, model: Any, net: Any, optimizer: Any, scheduler: Any, policy: Any = None
 ) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler and this rank's RNG state from OUT/checkpoint; return its
     state.json. Every rank reads the same files."""
@@ -125,4 +136,6 @@ def load_checkpoint(
     if isinstance(rng, dict):  # a checkpoint of a single-process run written before ranks existed
         rng = [rng]
     _set_rng_state(rng[acc.process_index])
+    if policy is not None and (d / "policy.pt").exists():
+        policy.load_state(torch.load(d / "policy.pt", weights_only=True))
     return read_json(d / "state.json")

@@ -108,7 +108,8 @@ def collate(data: TrainData, idx: np.ndarray, device: str = "cpu") -> MicroBatch
     ids = [np.asarray(data.input_ids[i], dtype=np.int64) for i in idx]
     att = None if data.attention_mask is None else [data.attention_mask[i] for i in idx]
     pos = [trained_positions(data.labels[i]) for i in idx]  # (n_r,) positions j >= 1 that are trained
-    batch = make_token_batch(ids, pos, pad_id=0, attention_mask=att)
+    prompt = [data.prompt_mask(i) for i in idx]
+    batch = make_token_batch(ids, pos, pad_id=0, attention_mask=att, prompt_mask=prompt)
     if data.weights is not None:
         w = np.concatenate([np.asarray(data.weights[i], dtype=np.float32)[p] for i, p in zip(idx, pos)])
     else:

@@ -34,6 +34,18 @@ class TrainData:
     counts: dict[str, int] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
     weights: list[np.ndarray] | None = None  # per-position float32 loss weights (the ``weights`` column)
+    response_labels: list[np.ndarray] | None = None  # all response tokens before cleaning, when recorded
+
+    def prompt_mask(self, i: int) -> np.ndarray:
+        """Prompt positions of sample ``i``: every attended position that is not a response token of the
+        prepared data (``response_labels`` of a cleaned dataset, else ``labels``). Multi-turn correct."""
+        resp = (self.response_labels or self.labels)[i]
+        att = (
+            np.ones(len(resp), dtype=bool)
+            if self.attention_mask is None
+            else self.attention_mask[i].astype(bool)
+        )
+        return att & (np.asarray(resp) == IGNORE_INDEX)
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -175,7 +175,7 @@ def train(
     }
     state |= {"nonfinite_steps": 0, "last_loss": None, "identity": identity, "world_size": acc.num_processes}
     if saved is not None:
-        state = load_checkpoint(out, acc, wrapped, net, optimizer, scheduler)
+        state = load_checkpoint(out, acc, wrapped, net, optimizer, scheduler, policy)
         log.info("resuming %s from step %d of %d", out, state["step"], n_steps)
     resumed_from = state["step"] if saved is not None else None
     if acc.is_main_process:
@@ -327,6 +327,7 @@ class _Loop:
                 self.policy.forward_signals,
             )
             grad_norm = self.optimizer_step(res.loss, state)
+            self.policy.on_step_end(self.net)
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             elapsed = time.perf_counter() - t0
@@ -359,7 +360,16 @@ class _Loop:
             with open(self.out / "log.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
         if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < n_steps:
-            save_checkpoint(self.out, self.acc, self.model, self.net, self.optimizer, self.scheduler, state)
+            save_checkpoint(
+                self.out,
+                self.acc,
+                self.model,
+                self.net,
+                self.optimizer,
+                self.scheduler,
+                state,
+                self.policy.state(),
+            )
         if self.on_step is not None and self.acc.is_main_process:
             self.on_step(rec)
 

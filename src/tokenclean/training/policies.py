@@ -17,6 +17,8 @@ Registered policies:
 - ``dft``: DFT, every token weighted in the same forward by its own detached probability (floored).
 - ``profit``: ProFit, tokens whose current-model probability is above (or below, or inside a band of)
   a threshold count.
+- ``sstoken``: ssToken, per sample the top tokens by retrospective excess loss (history - current) and
+  last-layer attention to the prompt.
 - ``rho1``: online RHO-1 (Lin et al. 2024). Before the gradient pass, a no-grad pass of the current model
   (eval mode: no dropout) gives ``loss_cur``; the reference loss ``loss_ref`` comes from a score store
   (``reference: store``, its ``ref_loss`` column) or from the same model with the adapter switched off
@@ -65,6 +67,16 @@ class Policy:
         """An in-forward, detached per-token multiplier ``m_j`` from the gradient pass's own signals
         (e.g. DFT's ``sg(p)``), or None for ``m = 1``."""
         return None
+
+    def on_step_end(self, net: Any) -> None:
+        """Called after every optimizer step (all ranks), e.g. to update an EMA of the adapter."""
+
+    def state(self) -> dict[str, Any] | None:
+        """What a checkpoint must keep for an exact resume (None: nothing)."""
+        return None
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        pass
 
     def __init__(self, settings: Any, train_data: Any = None) -> None:
         self.settings = settings
@@ -317,6 +329,136 @@ class ProfitPolicy(Policy):
             else:
                 keep = (p > s.prob_range[0]) & (p < s.prob_range[1])
             out.append(keep.astype(np.float32))
+        return out
+
+
+# ---- ssToken -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SsTokenSettings:
+    ratio: float = 0.6
+    """rho: the share of each sample's candidate tokens that count, every step (floor(rho * n_i))."""
+    gamma: float = 0.5
+    """g in ``g * minmax_per_sample(REL) + (1 - g) * attn`` (1: loss signal only; 0: attention only)."""
+    history: str = "base"
+    """History model of REL = loss_history - loss_current: ``base`` (the adapter switched off) or ``ema``."""
+    ema_decay: float = 0.99
+    """a in ``h <- a * h + (1 - a) * theta`` (history ``ema``), updated after every optimizer step."""
+    attention_warmup_steps: int = 0
+    """Optimizer steps at the start that select by attention only (the published code's warm-up period)."""
+
+    def __post_init__(self) -> None:
+        for name, lo, hi in (("ratio", 0.0, 1.0), ("gamma", 0.0, 1.0), ("ema_decay", 0.0, 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi):
+                raise ValueError(f"{name}: expected a float in [{lo}, {hi}], got {v!r}")
+        if self.ratio == 0:
+            raise ValueError("ratio: expected a float in (0, 1], got 0")
+        if self.history not in ("base", "ema"):
+            raise ValueError(f"history: expected 'base' or 'ema', got {self.history!r}")
+        w = self.attention_warmup_steps
+        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+            raise ValueError(f"attention_warmup_steps: expected an integer >= 0, got {w!r}")
+
+
+def minmax_per_sample(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``(v - min) / (max - min)`` within each row (0 where a row's values are all equal)."""
+    out = np.zeros(len(values), dtype=np.float64)
+    for r in np.unique(rows):
+        sel = rows == r
+        v = values[sel]
+        span = float(v.max() - v.min())
+        out[sel] = (v - v.min()) / span if span > 0 else 0.0
+    return out
+
+
+def top_per_sample(score: np.ndarray, rows: np.ndarray, pos: np.ndarray, ratio: float) -> np.ndarray:
+    """Keep ``floor(ratio * n_r)`` tokens of each row by score (descending), ties by position ascending."""
+    keep = np.zeros(len(score), dtype=bool)
+    for r in np.unique(rows):
+        idx = np.flatnonzero(rows == r)
+        k = math.floor(ratio * len(idx) + 1e-9)
+        order = np.lexsort((pos[idx], -score[idx]))[:k]
+        keep[idx[order]] = True
+    return keep
+
+
+@register
+class SsTokenPolicy(Policy):
+    """ssToken (Qin et al. 2026): per sample, every step, the top ``ratio`` tokens by
+    ``gamma * minmax(REL) + (1 - gamma) * attn``; REL = history loss - current loss (no-grad passes, eval
+    mode), attn = the last layer's attention of the token to its prompt positions (mean over heads)."""
+
+    name = "sstoken"
+    Settings = SsTokenSettings
+
+    def __init__(self, settings: SsTokenSettings, train_data: Any = None) -> None:
+        super().__init__(settings)
+        self.ema: dict[str, Any] | None = None
+
+    def _lora(self, net: Any) -> dict[str, Any]:
+        return {n: p for n, p in net.named_parameters() if p.requires_grad}
+
+    def on_step_end(self, net: Any) -> None:
+        if self.settings.history != "ema":
+            return
+        import torch
+
+        a = self.settings.ema_decay
+        with torch.no_grad():
+            params = self._lora(net)
+            if self.ema is None:
+                self.ema = {n: p.detach().clone() for n, p in params.items()}
+            for n, p in params.items():
+                self.ema[n].mul_(a).add_(p.detach(), alpha=1 - a)
+
+    def state(self) -> dict[str, Any] | None:
+        return None if self.ema is None else {"ema": {n: t.cpu() for n, t in self.ema.items()}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.ema = dict(state["ema"])
+
+    def _history_loss(self, view: StepView, mb: Any) -> np.ndarray:
+        import torch
+
+        from tokenclean.signals import token_signals
+
+        lm = view.model.lm
+        if self.settings.history == "base":
+            with lm.disable_adapter():
+                return token_signals(view.model, mb.batch)["loss"].float().cpu().numpy()
+        params = self._lora(lm)
+        if self.ema is None:  # before the first step the history is the initial adapter
+            self.ema = {n: p.detach().clone() for n, p in params.items()}
+        saved = {n: p.detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(self.ema[n].to(p.device))
+            try:
+                return token_signals(view.model, mb.batch)["loss"].float().cpu().numpy()
+            finally:
+                for n, p in params.items():
+                    p.copy_(saved[n])
+
+    def weights(self, view: StepView) -> list[np.ndarray]:
+        from tokenclean.signals import token_signals
+
+        s, out = self.settings, []
+        if s.history == "ema" and self.ema is None:  # h_0 = the adapter before the first update
+            self.ema = {n: p.detach().clone() for n, p in self._lora(view.model.lm).items()}
+        attn_only = view.step < s.attention_warmup_steps
+        for mb in view.micro_batches:
+            with view.autocast():
+                sig = token_signals(view.model, mb.batch, ("loss", "attn"))
+                cur, attn = sig["loss"].float().cpu().numpy(), sig["attn"].float().cpu().numpy()
+                rows, pos = mb.batch.rows.cpu().numpy(), mb.batch.pos.cpu().numpy()
+                if attn_only:
+                    score = attn.astype(np.float64)
+                else:
+                    rel = self._history_loss(view, mb) - cur
+                    score = s.gamma * minmax_per_sample(rel, rows) + (1 - s.gamma) * attn
+            out.append(top_per_sample(score, rows, pos, s.ratio).astype(np.float32))
         return out
 
 
