@@ -4,6 +4,7 @@ continuing an adapter, merge, options, CLI."""
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,50 @@ def test_resume_gives_the_same_adapter(
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical on CPU fp32
     assert log_losses(out) == log_losses(tmp_path / "ref")  # every step's loss, in order, once
     assert done["tokens"] == ref["tokens"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "settings"),
+    [
+        ("sstoken", {"history": "ema", "ema_decay": 0.9, "attention_warmup_steps": 1}),
+        ("rho1", {"reference": "base", "ratio": 0.5}),
+        ("dft", {"weight_floor": 0.1}),
+        ("profit", {"prob_threshold": 0.002}),
+    ],
+)
+def test_online_policies_train_and_resume_exactly(
+    tmp_path: Path, prepared: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, policy, settings
+) -> None:
+    """Every online policy trains end to end, counts fewer tokens than it sees (except DFT, which weights
+    them), and resumes bit-identically (the ssToken EMA is part of the checkpoint)."""
+    cfg = CFG.replace(max_steps=4, policy=policy, policy_settings=settings)
+    ref = train(prepared, str(tiny_model_dir), tmp_path / "ref", cfg, progress=False)
+    assert ref["policy"]["name"] == policy and math.isfinite(ref["final_loss"])
+    counted = sum(r["kept_tokens"] for r in log_records(tmp_path / "ref"))
+    assert counted == ref["tokens"]["kept"]
+    assert (counted < _candidates(prepared, ref)) == (policy != "dft")
+    monkeypatch.setenv(loop_mod.INTERRUPT_ENV, "3")
+    with pytest.raises(TrainingInterrupted):
+        train(prepared, str(tiny_model_dir), tmp_path / "cut", cfg, progress=False)
+    monkeypatch.delenv(loop_mod.INTERRUPT_ENV)
+    done = train(prepared, str(tiny_model_dir), tmp_path / "cut", cfg, progress=False)
+    assert done["resumed_from_step"] == 2
+    a, b = adapter_weights(tmp_path / "ref"), adapter_weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def log_records(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _candidates(prepared: Path, done: dict[str, Any]) -> int:
+    """Trained labels (j >= 1) of the samples the run's steps saw."""
+    from tokenclean.training.collate import step_samples
+    from tokenclean.training.data import load_train_data
+
+    data = load_train_data(prepared, 2048)
+    seen = [step_samples(len(data), done["global_batch_size"], 42, s) for s in range(done["steps"])]
+    return int(sum(int(data.n_kept[i]) for idx in seen for i in idx))
 
 
 def test_cleaned_data_drops_empty_samples_and_never_nan(
