@@ -68,6 +68,31 @@ def _select(a: argparse.Namespace) -> int:
     return 0
 
 
+@command("xtf")
+def _xtf(a: argparse.Namespace) -> int:
+    from tokenclean.selection.xtf import XtfSettings, xtf_select
+
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    settings = XtfSettings(
+        novelty_min=a.novelty_min,
+        iqr_k=a.iqr_k,
+        otsu_classes=a.otsu_classes,
+        expert_words=tuple(w.strip() for w in (a.expert_words or "").split(",") if w.strip()),
+        filters=tuple(f.strip() for f in a.filters.split(",") if f.strip()),
+    )
+    st = xtf_select(a.data, a.base, a.out, settings, dtype=a.dtype, device=a.device, force=a.force)
+    n = st["xtf"]["noise_tokens"]
+    print(
+        f"{'reused' if st.get('reused') else 'wrote'} {a.out}: XTF kept {st['kept_tokens']} of "
+        f"{st['total_response_tokens']} response tokens; noise by filter: novelty {n['novelty']}, "
+        f"attention {n['attention']}, relevance {n['relevance']} (union {st['xtf']['union']})"
+    )
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("select", help="keep the top-K response tokens by score; write the cleaned dataset")
     s.add_argument("--scores", required=True, help="score store directory (from `tokenclean score`)")
@@ -99,6 +124,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--force", action="store_true", help="recompute even if OUT holds the same result")
     s.add_argument("--out", required=True, help="output directory ('{ratio}' is replaced in a sweep)")
+
+    x = sub.add_parser(
+        "xtf", help="XTF: drop tokens flagged by base-model novelty, attention or task relevance"
+    )
+    x.add_argument("--data", required=True, help="prepared dataset (tokenclean prepare)")
+    x.add_argument("--base", required=True, help="base model (Hub id, dir, .gguf or alias smollm2)")
+    x.add_argument("--out", required=True, help="cleaned dataset directory")
+    x.add_argument("--novelty-min", type=float, default=0.05, help="noise if 1 - P_base < this (0.05)")
+    x.add_argument(
+        "--iqr-k", type=float, default=1.5, help="attention noise below Q1 - k*IQR per sample (1.5)"
+    )
+    x.add_argument("--otsu-classes", type=int, default=3, help="Multi-Otsu classes of task relevance (3)")
+    x.add_argument("--expert-words", default=None, help="comma-separated task words (default: prompt tokens)")
+    x.add_argument("--filters", default="novelty,attention,relevance", help="filters in the union")
+    x.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    x.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    x.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    x.add_argument("--force", action="store_true", help="recompute even if OUT holds the same result")
 
 
 _EXTRA_PARSERS.append(add_parsers)

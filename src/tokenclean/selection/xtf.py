@@ -1,0 +1,228 @@
+"""XTF (Yang et al. 2026): offline token filtering from the base model alone, the union of three noise filters.
+
+For every response token ``j`` of a prepared dataset, from ONE pass of the base model through the token-signal
+primitive (:func:`tokenclean.signals.token_signals`):
+
+1. **Knowledge novelty** ``1 - P_base(x_j | x_<j)``: a token the base already predicts with probability above
+   ``1 - novelty_min`` (novelty below ``novelty_min``, default 0.05) teaches nothing: noise.
+2. **Reasoning importance**: the last decoder layer's attention of token ``j`` to its prompt positions (mean
+   over heads; the prompt spans come from the label mask, multi-turn correct). Within each sample, a token
+   below the IQR fence ``Q1 - iqr_k * IQR`` of that sample's values (``iqr_k`` 1.5) is noise.
+3. **Task relevance**: the cosine similarity between the token's input embedding and the mean input embedding
+   of the task's "expert words" (``expert_words``; default: every prompt token of the dataset, i.e. the
+   task's own vocabulary). The relevance values of all response tokens are split by Multi-Otsu
+   (``skimage.filters.threshold_multiotsu``, ``otsu_classes`` classes, default 3); the lowest class is noise.
+
+Noise = the union; noise tokens get label -100, the rest keep theirs. The paper does not publish the layer,
+the attention statistic or the source of the expert words: these are the settings above, documented in
+docs/methods.md. The ``score`` column of the output holds the novelty (``1 - P_base``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokenclean.errors import ConfigError
+from tokenclean.utils import get_logger, package_versions, sha256_json, sha256_tree
+
+log = get_logger("select")
+
+
+@dataclass(frozen=True)
+class XtfSettings:
+    novelty_min: float = 0.05
+    """Tokens with ``1 - P_base`` below this are noise (the base already knows them)."""
+    iqr_k: float = 1.5
+    """Attention below ``Q1 - iqr_k * IQR`` of the sample's response tokens is noise."""
+    otsu_classes: int = 3
+    """Multi-Otsu classes of the task relevance; the lowest class is noise."""
+    expert_words: tuple[str, ...] = ()
+    """Words that define the task; empty: every prompt token of the dataset."""
+    filters: tuple[str, ...] = ("novelty", "attention", "relevance")
+    """Which filters take part in the union."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.novelty_min, (int, float)) and 0 <= self.novelty_min < 1):
+            raise ConfigError(f"xtf.novelty_min: expected a float in [0, 1), got {self.novelty_min!r}")
+        if not (isinstance(self.iqr_k, (int, float)) and self.iqr_k >= 0 and math.isfinite(self.iqr_k)):
+            raise ConfigError(f"xtf.iqr_k: expected a float >= 0, got {self.iqr_k!r}")
+        if (
+            isinstance(self.otsu_classes, bool)
+            or not isinstance(self.otsu_classes, int)
+            or self.otsu_classes < 2
+        ):
+            raise ConfigError(f"xtf.otsu_classes: expected an integer >= 2, got {self.otsu_classes!r}")
+        bad = set(self.filters) - {"novelty", "attention", "relevance"}
+        if bad or not self.filters:
+            raise ConfigError(
+                f"xtf.filters: expected a subset of novelty, attention, relevance, got {self.filters!r}"
+            )
+        object.__setattr__(self, "expert_words", tuple(self.expert_words))
+        object.__setattr__(self, "filters", tuple(self.filters))
+
+
+def iqr_fence_noise(values: np.ndarray, offsets: np.ndarray, k: float) -> np.ndarray:
+    """Per sample (CSR ``offsets``), values below ``Q1 - k * IQR`` of that sample (linear quantiles)."""
+    out = np.zeros(len(values), dtype=bool)
+    for a, b in itertools.pairwise(offsets):
+        if b - a < 4:  # too few tokens for quartiles to mean anything
+            continue
+        q1, q3 = np.quantile(values[a:b], [0.25, 0.75])
+        out[a:b] = values[a:b] < q1 - k * (q3 - q1)
+    return out
+
+
+def otsu_low_class(values: np.ndarray, classes: int) -> tuple[np.ndarray, list[float]]:
+    """Tokens in the lowest Multi-Otsu class of ``values``, and the thresholds."""
+    from skimage.filters import threshold_multiotsu
+
+    if len(np.unique(values)) < classes:
+        return np.zeros(len(values), dtype=bool), []
+    th = threshold_multiotsu(values, classes=classes)
+    return values <= th[0], [float(t) for t in th]
+
+
+def relevance(model: Any, token_ids: np.ndarray, expert_ids: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each token's input embedding with the mean embedding of ``expert_ids``."""
+    import torch
+
+    emb = model.get_input_embeddings().weight.detach().float()  # (V, H)
+    centre = emb[torch.as_tensor(expert_ids)].mean(0)  # (H,)
+    e = emb[torch.as_tensor(token_ids)]  # (N, H)
+    return torch.nn.functional.cosine_similarity(e, centre[None], dim=-1).cpu().numpy()
+
+
+def xtf_signals(model: Any, table: Any, prompt_masks: list[np.ndarray], batch_tokens: int = 1024) -> dict:
+    """Novelty and attention of every response token (CSR order of ``table``), batched by length."""
+    from tokenclean.alignment import trained_positions
+    from tokenclean.scoring.engine import make_batches
+    from tokenclean.signals import make_token_batch, token_signals
+
+    n = len(table.sample_ids)
+    rows = [
+        (
+            table.input_ids[table.offsets[i] : table.offsets[i + 1]],
+            table.labels[table.offsets[i] : table.offsets[i + 1]],
+        )
+        for i in range(n)
+    ]
+    prob = np.full(int(table.response_offsets[-1]), np.nan, dtype=np.float32)
+    attn = np.full_like(prob, np.nan)
+    device = next(model.parameters()).device
+    for idx in make_batches([len(r[0]) for r in rows], batch_tokens):
+        pos = [trained_positions(rows[i][1]) for i in idx]
+        batch = make_token_batch(
+            [rows[i][0].astype(np.int64) for i in idx], pos, prompt_mask=[prompt_masks[i] for i in idx]
+        )
+        sig = token_signals(model, batch.to(device), ("prob", "attn"))
+        p, a = sig["prob"].float().cpu().numpy(), sig["attn"].float().cpu().numpy()
+        start = 0
+        for i, ps in zip(idx, pos):
+            lab = rows[i][1]
+            resp = np.flatnonzero(lab != -100)  # CSR order includes position 0 if trained (never scored)
+            dst = table.response_offsets[i] + np.searchsorted(resp, ps)
+            prob[dst] = p[start : start + len(ps)]
+            attn[dst] = a[start : start + len(ps)]
+            start += len(ps)
+    return {"novelty": 1.0 - prob, "attention": attn}
+
+
+def xtf_select(
+    prepared_dir: str | Path,
+    base: str,
+    out: str | Path,
+    settings: XtfSettings = XtfSettings(),
+    dtype: str = "fp32",
+    device: str = "cpu",
+    force: bool = False,
+) -> dict[str, Any]:
+    """Run XTF on a prepared dataset with ``base`` and write a cleaned dataset (``tokenclean select``'s
+    layout) to ``out``. Returns the selection stats, with per-filter counts under ``xtf``."""
+    import datasets
+
+    from tokenclean.models.loader import load_model, load_tokenizer, resolve_device
+    from tokenclean.selection.cleaned import _reusable, write_cleaned
+    from tokenclean.selection.stats import selection_stats
+    from tokenclean.selection.table import TokenTable, arrow_table, list_column
+
+    t0, prep, out = time.time(), Path(prepared_dir), Path(out)
+    key = sha256_json({"xtf": asdict(settings), "base": base, "dtype": dtype, "prep": sha256_tree(prep)})
+    reused = _reusable(out, key, force)
+    if reused is not None:
+        return reused
+    pt = arrow_table(datasets.load_from_disk(str(prep)))
+    input_ids, lens = list_column(pt, "input_ids", np.int32)
+    labels, _ = list_column(pt, "labels", np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    table = TokenTable(
+        np.asarray(pt.column("sample_id").to_pylist(), dtype=object), offsets, input_ids, labels, np.zeros(0)
+    )
+    prompts = [labels[a:b] == -100 for a, b in itertools.pairwise(offsets)]
+    model = load_model(base, dtype=dtype, device=resolve_device(device))
+    model.eval()
+    sig = xtf_signals(model, table, prompts)
+    resp_ids = table.input_ids[table.response_positions]
+    if settings.expert_words:
+        tok = load_tokenizer(base)
+        expert = np.asarray(
+            [t for w in settings.expert_words for t in tok(" " + w, add_special_tokens=False)["input_ids"]]
+        )
+    else:
+        expert = input_ids[labels == -100]
+    rel = relevance(model, resp_ids, expert)
+    scored = ~np.isnan(sig["novelty"])
+    noise = {
+        "novelty": scored & (sig["novelty"] < settings.novelty_min),
+        "attention": scored
+        & iqr_fence_noise(
+            np.nan_to_num(sig["attention"], nan=np.inf), table.response_offsets, settings.iqr_k
+        ),
+        "relevance": otsu_low_class(rel, settings.otsu_classes)[0],
+    }
+    union = np.zeros(len(rel), dtype=bool)
+    for f in settings.filters:
+        union |= noise[f]
+    keep = ~union & scored
+    score = np.full(len(labels), np.nan, dtype=np.float32)
+    score[table.response_positions] = sig["novelty"]
+    table = TokenTable(table.sample_ids, offsets, input_ids, labels, score)
+    stats = selection_stats(keep, table.response_scores, table.response_offsets, "xtf", None, None, None)
+    stats["xtf"] = {
+        "settings": asdict(settings),
+        "noise_tokens": {f: int(noise[f].sum()) for f in noise},
+        "union": int(union.sum()),
+        "otsu_thresholds": otsu_low_class(rel, settings.otsu_classes)[1],
+    }
+    manifest = {
+        "stage": "select",
+        "level": "xtf",
+        "cache_key": key,
+        "base": base,
+        "prepared": {"dir": str(prep.resolve())},
+        "xtf": stats["xtf"],
+        "counts": {
+            k: stats[k] for k in ("kept_tokens", "total_response_tokens", "samples_kept", "samples_emptied")
+        },
+        "versions": package_versions(),
+        "seconds": round(time.time() - t0, 3),
+    }
+    pm = prep / "manifest.json"
+    if pm.exists():
+        from tokenclean.utils import read_json
+
+        manifest["tokenizer"] = read_json(pm).get("tokenizer")
+    write_cleaned(out, table, keep, stats, manifest)
+    log.info(
+        "xtf: kept %d of %d response tokens -> %s", stats["kept_tokens"], stats["total_response_tokens"], out
+    )
+    return stats
+
+
+__all__ = ["XtfSettings", "iqr_fence_noise", "otsu_low_class", "xtf_select", "xtf_signals"]
