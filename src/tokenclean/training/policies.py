@@ -448,10 +448,18 @@ class SsTokenPolicy(Policy):
         if s.history == "ema" and self.ema is None:  # h_0 = the adapter before the first update
             self.ema = {n: p.detach().clone() for n, p in self._lora(view.model.lm).items()}
         attn_only = view.step < s.attention_warmup_steps
+        want = ("loss", "attn") if (s.gamma < 1 or attn_only) else ("loss",)
         for mb in view.micro_batches:
             with view.autocast():
-                sig = token_signals(view.model, mb.batch, ("loss", "attn"))
-                cur, attn = sig["loss"].float().cpu().numpy(), sig["attn"].float().cpu().numpy()
+                try:
+                    sig = token_signals(view.model, mb.batch, want)
+                except NotImplementedError as e:
+                    raise ConfigError(
+                        f"train.policy_settings.gamma: ssToken's attention signal is not available for this "
+                        f"model ({e}); set gamma: 1 and attention_warmup_steps: 0 to select by loss only"
+                    ) from None
+                cur = sig["loss"].float().cpu().numpy()
+                attn = sig["attn"].float().cpu().numpy() if "attn" in sig else np.zeros_like(cur)
                 rows, pos = mb.batch.rows.cpu().numpy(), mb.batch.pos.cpu().numpy()
                 if attn_only:
                     score = attn.astype(np.float64)
