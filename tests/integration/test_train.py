@@ -179,6 +179,8 @@ def test_online_policies_train_and_resume_exactly(
     counted = sum(r["kept_tokens"] for r in log_records(tmp_path / "ref"))
     assert counted == ref["tokens"]["kept"]
     assert (counted < _candidates(prepared, ref)) == (policy != "dft")
+    recorded = loop_mod.counted_tokens(tmp_path / "ref", prepared)  # the tokens each step counted
+    assert sum(len(v) for v in recorded.values()) == counted  # 4 steps of one epoch: each sample seen once
     monkeypatch.setenv(loop_mod.INTERRUPT_ENV, "3")
     with pytest.raises(TrainingInterrupted):
         train(prepared, str(tiny_model_dir), tmp_path / "cut", cfg, progress=False)

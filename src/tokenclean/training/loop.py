@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tokenclean.errors import ConfigError, DataError, ModelError, TokencleanError
@@ -326,6 +327,7 @@ class _Loop:
                 self.policy.multiplier,
                 self.policy.forward_signals,
             )
+            self.record_counted(step, n_steps, mbs, weights)
             grad_norm = self.optimizer_step(res.loss, state)
             self.policy.on_step_end(self.net)
             self.scheduler.step()
@@ -353,6 +355,27 @@ class _Loop:
         state["session_tokens"] = state["tokens_input"] - tok0
         state["session_kept"] = state["tokens_kept"] - kept0
         return state
+
+    def record_counted(self, step: int, n_steps: int, mbs: list[MicroBatch], weights: list[Any]) -> None:
+        """Online policies: which tokens counted (and their weights) in each step of the last epoch, gathered
+        from every rank into OUT/counted/step-NNNNN.npz by rank 0 (a resumed step overwrites its file);
+        :func:`counted_tokens` assembles them. Offline policies count what the dataset says: nothing kept."""
+        if self.cfg.policy in ("labels", "weights"):
+            return
+        spe = steps_per_epoch(len(self.data), self.cfg.effective_batch_size * self.acc.num_processes)
+        if step < n_steps - spe:
+            return
+        keys = np.concatenate([mb.keys[w > 0] for mb, w in zip(mbs, weights)] or [np.zeros((0, 2), np.int64)])
+        ws = np.concatenate([w[w > 0] for w in weights] or [np.zeros(0, np.float32)]).astype(np.float32)
+        all_keys = np.concatenate([k.reshape(-1, 2) for k in self.dist.gather(keys.reshape(-1))])
+        all_w = np.concatenate(self.dist.gather(ws))
+        if self.acc.is_main_process:
+            d = self.out / "counted"
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = d / f".step-{step:05d}.npz"
+            with open(tmp, "wb") as f:
+                np.savez(f, keys=all_keys, weights=all_w)
+            os.replace(tmp, d / f"step-{step:05d}.npz")
 
     def log_step(self, rec: dict[str, Any], step: int, n_steps: int, state: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -465,6 +488,21 @@ def _finish(
         )
     acc.wait_for_everyone()
     return done
+
+
+def counted_tokens(train_dir: str | Path, data_dir: str | Path) -> dict[str, dict[int, float]]:
+    """The tokens an online policy counted in the last epoch of a finished run: sample_id -> {position:
+    weight} (a token seen in several steps keeps its last weight)."""
+    from tokenclean.training.data import load_train_data
+
+    done = read_json(Path(train_dir) / "done.json")
+    data = load_train_data(data_dir, int(done["config"]["max_length"]))
+    out: dict[str, dict[int, float]] = {}
+    for f in sorted((Path(train_dir) / "counted").glob("step-*.npz")):
+        with np.load(f) as z:
+            for (i, pos), w in zip(z["keys"], z["weights"]):
+                out.setdefault(data.sample_ids[int(i)], {})[int(pos)] = float(w)
+    return out
 
 
 def _sharded(acc: Any) -> bool:
