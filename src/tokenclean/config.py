@@ -98,8 +98,8 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
         kwargs[name] = _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
     try:
         obj = cls(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"{where}: {e}") from None
+    except (TypeError, ValueError) as e:  # a settings dataclass that checks itself names its field
+        raise ConfigError(f"{where}.{e}" if prefix and ":" in str(e) else f"{where}: {e}") from None
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate(prefix)

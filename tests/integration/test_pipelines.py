@@ -175,3 +175,53 @@ def test_run_command_says_where_the_report_is(tmp_path: Path, tiny_model_dir: Pa
     out = capsys.readouterr().out
     page = tmp_path / "run" / "report" / "index.html"
     assert page.exists() and f"report: {page}" in out
+
+
+PEERS = ["online_rho1", "sstoken", "xtf", "dft", "profit", "soft_token_cleaning"]
+
+
+def test_peer_methods_run_from_a_config(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Every peer method runs from `tokenclean run` on the tiny model, with its own settings section."""
+    pytest.importorskip("skimage")
+    import datasets
+
+    cfg = tiny_cfg(
+        tmp_path,
+        tiny_model_dir,
+        f"methods=[{','.join(PEERS)}]",
+        "peers.profit.prob_threshold=0.002",  # the tiny model's probabilities are ~1/vocab
+        "peers.xtf.novelty_min=0.002",
+        "peers.sstoken.history=ema",
+    )
+    summary = run(cfg)
+    root = tmp_path / "run"
+    assert set(summary["methods"]) == set(PEERS)
+    for name in PEERS:
+        m = summary["methods"][name]
+        done = json.loads((root / m["adapter"] / ".." / "done.json").read_text())
+        assert done["steps"] >= 1, name
+        assert (root / m["adapter"] / "adapter_config.json").exists(), name
+    pol = {n: summary["methods"][n]["policy"]["name"] for n in PEERS}
+    assert pol == {
+        "online_rho1": "rho1",
+        "sstoken": "sstoken",
+        "xtf": "labels",
+        "dft": "dft",
+        "profit": "profit",
+        "soft_token_cleaning": "weights",
+    }
+    soft = datasets.load_from_disk(str(root / summary["methods"]["soft_token_cleaning"]["cleaned"]))
+    assert "weights" in soft.column_names
+    counted = list((root / summary["methods"]["profit"]["counted"] / "counted").glob("step-*.npz"))
+    assert counted  # online methods record what they counted
+
+
+def test_peer_settings_are_strict(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from tokenclean.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"peers\.sstoken\.gamma: expected a float in \[0\.0, 1\.0\]"):
+        tiny_cfg(tmp_path, tiny_model_dir, "peers.sstoken.gamma=2")
+    with pytest.raises(ConfigError, match=r"peers\.dft\.floor: unknown key"):
+        tiny_cfg(tmp_path, tiny_model_dir, "peers.dft.floor=0.1")
+    with pytest.raises(ConfigError, match=r"methods\[0\]: unknown method 'ssttoken'"):
+        tiny_cfg(tmp_path, tiny_model_dir, "methods=[ssttoken]")

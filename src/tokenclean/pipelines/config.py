@@ -9,9 +9,25 @@ from typing import Any, Literal
 from tokenclean.config import apply_overrides, from_dict, load_yaml
 from tokenclean.errors import ConfigError
 from tokenclean.groundtruth.generator import PoolConfig
+from tokenclean.selection.xtf import XtfSettings
 from tokenclean.training.config import TrainConfig
+from tokenclean.training.policies import DftSettings, ProfitSettings, SsTokenSettings
 
-METHODS = ("base", "warmup", "full", "random", "rho", "fixed_model", "self_evolving")
+METHODS = (
+    "base",
+    "warmup",
+    "full",
+    "random",
+    "rho",
+    "fixed_model",
+    "self_evolving",
+    "online_rho1",
+    "sstoken",
+    "xtf",
+    "dft",
+    "profit",
+    "soft_token_cleaning",
+)
 
 
 def _h(text: str) -> dict[str, str]:
@@ -83,6 +99,29 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class OnlineRho1Config:
+    ratio: float = field(default=0.6, metadata=_h("share of each step's tokens that count (top excess loss)"))
+    reference: Literal["warmup", "base"] = field(
+        default="warmup", metadata=_h("warmup: the pool's stored reference losses; base: the adapter off")
+    )
+
+
+@dataclass(frozen=True)
+class SoftWeightsConfig:
+    temperature: float = field(default=1.0, metadata=_h("T of w = sigmoid((score - tau) / T), nats"))
+
+
+@dataclass(frozen=True)
+class PeersConfig:
+    online_rho1: OnlineRho1Config = field(default_factory=OnlineRho1Config)
+    sstoken: SsTokenSettings = field(default_factory=SsTokenSettings)
+    xtf: XtfSettings = field(default_factory=XtfSettings)
+    dft: DftSettings = field(default_factory=DftSettings)
+    profit: ProfitSettings = field(default_factory=ProfitSettings)
+    soft_weights: SoftWeightsConfig = field(default_factory=SoftWeightsConfig)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = field(default="run", metadata=_h("run name"))
     run_dir: str = field(default="runs/run", metadata=_h("directory holding every stage's outputs"))
@@ -97,6 +136,7 @@ class RunConfig:
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    peers: PeersConfig = field(default_factory=PeersConfig)
     report: bool = field(default=True, metadata=_h("build the HTML/Markdown report at the end"))
 
     def validate(self, prefix: str = "") -> None:
@@ -110,6 +150,13 @@ class RunConfig:
                 raise ConfigError(f"{key}: must be in (0, 1], got {v}")
         if self.self_evolving.rounds < 1:
             raise ConfigError(f"self_evolving.rounds: must be >= 1, got {self.self_evolving.rounds}")
+        o = self.peers.online_rho1
+        if not 0.0 < o.ratio <= 1.0:
+            raise ConfigError(f"peers.online_rho1.ratio: must be in (0, 1], got {o.ratio}")
+        if not self.peers.soft_weights.temperature > 0:
+            raise ConfigError(
+                f"peers.soft_weights.temperature: must be > 0, got {self.peers.soft_weights.temperature}"
+            )
         if self.scoring.batch_tokens < 16:
             raise ConfigError(f"scoring.batch_tokens: must be >= 16, got {self.scoring.batch_tokens}")
 

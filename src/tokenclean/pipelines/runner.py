@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tokenclean.pipelines import baselines, fixed_model, self_evolving
+from tokenclean.pipelines import baselines, fixed_model, peers, self_evolving
 from tokenclean.pipelines.config import RunConfig
 from tokenclean.pipelines.stages import Run, get_logger, open_run, prepare_pool
 from tokenclean.training.distributed import rank_zero_only
@@ -22,6 +22,12 @@ PIPELINES: dict[str, Callable[[Run], None]] = {
     "rho": baselines.rho,
     "fixed_model": fixed_model.run,
     "self_evolving": self_evolving.run,
+    "online_rho1": peers.online_rho1,
+    "sstoken": peers.sstoken,
+    "xtf": peers.xtf,
+    "dft": peers.dft,
+    "profit": peers.profit,
+    "soft_token_cleaning": peers.soft_token_cleaning,
 }
 
 

@@ -146,14 +146,21 @@ def subset(prepared: Path, indices: list[int], out: Path, note: str) -> Path:
 
 
 def train_stage(
-    run: Run, data: Path, out: Path, init_adapter: Path | None = None, epochs: int | None = None
+    run: Run,
+    data: Path,
+    out: Path,
+    init_adapter: Path | None = None,
+    epochs: int | None = None,
+    cfg: Any = None,
 ) -> Path:
-    """LoRA-train the base on ``data`` (prepared or cleaned); returns the adapter directory."""
+    """LoRA-train the base on ``data`` (prepared or cleaned); returns the adapter directory. ``cfg``
+    replaces ``run.cfg.train`` (e.g. with another token policy)."""
     import dataclasses
 
     from tokenclean.training import train
 
-    cfg = run.cfg.train if epochs is None else dataclasses.replace(run.cfg.train, epochs=epochs)
+    cfg = cfg or run.cfg.train
+    cfg = cfg if epochs is None else dataclasses.replace(cfg, epochs=epochs)
     if not (out / "done.json").exists():
         train(
             str(data),
