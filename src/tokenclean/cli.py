@@ -26,7 +26,9 @@ def command(
 def _prepare(a: argparse.Namespace) -> int:
     from tokenclean.data.prepare import prepare
     from tokenclean.models.loader import load_tokenizer
+    from tokenclean.outputs import check_target
 
+    check_target(a.out, "prepare", [a.data])  # before the tokenizer is loaded (a conversion can take 30 s)
     tok = load_tokenizer(a.tokenizer)
     m = prepare(
         a.data,
@@ -77,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--template", default="tulu", choices=["tulu", "chat", "plain"])
     s.add_argument("--max-length", type=int, default=2048)
     s.add_argument("--skip-invalid", action="store_true", help="skip bad rows (listed in OUT/dropped.jsonl)")
-    s.add_argument("--force", action="store_true", help="recompute even if OUT holds the same result")
+    s.add_argument(
+        "--force", action="store_true", help="recompute, or replace an OUT prepared from other inputs"
+    )
     s.add_argument("--out", required=True)
 
     s = sub.add_parser("inspect", help="show samples with trained/kept/dropped tokens highlighted")

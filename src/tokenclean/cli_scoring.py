@@ -87,7 +87,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--shard-size", type=int, default=256, help="samples per resumable chunk file")
     s.add_argument("--shard-index", type=int, default=0, help="this process's shard (0..num-shards-1)")
     s.add_argument("--num-shards", type=int, default=1, help="processes scoring disjoint shards")
-    s.add_argument("--force", action="store_true", help="discard partial or complete results in --out")
+    s.add_argument(
+        "--force", action="store_true", help="discard partial or complete results (of any settings) in --out"
+    )
     s.add_argument("--no-progress", action="store_true")
 
 

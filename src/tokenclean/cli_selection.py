@@ -15,9 +15,12 @@ def parse_ratios(text: str | None) -> list[float | None]:
     if text is None:
         return [None]
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        ratios: list[float | None] = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise ConfigError(f"--ratio: expected a number or a comma-separated list, got '{text}'") from None
+    if not ratios:
+        raise ConfigError(f"--ratio: empty ('{text}'); give K in [0, 1], e.g. --ratio 0.6, or a list 0.5,0.6")
+    return ratios
 
 
 def sweep_outs(out: str, ratios: list[float | None]) -> list[str]:
@@ -122,7 +125,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--temperature", type=float, default=1.0, help="T of --weights sigmoid, in nats of score (1.0)"
     )
-    s.add_argument("--force", action="store_true", help="recompute even if OUT holds the same result")
+    s.add_argument(
+        "--force", action="store_true", help="recompute, or replace an OUT selected from other inputs"
+    )
     s.add_argument("--out", required=True, help="output directory ('{ratio}' is replaced in a sweep)")
 
     x = sub.add_parser(

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tokenclean.errors import TokencleanError
+
 _LOGGER_CONFIGURED = False
 
 
@@ -72,9 +74,23 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
         raise
 
 
+class CorruptFileError(TokencleanError, ValueError):
+    """A file tokenclean wrote cannot be parsed (torn by a crash, truncated, or edited); names the file."""
+
+
 def read_json(path: str | Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """Parse a JSON file; a damaged one raises :class:`CorruptFileError` naming it (never a bare traceback)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = (
+            f" (line {e.lineno}, column {e.colno}: {e.msg})" if isinstance(e, json.JSONDecodeError) else ""
+        )
+        raise CorruptFileError(
+            f"{path}: not valid JSON{where}; the file is damaged (a crash while it was written, a full disk "
+            "or an edit): remove it, or the output directory holding it, and re-run"
+        ) from None
 
 
 @contextlib.contextmanager

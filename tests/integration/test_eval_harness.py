@@ -11,14 +11,12 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("lm_eval")
-
 from tokenclean.evaluation import evaluate
 
 SUBJECTS = ("anatomy", "virology")
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.requires("lm_eval")]
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:

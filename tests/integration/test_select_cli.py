@@ -94,7 +94,11 @@ def test_user_errors_exit_2(store: Path, tmp_path: Path, capsys) -> None:
     assert "--ratio: level 'sample' needs --ratio" in capsys.readouterr().err
     assert main(["select", "--scores", str(store), "--ratio", "0.3,0.6", "--out", str(tmp_path / "o")]) == 2
     assert "'{ratio}' in the output path" in capsys.readouterr().err
-    assert main(["select", "--scores", str(tmp_path), "--ratio", "0.5", "--out", str(tmp_path / "o")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert (
+        main(["select", "--scores", str(tmp_path / "empty"), "--ratio", "0.5", "--out", str(tmp_path / "o")])
+        == 2
+    )
     assert "not a score store" in capsys.readouterr().err
 
 

@@ -11,6 +11,7 @@ import pytest
 from tokenclean import IGNORE_INDEX
 from tokenclean.selection import select
 from tokenclean.selection.synthetic import write_score_store
+from tokenclean.testing import require
 
 
 @pytest.fixture()
@@ -103,7 +104,7 @@ def test_trl_sft_trainer_consumes_cleaned_data_as_is(
     cleaned_dir: Path, tiny_model_dir: Path, tiny_tok: Any, tmp_path: Path
 ) -> None:
     """TRL's SFTTrainer keeps a provided ``labels`` column: its batches carry our labels unchanged."""
-    pytest.importorskip("trl")
+    require("trl")
     import datasets
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer

@@ -8,6 +8,7 @@ import pytest
 
 from tokenclean.errors import ConfigError
 from tokenclean.evaluation import SUITES, TASKS, resolve_tasks, suite_tasks, task_spec
+from tokenclean.testing import require
 
 # (Table 1 column, shots, metric) as the paper states them: MMLU 5-shot accuracy; TruthfulQA MC2; TyDiQA 1-shot
 # F1 on the gold passage; HellaSwag, ARC-C, BoolQ and LogiQA 0-shot accuracy.
@@ -40,7 +41,7 @@ def test_paper_suite_reproduces_harness_tasks_and_splits() -> None:
 
 
 def test_harness_yamls_exist_and_report_the_metric() -> None:
-    pytest.importorskip("lm_eval")
+    require("lm_eval")
     from lm_eval.tasks._yaml_loader import load_yaml
 
     from tokenclean.evaluation.harness import harness_tasks_dir
@@ -80,7 +81,7 @@ def test_resolve_tasks() -> None:
 
 def test_hub_mode_configs_keep_the_harness_dataset(tmp_path: Path) -> None:
     """Without local files the generated tasks keep the harness's Hub dataset and resolve our functions."""
-    pytest.importorskip("lm_eval")
+    require("lm_eval")
     from lm_eval.tasks._yaml_loader import load_yaml
 
     from tokenclean.evaluation.harness import Source, write_task_configs

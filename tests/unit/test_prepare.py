@@ -12,6 +12,7 @@ import pytest
 from tokenclean import IGNORE_INDEX
 from tokenclean.data.prepare import prepare
 from tokenclean.errors import DataError
+from tokenclean.outputs import OutputError
 
 FORMAT_FILES = ["prompt_completion.jsonl", "alpaca.jsonl", "dolly.jsonl", "messages.jsonl", "sharegpt.jsonl"]
 
@@ -63,12 +64,16 @@ def test_cache_reused_and_invalidated(tmp_path: Path, fixtures_dir: Path, tiny_t
     m1 = prepare(src, tiny_tok, tmp_path / "out", progress=False)
     assert not m1.get("reused")
     assert prepare(src, tiny_tok, tmp_path / "out", progress=False)["reused"]
-    assert not prepare(src, tiny_tok, tmp_path / "out", max_length=64, progress=False).get("reused")
-    assert not prepare(src, tiny_tok, tmp_path / "out", max_length=64, template="chat", progress=False).get(
+    # other settings: an existing output of other settings is replaced only with force (or by a pipeline)
+    with pytest.raises(OutputError, match=r"differs in: max_length\); pass --force"):
+        prepare(src, tiny_tok, tmp_path / "out", max_length=64, progress=False)
+    assert not prepare(src, tiny_tok, tmp_path / "out", max_length=64, progress=False, force=True).get(
         "reused"
     )
+    m = prepare(src, tiny_tok, tmp_path / "out", max_length=64, template="chat", replace_stale=True)
+    assert not m.get("reused")
     src.write_text(src.read_text() + json.dumps({"instruction": "x", "output": "y"}) + "\n")
-    m = prepare(src, tiny_tok, tmp_path / "out", max_length=64, template="chat", progress=False)
+    m = prepare(src, tiny_tok, tmp_path / "out", max_length=64, template="chat", progress=False, force=True)
     assert not m.get("reused") and m["counts"]["written"] == 3
 
 

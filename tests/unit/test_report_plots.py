@@ -13,7 +13,7 @@ from tokenclean.report import plots
 from tokenclean.report.tables import Column
 from tokenclean.report.tokens import TokenArrays
 
-pytest.importorskip("matplotlib")
+pytestmark = pytest.mark.requires("matplotlib")
 
 
 def _arrays(n: int = 500, seed: int = 0, kept: bool = True) -> TokenArrays:

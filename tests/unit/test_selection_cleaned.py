@@ -10,6 +10,7 @@ import pytest
 
 from tokenclean import IGNORE_INDEX
 from tokenclean.errors import DataError
+from tokenclean.outputs import OutputError
 from tokenclean.selection import select, select_many
 from tokenclean.selection.synthetic import write_prepared, write_score_store
 
@@ -124,7 +125,9 @@ def test_reuse_and_force(store: Path, tmp_path: Path) -> None:
     again = select(store, 0.5, "global", out)
     assert again["reused"] is True and again["kept_tokens"] == first["kept_tokens"]
     assert "reused" not in select(store, 0.5, "global", out, force=True)
-    assert "reused" not in select(store, 0.6, "global", out)  # other settings: recomputed
+    with pytest.raises(OutputError, match=r"differs in: .*settings\.ratio"):  # other settings: refused
+        select(store, 0.6, "global", out)
+    assert "reused" not in select(store, 0.6, "global", out, replace_stale=True)  # a pipeline recomputes
 
 
 def test_selection_that_keeps_nothing_is_an_error(store: Path, tmp_path: Path) -> None:
@@ -182,5 +185,6 @@ def test_score_at_an_untrained_position_is_misalignment(tmp_path: Path) -> None:
 
 
 def test_not_a_score_store(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
     with pytest.raises(DataError, match="not a score store"):
-        select(tmp_path, 0.5, "global", tmp_path / "o")
+        select(tmp_path / "s", 0.5, "global", tmp_path / "o")

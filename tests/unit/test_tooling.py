@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tokenclean.testing import require
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,8 +18,8 @@ def run(*cmd: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed (pip install -e '.[dev]')")
 def test_ruff_lint_and_format() -> None:
+    require("ruff")
     lint = run("ruff", "check", *LINTED)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     fmt = run("ruff", "format", "--check", *LINTED)
@@ -28,7 +27,7 @@ def test_ruff_lint_and_format() -> None:
 
 
 def test_mypy_on_src() -> None:
-    pytest.importorskip("mypy")
+    require("mypy")
     res = run(sys.executable, "-m", "mypy", "src/tokenclean")
     assert res.returncode == 0, res.stdout + res.stderr
 

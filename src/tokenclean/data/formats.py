@@ -16,6 +16,7 @@ Every problem raises :class:`~tokenclean.errors.DataError` naming the file, the 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,8 +79,10 @@ def iter_raw_rows(source: str | Path) -> Iterator[tuple[int, str, dict[str, Any]
             raise DataError(
                 src, f"unknown file type '{suffix}' (expected .jsonl, .json, .parquet or a dataset dir)"
             )
-    elif src.startswith("hub:") or ("/" in src and not src.startswith((".", "/")) and not path.suffix):
+    elif src.startswith("hub:"):
         yield from _iter_hub(src.removeprefix("hub:"))
+    elif "/" in src and not src.startswith((".", "/")) and not path.suffix:
+        yield from _iter_hub_guess(src)
     else:
         raise DataError(src, "no such file or directory")
 
@@ -102,7 +105,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
         for lineno, raw in enumerate(f, start=1):
             loc = f"{path}:{lineno}"
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a leading BOM is stripped
             except UnicodeDecodeError as e:
                 raise DataError(loc, f"invalid UTF-8 at byte {e.start} of the line") from None
             if not text.strip():
@@ -120,7 +123,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
 def _iter_json(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
     data = path.read_bytes()
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a leading BOM is stripped
     except UnicodeDecodeError as e:
         raise DataError(f"{path}:{_decode_error_line(data, e)}", "invalid UTF-8") from None
     try:
@@ -158,6 +161,29 @@ def _iter_saved_dataset(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]
         ds = ds[split]
     for i, item in enumerate(ds):
         yield i, f"{path}[row {i}]", dict(item)
+
+
+def hub_offline() -> bool:
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+def _iter_hub_guess(src: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """A name like ``ORG/NAME`` that is no local path: a Hub dataset, unless offline (then say both)."""
+    if hub_offline():
+        raise DataError(
+            src,
+            "no such file or directory (and no Hub lookup was made: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is "
+            f"set); check the path, or write hub:{src} for a Hub dataset",
+        )
+    try:
+        yield from _iter_hub(src)
+    except DataError as e:
+        raise DataError(
+            src, f"no such file or directory, and no Hub dataset of that name could be loaded ({e.reason})"
+        ) from None
 
 
 def _iter_hub(spec: str) -> Iterator[tuple[int, str, dict[str, Any]]]:

@@ -10,7 +10,8 @@ Output directory (``datasets.load_from_disk(DIR)`` works on it):
   skipped by ``skip_invalid``, "dropped" for samples left with no trained token).
 
 The same inputs give byte-identical data files (the dataset fingerprint is the cache key, not random), and
-a directory whose manifest has the same cache key is reused instead of recomputed.
+a directory whose manifest has the same identity is reused instead of recomputed once its files are
+verified against the sizes and SHA-256 hashes recorded in ``manifest.json`` (``files``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tokenclean import IGNORE_INDEX
 from tokenclean.data.formats import read_records
 from tokenclean.data.labels import encode_conversation
 from tokenclean.errors import DataError
+from tokenclean.outputs import decide, file_digests, guarded
 from tokenclean.utils import atomic_dir, get_logger, package_versions, sha256_file, sha256_json, sha256_tree
 
 log = get_logger("prepare")
@@ -65,6 +67,7 @@ def prepared_features() -> Any:
     )
 
 
+@guarded("prepare", inputs=("data",))
 def prepare(
     data: str | Path,
     tokenizer: Any,
@@ -76,8 +79,13 @@ def prepare(
     tokenizer_name: str | None = None,
     force: bool = False,
     progress: bool = True,
+    replace_stale: bool = False,
 ) -> dict[str, Any]:
-    """Tokenise ``data`` and write the prepared dataset to ``out``. Returns the manifest."""
+    """Tokenise ``data`` and write the prepared dataset to ``out``. Returns the manifest.
+
+    ``out`` follows :mod:`tokenclean.outputs`: reused when it holds this identity (files verified),
+    refused when it is not a prepared dataset, when it holds other inputs or settings (unless ``force``,
+    or ``replace_stale`` for a pipeline's own stage directory) or while another process writes it."""
     import datasets
     import pyarrow as pa
     from tqdm.auto import tqdm
@@ -88,23 +96,27 @@ def prepare(
         raise DataError("max_length", f"must be >= 2, got {max_length}")
     out = Path(out)
     ident = input_identity(data)
-    key = sha256_json(
-        {
-            "v": PREPARE_VERSION,
-            "input": ident["sha256"] or ident["path"],
-            "tok": tokenizer_fingerprint(tokenizer),
-            "template": template,
-            "max_length": max_length,
-            "format": fmt,
-            "skip_invalid": skip_invalid,
-        }
+    identity = {
+        "v": PREPARE_VERSION,
+        "input": ident["sha256"] or ident["path"],
+        "tok": tokenizer_fingerprint(tokenizer),
+        "template": template,
+        "max_length": max_length,
+        "format": fmt,
+        "skip_invalid": skip_invalid,
+    }
+    key = sha256_json(identity)
+    old = decide(
+        out,
+        "prepare",
+        identity,
+        force=force,
+        replace_stale=replace_stale,
+        reusable=bool(ident["sha256"]),
+        legacy_key=("cache_key", key),
     )
-    manifest_path = out / "manifest.json"
-    if not force and ident["sha256"] and manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
-        if old.get("cache_key") == key:
-            log.info("reusing %s (same input, tokenizer, template and max length)", out)
-            return dict(old, reused=True)
+    if old is not None:
+        return dict(old, reused=True)
 
     t0 = time.time()
     skipped: list[dict[str, Any]] = []
@@ -176,6 +188,7 @@ def prepare(
     manifest = {
         "stage": "prepare",
         "cache_key": key,
+        "identity": identity,
         "input": ident,
         "format": fmt,
         "tokenizer": dict(tokenizer_identity(tokenizer), source=tokenizer_name or tokenizer.name_or_path),
@@ -192,6 +205,7 @@ def prepare(
             with open(tmp / "dropped.jsonl", "w") as f:
                 for s in skipped:
                     f.write(json.dumps(s, ensure_ascii=False, default=str) + "\n")
+        manifest["files"] = file_digests(tmp)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     log.info(
         "prepared %d samples (%d read, %d truncated, %d dropped with no trained token, %d invalid skipped) "

@@ -37,7 +37,8 @@ def _h(text: str) -> dict[str, str]:
 @dataclass(frozen=True)
 class DataConfig:
     path: str = field(
-        default="builtin:sample", metadata=_h("SFT file/dir, hub:NAME[:SPLIT] or builtin:sample")
+        default="",
+        metadata=_h("SFT file/dir, hub:NAME[:SPLIT] or builtin:sample (required unless data.synthetic)"),
     )
     format: Literal["auto", "prompt_completion", "alpaca", "messages", "sharegpt"] = field(
         default="auto", metadata=_h("record format (auto-detected)")
@@ -53,7 +54,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    base: str = field(default="smollm2", metadata=_h("base model: Hub id, dir, .gguf or alias"))
+    base: str = field(default="", metadata=_h("base model: Hub id, dir, .gguf or alias (required)"))
     reference: str | None = field(
         default=None, metadata=_h("external reference model (same tokenizer); null = warm-up reference")
     )
@@ -96,6 +97,9 @@ class EvalConfig:
     tasks: tuple[str, ...] = field(default=(), metadata=_h("restrict the suite to these tasks"))
     limit: int | None = field(default=None, metadata=_h("samples per task (null: all)"))
     data_dir: str | None = field(default=None, metadata=_h("local benchmark copies (see docs/evaluation.md)"))
+    dtype: Literal["fp32", "bf16", "fp16", "auto"] = field(
+        default="fp32", metadata=_h("dtype of the evaluated model (on model.device)")
+    )
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,16 @@ class RunConfig:
     report: bool = field(default=True, metadata=_h("build the HTML/Markdown report at the end"))
 
     def validate(self, prefix: str = "") -> None:
+        if not self.data.path and self.data.synthetic is None:
+            raise ConfigError(
+                "data.path: required (a file, a directory, hub:NAME[:SPLIT] or builtin:sample), or "
+                "data.synthetic for a generated pool; the config gives neither"
+            )
+        if not self.model.base:
+            raise ConfigError(
+                "model.base: required (a Hub id, a local directory, a .gguf file or the alias smollm2); "
+                "the config gives none"
+            )
         for i, m in enumerate(self.methods):
             if m not in METHODS:
                 raise ConfigError(f"methods[{i}]: unknown method '{m}' (valid: {', '.join(METHODS)})")

@@ -59,8 +59,9 @@ def profit(run: Run) -> None:
 def _soft_select(scores: Path, out: Path, ratio: float, temperature: float) -> None:
     from tokenclean.selection import select
 
-    if not (out / "manifest.json").exists():
-        select(str(scores), ratio, "global", str(out), weights="sigmoid", temperature=temperature)
+    select(
+        str(scores), ratio, "global", str(out), weights="sigmoid", temperature=temperature, replace_stale=True
+    )
 
 
 def soft_token_cleaning(run: Run) -> None:
@@ -76,8 +77,9 @@ def soft_token_cleaning(run: Run) -> None:
 def _xtf_select(run: Run, pool: Path, out: Path) -> None:
     from tokenclean.selection.xtf import xtf_select
 
-    if not (out / "manifest.json").exists():
-        xtf_select(pool, run.cfg.model.base, out, run.cfg.peers.xtf, device=run.cfg.model.device)
+    xtf_select(
+        pool, run.cfg.model.base, out, run.cfg.peers.xtf, device=run.cfg.model.device, replace_stale=True
+    )
 
 
 def xtf(run: Run) -> None:

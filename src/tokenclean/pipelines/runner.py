@@ -32,7 +32,15 @@ PIPELINES: dict[str, Callable[[Run], None]] = {
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
-    """Run every method of ``cfg`` (finished stages are skipped); returns the summary."""
+    """Run every method of ``cfg`` (finished stages whose identity matches are reused); returns the
+    summary. The run directory is locked: a second ``tokenclean run`` on it stops with "in use by PID"."""
+    from tokenclean.outputs import output_lock
+
+    with output_lock(cfg.run_dir):
+        return _run(cfg)
+
+
+def _run(cfg: RunConfig) -> dict[str, Any]:
     t0 = time.time()
     r = open_run(cfg)
     prepare_pool(r)

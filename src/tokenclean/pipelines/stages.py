@@ -1,9 +1,13 @@
 """The run directory and the stage calls the pipelines share.
 
-Every stage writes into its own directory under the run directory and is skipped when that directory
-already holds its completion marker (``manifest.json`` for data/scores/selections, ``done.json`` for
-training, ``eval.json`` for evaluation). Interrupted stages resume on their own (scoring and training are
-resumable; prepare and select are atomic).
+Every stage writes into its own directory under the run directory and is reused only when its full
+identity matches: its own settings (from the config) plus the content hash of every input artifact, with
+the output's own files verified against the hashes in its marker (``manifest.json`` for data, scores and
+selections, ``done.json`` for training, ``eval.json`` for evaluation). Otherwise the stage is recomputed
+and its stale directory replaced; the log says which stages were reused and why (see
+:mod:`tokenclean.outputs`). Interrupted stages resume on their own (scoring and training are resumable;
+prepare and select are atomic). Every stage runs on ``model.device``; scoring in ``scoring.dtype``,
+training in ``train.model_dtype`` (+ ``train.bf16``), evaluation in ``eval.dtype``.
 """
 
 from __future__ import annotations
@@ -14,9 +18,28 @@ from pathlib import Path
 from typing import Any
 
 from tokenclean.config import to_dict
+from tokenclean.outputs import (
+    StaleOutputError,
+    check_target,
+    content_id,
+    decide,
+    file_digests,
+    guarded,
+    identity_diff,
+    load_dataset_dir,
+    output_lock,
+    verify_input,
+)
 from tokenclean.pipelines.config import RunConfig
 from tokenclean.training.distributed import rank_zero_first, rank_zero_only
-from tokenclean.utils import atomic_dir, get_logger, read_json, write_json_atomic
+from tokenclean.utils import (
+    atomic_dir,
+    get_logger,
+    read_json,
+    sha256_json,
+    sha256_tree,
+    write_json_atomic,
+)
 
 log = get_logger("pipeline")
 
@@ -66,6 +89,9 @@ class Run:
 def open_run(cfg: RunConfig) -> Run:
     import yaml
 
+    from tokenclean.models.loader import resolve_device
+
+    resolve_device(cfg.model.device)  # `device: cuda` without CUDA fails here, before any stage runs
     root = Path(cfg.run_dir)
     root.mkdir(parents=True, exist_ok=True)
     resolved = to_dict(cfg)
@@ -107,6 +133,7 @@ def prepare_file(run: Run, source: str | Path, out: Path) -> Path:
         max_length=d.max_length,
         skip_invalid=d.skip_invalid,
         tokenizer_name=run.cfg.model.base,
+        replace_stale=True,
     )
     return out
 
@@ -119,25 +146,36 @@ def split_indices(n: int, parts: int, seed: int) -> list[list[int]]:
     return [sorted(int(i) for i in chunk) for chunk in np.array_split(perm, parts)]
 
 
-@rank_zero_first
-def subset(prepared: Path, indices: list[int], out: Path, note: str) -> Path:
-    """Write rows ``indices`` of a prepared dataset as a prepared dataset of its own (atomic, cached)."""
-    import datasets
+def artifact_id(path: Path, marker: str = "manifest.json") -> str:
+    """The content identity of a finished input artifact, after verifying its files (refused if damaged)."""
+    m = verify_input(path, marker, hint=f"delete {path} and re-run; it is recomputed")
+    return content_id(m["files"]) if m.get("files") else sha256_tree(path)
 
-    if (out / "manifest.json").exists():
+
+@rank_zero_first
+@guarded("prepare", inputs=("prepared",))
+def subset(prepared: Path, indices: list[int], out: Path, note: str) -> Path:
+    """Write rows ``indices`` of a prepared dataset as a prepared dataset of its own (atomic; reused only
+    for the same parent content and rows)."""
+    identity = {"parent": artifact_id(prepared), "rows": sha256_json(indices), "note": note}
+    if decide(out, "prepare", identity, replace_stale=True) is not None:
         return out
-    ds = datasets.load_from_disk(str(prepared))
+    ds = load_dataset_dir(prepared, f"delete {prepared} and re-run")
     parent = read_json(prepared / "manifest.json")
     sub = ds.select(indices)
     manifest = dict(
         parent,
         parent=str(prepared.resolve()),
+        parent_cache_key=parent.get("cache_key"),
+        cache_key=sha256_json(identity),  # its own: scores of a subset never pass for the parent's
+        identity=identity,
         subset=note,
         n_rows=len(indices),
         tokens={"total": int(sum(sub["length"])), "trained": int(sum(sub["n_trained"]))},
     )
     with atomic_dir(out) as tmp:
         sub.save_to_disk(str(tmp))
+        manifest["files"] = file_digests(tmp)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
     return out
 
@@ -161,15 +199,25 @@ def train_stage(
 
     cfg = cfg or run.cfg.train
     cfg = cfg if epochs is None else dataclasses.replace(cfg, epochs=epochs)
-    if not (out / "done.json").exists():
-        train(
-            str(data),
-            run.cfg.model.base,
-            str(out),
-            cfg=cfg,
-            init_adapter=str(init_adapter) if init_adapter else None,
-        )
+    init = str(init_adapter) if init_adapter else None
+    kwargs: dict[str, Any] = {"cfg": cfg, "init_adapter": init, "device": run.cfg.model.device}
+    try:
+        train(str(data), run.cfg.model.base, str(out), **kwargs)
+    except StaleOutputError as e:  # finished or checkpointed by other settings or inputs: recompute
+        log.info("recomputing %s: %s", out, e)
+        discard_training(out)
+        train(str(data), run.cfg.model.base, str(out), **kwargs)
     return out / "adapter"
+
+
+def discard_training(out: Path) -> None:
+    """Remove a stale training stage of the run directory (done.json first: it stops reading as finished)."""
+    import shutil
+
+    (out / "done.json").unlink(missing_ok=True)
+    for name in ("checkpoint", "adapter"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    (out / "log.jsonl").unlink(missing_ok=True)
 
 
 def score_stage(
@@ -188,6 +236,7 @@ def score_stage(
         dtype=run.cfg.scoring.dtype,
         device=run.cfg.model.device,
         batch_tokens=run.cfg.scoring.batch_tokens,
+        replace_stale=True,
     )
     return out
 
@@ -196,14 +245,22 @@ def score_stage(
 def rebase_scores(new_vs_base: Path, prev_vs_base: Path, out: Path) -> Path:
     """Scores of the new reference against the *previous* model instead of the base:
     ``loss_prev - loss_new`` = ``(base - new) - (base - prev)``, from two stores scored against the base."""
+    identity = {"new_vs_base": artifact_id(new_vs_base), "prev_vs_base": artifact_id(prev_vs_base)}
+    check_target(out, "score", [new_vs_base, prev_vs_base])
+    with output_lock(out):
+        if decide(out, "score", identity, replace_stale=True) is None:
+            _write_rebased(new_vs_base, prev_vs_base, out, identity)
+    return out
+
+
+def _write_rebased(new_vs_base: Path, prev_vs_base: Path, out: Path, identity: dict[str, Any]) -> None:
     import datasets
     import numpy as np
 
     from tokenclean.scoring.store import score_features
 
-    if (out / "manifest.json").exists():
-        return out
-    a, b = datasets.load_from_disk(str(new_vs_base)), datasets.load_from_disk(str(prev_vs_base))
+    hint = "delete it and re-run"
+    a, b = load_dataset_dir(new_vs_base, hint), load_dataset_dir(prev_vs_base, hint)
     if a["sample_id"] != b["sample_id"]:
         raise ValueError(f"{new_vs_base} and {prev_vs_base} hold different samples")
     prev = [np.asarray(x, dtype=np.float32) for x in b["ref_loss"]]
@@ -215,40 +272,69 @@ def rebase_scores(new_vs_base: Path, prev_vs_base: Path, out: Path) -> Path:
         "score": [p - n for p, n in zip(prev, new)],
     }
     manifest = dict(
-        read_json(new_vs_base / "manifest.json"), base={"name": "previous round", "store": str(prev_vs_base)}
+        read_json(new_vs_base / "manifest.json"),
+        base={"name": "previous round", "store": str(prev_vs_base)},
+        identity=identity,
+        run_key=sha256_json(identity),  # never taken for the store it was derived from
     )
     with atomic_dir(out) as tmp:
         datasets.Dataset.from_dict(cols, features=score_features()).save_to_disk(str(tmp))
+        manifest["files"] = file_digests(tmp)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-    return out
 
 
 @rank_zero_first
 def select_stage(run: Run, scores: Path, out: Path, level: str, ratio: float | None = None) -> Path:
     from tokenclean.selection import select
 
-    if not (out / "manifest.json").exists():
-        select(
-            str(scores),
-            ratio if ratio is not None else run.cfg.selection.ratio,
-            level,
-            str(out),
-            seed=run.cfg.selection.seed,
-        )
+    select(
+        str(scores),
+        ratio if ratio is not None else run.cfg.selection.ratio,
+        level,
+        str(out),
+        seed=run.cfg.selection.seed,
+        replace_stale=True,
+    )
     return out
+
+
+def eval_identity(run: Run, adapter: Path | None, heldout: Path | None) -> dict[str, Any]:
+    """What an evaluation result depends on: the weights, the adapter, the held-out data, the suite and
+    the device and dtype it ran in."""
+    from tokenclean.models.loader import adapter_hash, resolve_device, resolve_model, weights_hash
+
+    e = run.cfg.eval
+    return {
+        "model": weights_hash(resolve_model(run.cfg.model.base)),
+        "adapter": adapter_hash(str(adapter)) if adapter else None,
+        "heldout": artifact_id(heldout) if heldout else None,
+        "suite": e.suite,
+        "tasks": list(e.tasks),
+        "limit": e.limit,
+        "data_dir": e.data_dir,
+        "device": resolve_device(run.cfg.model.device).split(":")[0],
+        "dtype": e.dtype,
+    }
 
 
 @rank_zero_first
 def eval_stage(run: Run, name: str, adapter: Path | None, out: Path) -> dict[str, Any] | None:
-    """Evaluate base (+ adapter) with the configured suite; cached in ``out``."""
+    """Evaluate base (+ adapter) with the configured suite on ``model.device`` in ``eval.dtype``; reused
+    from ``out`` only when its identity (:func:`eval_identity`) matches."""
     e = run.cfg.eval
     if e.suite == "none":
         return None
-    if out.exists():
-        return read_json(out)
     from tokenclean.evaluation import evaluate
 
     heldout = run.root / "data" / "heldout"
+    identity = eval_identity(run, adapter, heldout if heldout.exists() else None)
+    if out.exists():
+        old = read_json(out)
+        if old.get("stage_identity") == identity:
+            log.info("reusing %s (same model, adapter, data, suite, device and dtype)", out)
+            return {k: v for k, v in old.items() if k != "stage_identity"}
+        diff = identity_diff(old.get("stage_identity"), identity)
+        log.info("recomputing %s: changed since it was computed: %s", out, ", ".join(diff))
     res = evaluate(
         run.cfg.model.base,
         adapter=str(adapter) if adapter else None,
@@ -257,8 +343,11 @@ def eval_stage(run: Run, name: str, adapter: Path | None, out: Path) -> dict[str
         heldout=str(heldout) if heldout.exists() else None,
         data_dir=e.data_dir,
         limit=e.limit,
-        out=str(out),
+        out=None,
+        device=run.cfg.model.device,
+        dtype=e.dtype,
     )
+    write_json_atomic(out, dict(res, stage_identity=identity))
     log.info("eval %s: %s", name, res.get("average"))
     return res
 
@@ -288,8 +377,17 @@ def prepare_pool(run: Run) -> Path:
 
 @rank_zero_first
 def _generate_once(generate_pool: Any, settings: Any, gen: Path) -> None:
-    if not (gen / "facts.json").exists():
+    """Generate the pool unless ``gen`` holds one of these settings (facts.json, written last, records them)."""
+    if _generated_config(gen) != to_dict(settings):
+        if (gen / "facts.json").exists():
+            log.info("recomputing %s: data.synthetic changed", gen)
         generate_pool(settings, gen)
+
+
+def _generated_config(gen: Path) -> Any:
+    if not ((gen / "facts.json").exists() and (gen / "pool.jsonl").exists()):
+        return None
+    return json.loads(json.dumps(read_json(gen / "facts.json").get("config"), default=str))
 
 
 def pool_splits(run: Run) -> list[Path]:

@@ -19,7 +19,9 @@ import numpy as np
 from tokenclean import IGNORE_INDEX
 from tokenclean.alignment import scatter_to_positions
 from tokenclean.errors import ConfigError, DataError, ModelError
+from tokenclean.outputs import content_id, guarded, load_dataset_dir, verify_input
 from tokenclean.scoring import store
+from tokenclean.scoring.checks import warn_if_reference_is_base
 from tokenclean.scoring.engine import (
     Sample,
     SampleLosses,
@@ -42,15 +44,15 @@ class PreparedData:
     """Column access to a prepared dataset without Python lists of every token (Arrow -> numpy)."""
 
     def __init__(self, prepared_dir: str | Path) -> None:
-        import datasets
 
         self.dir = Path(prepared_dir).resolve()
         if not (self.dir / "manifest.json").exists():
             raise DataError(
                 str(self.dir), "not a prepared dataset (no manifest.json); run tokenclean prepare"
             )
-        self.manifest = read_json(self.dir / "manifest.json")
-        self.ds = datasets.load_from_disk(str(self.dir)).with_format("arrow")
+        self.manifest = verify_input(self.dir, hint="re-run tokenclean prepare with --force")
+        self.content = content_id(self.manifest["files"]) if self.manifest.get("files") else None
+        self.ds = load_dataset_dir(self.dir, "re-run tokenclean prepare with --force").with_format("arrow")
         self.sample_ids: list[str] = self.ds[:]["sample_id"].to_pylist()
         ids = self.ds[:]["input_ids"].combine_chunks()
         self.lengths = np.diff(ids.offsets.to_numpy()).astype(np.int64)  # (n,)
@@ -144,6 +146,11 @@ def _validate(scorer: str, reference: str | None, adapter: str | None, shard_siz
         raise ConfigError(f"shard_size: must be >= 1, got {shard_size}")
 
 
+def _shard_lock(a: dict[str, Any]) -> str:
+    return f"shard-{a['shard_index']}" if a["num_shards"] > 1 else ""
+
+
+@guarded("score", inputs=("prepared_dir", "reference", "adapter", "base"), in_place=True, tag=_shard_lock)
 def score_dataset(
     prepared_dir: str | Path,
     base: str,
@@ -160,6 +167,7 @@ def score_dataset(
     shard_size: int = DEFAULT_SHARD_SIZE,
     force: bool = False,
     on_part: Callable[[int, str], None] | None = None,
+    replace_stale: bool = False,
 ) -> dict[str, Any]:
     """Score every trained token of a prepared dataset with ``base`` and the reference; write the store.
 
@@ -184,6 +192,7 @@ def score_dataset(
     mode, base_spec, ref_spec = resolve_pair(base, reference, adapter)
     settings = {
         "prepared_cache_key": data.manifest.get("cache_key"),
+        "prepared_content": data.content,
         "n_samples": len(data),
         "shard_size": shard_size,
         "scorer": scorer,
@@ -200,10 +209,11 @@ def score_dataset(
     base_id, ref_id = pair.identities()  # a Hub model downloaded just now has a commit hash only from here
     plan = _plan({"base": base_id, "reference": ref_id, "mode": mode}, **settings)
     if launched is None:
-        store.prepare_out(out, plan, force)
+        store.prepare_out(out, plan, force, replace_stale)
     else:
         with launched.main_process_first():  # rank 0 sets up OUT, then the others check it
-            store.prepare_out(out, plan, force and launched.is_main_process)
+            main = launched.is_main_process
+            store.prepare_out(out, plan, force and main, replace_stale and main)
         progress = progress and launched.is_main_process
     total = store.n_chunks(len(data), shard_size)
     mine = store.my_chunks(len(data), shard_size, shard_index, num_shards)
@@ -226,7 +236,9 @@ def score_dataset(
         device=device, batch_tokens=batch_tokens, num_shards=num_shards, self_check_max_diff=check
     )
     manifest.update(reference_merged_in_place=pair.merge_reference)
-    return _merge(out, data, manifest, total, t0)
+    manifest = _merge(out, data, manifest, total, t0)
+    warn_if_reference_is_base(out, pair.mode, adapter or reference)
+    return manifest
 
 
 def _launched_group(num_shards: int, device: str) -> Any:
@@ -268,6 +280,7 @@ def _assemble_on_rank0(
         )
         manifest.update(reference_merged_in_place=pair.merge_reference, processes=group.num_processes)
         _merge(out, data, manifest, store.n_chunks(len(data), plan["shard_size"]), t0)
+        warn_if_reference_is_base(out, pair.mode, pair.ref_spec.adapter if pair.ref_spec else None)
     group.wait_for_everyone()
     done = store.complete_manifest(out, plan)
     if done is None:

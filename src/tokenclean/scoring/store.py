@@ -15,7 +15,8 @@ boundaries and batching, so it ends with bit-identical scores.
 Chunk ``k`` belongs to process ``k % num_shards``: processes started with ``shard_index = 0..n-1`` score
 disjoint chunks into the same ``OUT`` and whichever finds all chunks done assembles the final store
 (under a file lock). Assembly writes the dataset files into ``OUT`` and ``OUT/manifest.json`` last; the
-manifest is the mark of a complete store. ``.work`` is removed after assembly.
+manifest is the mark of a complete store and records the size and SHA-256 of every dataset file, checked
+before the store is reused. ``.work`` is removed after assembly.
 """
 
 from __future__ import annotations
@@ -32,14 +33,21 @@ from typing import Any
 import numpy as np
 
 from tokenclean.errors import TokencleanError
+from tokenclean.outputs import OWNER_FILE, StaleOutputError, file_digests, verify_files
 from tokenclean.scoring.scorers import get_scorer
-from tokenclean.utils import read_json, sha256_file, write_json_atomic
+from tokenclean.utils import CorruptFileError, get_logger, read_json, sha256_file, write_json_atomic
+
+log = get_logger("scoring")
 
 DATASET_FILES = ("dataset_info.json", "state.json")  # plus data-*.arrow
 
 
 class StoreError(TokencleanError):
     """The output directory cannot be used as a score store (or holds another run's partial results)."""
+
+
+class StaleStoreError(StoreError, StaleOutputError):
+    """The output directory holds (partial) results of another scoring run."""
 
 
 PHASES = ("base", "ref")
@@ -76,38 +84,67 @@ def my_chunks(n_samples: int, shard_size: int, shard_index: int, num_shards: int
     return [k for k in range(n_chunks(n_samples, shard_size)) if k % num_shards == shard_index]
 
 
+def _is_store_file(rel: str) -> bool:
+    return rel in DATASET_FILES or (rel.startswith("data-") and rel.endswith(".arrow"))
+
+
 def complete_manifest(out: Path, plan: dict[str, Any]) -> dict[str, Any] | None:
-    """The manifest of ``out`` when it already holds this run's complete store, else None."""
+    """The manifest of ``out`` when it already holds this run's complete store and its files are the ones
+    recorded when it was written (sizes and SHA-256), else None (a damaged store is recomputed)."""
     manifest = Path(out) / "manifest.json"
     if manifest.exists():
         old = read_json(manifest)
         if old.get("stage") == "score" and old.get("run_key") == plan["run_key"]:
-            return dict(old)
+            problem = verify_files(out, old.get("files"), only=_is_store_file)
+            if problem is None:
+                return dict(old)
+            log.warning("recomputing %s: %s", out, problem)
     return None
 
 
-def prepare_out(out: Path, plan: dict[str, Any], force: bool) -> None:
+def _read_plan(w: Path) -> dict[str, Any]:
+    try:
+        return dict(read_json(w / "plan.json"))
+    except CorruptFileError as e:
+        raise StoreError(
+            f"{w / 'plan.json'}: damaged ({e}); re-run with --force to discard the partial results in {w}"
+        ) from None
+
+
+def prepare_out(out: Path, plan: dict[str, Any], force: bool, replace_stale: bool = False) -> None:
     """Get ``out`` ready to compute ``plan``: keep ``.work`` chunks of the same plan (resume), refuse those of
     a different plan (unless ``force``, which discards them), refuse a non-empty directory that is not a
-    store, and invalidate an older complete store before anything new is written."""
+    store, and refuse a complete store of a different plan (unless ``force``); an older complete store is
+    invalidated before anything new is written. ``replace_stale`` (a pipeline's own stage directory)
+    discards partial or complete results of another plan like ``force``."""
     out = Path(out)
     manifest = out / "manifest.json"
     w = work_dir(out)
     if force and w.exists():
         shutil.rmtree(w)
     if (w / "plan.json").exists():
-        old_plan = read_json(w / "plan.json")
+        old_plan = _read_plan(w)
         if old_plan["run_key"] != plan["run_key"]:
             diff = sorted(k for k in plan if old_plan.get(k) != plan.get(k) and k != "run_key")
-            raise StoreError(
-                f"{w} holds partial results of a different scoring run (differs in: {', '.join(diff)}); "
-                "re-run with the same settings to resume, or with --force to discard them"
-            )
-    elif out.exists() and any(out.iterdir()) and not manifest.exists():
+            if not replace_stale:
+                raise StaleStoreError(
+                    f"{w} holds partial results of a different scoring run (differs in: {', '.join(diff)}); "
+                    "re-run with the same settings to resume, or with --force to discard them"
+                )
+            log.info("discarding partial results in %s: differ in %s", w, ", ".join(diff))
+            shutil.rmtree(w)
+    elif out.exists() and any(p.name != OWNER_FILE for p in out.iterdir()) and not manifest.exists():
         raise StoreError(
             f"{out} exists, is not empty and is not a tokenclean score store; choose another --out"
         )
     if manifest.exists():  # an older complete store: invalidate it before anything new is written
+        old = read_json(manifest)
+        if old.get("run_key") != plan["run_key"] and not (force or replace_stale):
+            diff = sorted(k for k in plan if old.get(k) != plan.get(k) and k != "run_key")
+            raise StaleStoreError(
+                f"--out {out} holds a finished score store of other settings or inputs (differs in: "
+                f"{', '.join(diff)}); pass --force to replace it, or choose another --out"
+            )
         _remove_store_files(out)
     w.mkdir(parents=True, exist_ok=True)
     if not (w / "plan.json").exists():
@@ -244,7 +281,9 @@ def assemble(
 
 
 def finish(out: Path, manifest: dict[str, Any]) -> None:
-    """Write the manifest (the completion mark) and drop the work directory."""
+    """Write the manifest (the completion mark, with the size and SHA-256 of every dataset file) and drop
+    the work directory."""
+    manifest["files"] = file_digests(out, only=_is_store_file)
     write_json_atomic(Path(out) / "manifest.json", manifest)
     shutil.rmtree(work_dir(out), ignore_errors=True)
     (Path(out) / ".merge.lock").unlink(missing_ok=True)

@@ -11,7 +11,8 @@ Output directory (``datasets.load_from_disk(DIR)``), one row per sample that kee
   per-sample kept-fraction histogram, samples emptied, level, seed, threshold, tie rule;
 - ``dropped.jsonl``: the samples emptied by selection (row, sample_id, response tokens);
 - ``manifest.json``: stage "select", inputs (paths and hashes of the score store and the prepared data),
-  settings, tokenizer identity (so ``tokenclean inspect`` finds it), counts, versions.
+  settings, tokenizer identity (so ``tokenclean inspect`` finds it), counts, versions, and the size and
+  SHA-256 of every file (``files``), checked before the output is reused.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import numpy as np
 
 from tokenclean import IGNORE_INDEX
 from tokenclean.errors import ConfigError, DataError
-from tokenclean.selection.masks import LEVELS, keep_mask, ratio_fraction
-from tokenclean.selection.stats import kept_per_sample, selection_stats
+from tokenclean.outputs import check_target, content_id, decide, file_digests, guarded, verify_input
+from tokenclean.selection.masks import LEVELS, TIE_RULE, keep_mask, ratio_fraction
+from tokenclean.selection.stats import kept_per_sample, selection_stats, tie_decided
 from tokenclean.selection.table import TokenTable, load_token_table, resolve_prepared_dir
 from tokenclean.utils import (
     atomic_dir,
@@ -45,6 +47,7 @@ from tokenclean.utils import (
 log = get_logger("select")
 
 SELECT_VERSION = 1  # bump when the output of select changes for the same inputs
+TIE_WARN_SHARE = 0.1  # warn when ties at the cut chose at least this share of the kept tokens
 MAX_CHUNK_TOKENS = 1 << 30  # Arrow list offsets are int32: keep every chunk well below 2**31 values
 
 
@@ -140,11 +143,13 @@ def _emptied_records(table: TokenTable, kept_rows: np.ndarray) -> list[dict[str,
 
 
 def _inputs(scores_dir: Path, prep: Path) -> dict[str, Any]:
-    sm, pm = read_json(scores_dir / "manifest.json"), read_json(prep / "manifest.json")
+    """The identities of the two inputs, after checking their files and that they belong together."""
+    sm = verify_input(scores_dir, hint="re-run tokenclean score (with --force)")
+    pm = verify_input(prep, hint="re-run tokenclean prepare (with --force)")
     return {
         "scores": {
             "dir": str(scores_dir.resolve()),
-            "sha256": sha256_tree(scores_dir),
+            "sha256": content_id(sm["files"]) if sm.get("files") else sha256_tree(scores_dir),
             "scorer": sm.get("scorer"),
             "base": sm.get("base"),
             "reference": sm.get("reference"),
@@ -154,10 +159,26 @@ def _inputs(scores_dir: Path, prep: Path) -> dict[str, Any]:
             "dir": str(prep.resolve()),
             "cache_key": pm.get("cache_key"),
             "manifest_sha256": sha256_file(prep / "manifest.json"),
+            "content": content_id(pm["files"]) if pm.get("files") else None,
         },
         "tokenizer": pm.get("tokenizer"),
         "template": pm.get("template"),
     }
+
+
+def check_same_data(scores_dir: Path, prep: Path) -> None:
+    """The store must come from this prepared dataset: equal sample ids and lengths are not enough, the
+    prepared key the store recorded must be the key in ``prep``'s manifest."""
+    sm, pm = read_json(scores_dir / "manifest.json"), read_json(prep / "manifest.json")
+    want, got = sm.get("prepared_cache_key"), pm.get("cache_key")
+    if want and got and want != got:
+        raise DataError(
+            str(prep),
+            f"is not the prepared data the score store {scores_dir} was computed from: the store records "
+            f"prepared key {want}, {prep}/manifest.json has key {got} (same sample ids and lengths do not "
+            f"make the same data); pass the store's own prepared dataset ({sm.get('prepared_dir')})",
+            field="cache_key",
+        )
 
 
 def _settings(level: str, ratio: float | None, seed: int, threshold: float | None, column: str) -> dict:
@@ -200,7 +221,7 @@ def write_cleaned(
             for rec in _emptied_records(table, kept_rows):
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         write_json_atomic(tmp / "selection_stats.json", stats)
-        write_json_atomic(tmp / "manifest.json", manifest)
+        write_json_atomic(tmp / "manifest.json", dict(manifest, files=file_digests(tmp)))
 
 
 def _select_one(
@@ -223,6 +244,8 @@ def _select_one(
     stats = selection_stats(
         keep, table.response_scores, table.response_offsets, s["level"], s["ratio"], s["seed"], s["threshold"]
     )
+    stats["tie_decided_tokens"] = tie_decided(keep, table.response_scores, table.response_offsets, s["level"])
+    warn_if_ties_decide(stats, out)
     manifest = dict(
         stage="select",
         cache_key=key,
@@ -251,13 +274,29 @@ def _select_one(
     return stats
 
 
-def _reusable(out: Path, key: str, force: bool) -> dict[str, Any] | None:
-    if force or not (out / "manifest.json").exists() or not (out / "selection_stats.json").exists():
+def _reusable(out: Path, identity: dict, key: str, force: bool, replace_stale: bool) -> dict[str, Any] | None:
+    old = decide(
+        out, "select", identity, force=force, replace_stale=replace_stale, legacy_key=("cache_key", key)
+    )
+    if old is None:
         return None
-    if read_json(out / "manifest.json").get("cache_key") != key:
-        return None
-    log.info("reusing %s (same scores, data and settings)", out)
     return dict(read_json(out / "selection_stats.json"), reused=True)
+
+
+def warn_if_ties_decide(stats: dict[str, Any], out: Path) -> None:
+    """Warn when equal scores, not the scores, chose a large share of the kept tokens."""
+    n, kept = stats.get("tie_decided_tokens", 0), stats["kept_tokens"]
+    if kept and n >= TIE_WARN_SHARE * kept:
+        log.warning(
+            "%s: ties decided %d of the %d kept tokens (%.0f%%): that many tokens share the score at the cut "
+            "and were taken in dataset order (%s), not by score; the scores may carry little information "
+            "(all zero when the reference equals the base)",
+            out,
+            n,
+            kept,
+            100 * n / kept,
+            TIE_RULE,
+        )
 
 
 def select(
@@ -272,18 +311,33 @@ def select(
     force: bool = False,
     weights: str | None = None,
     temperature: float = 1.0,
+    replace_stale: bool = False,
 ) -> dict[str, Any]:
     """Select tokens from a score store and write the cleaned dataset to ``out``. Returns the stats dict.
 
     ``level``: global | sample | random | threshold (see :mod:`tokenclean.selection.masks`); ``ratio`` is
     K in [0, 1] (unused by threshold); ``seed`` drives ``random``; ``threshold`` keeps ``score > value``.
-    The same inputs and settings reuse an existing ``out`` unless ``force``.
+    The same inputs and settings reuse an existing ``out`` (its files verified) unless ``force``; an
+    ``out`` that is not a selection, or one of other inputs or settings, is refused unless ``force`` (or
+    ``replace_stale``, for a pipeline's own stage directory); see :mod:`tokenclean.outputs`.
     """
     return select_many(
-        scores_dir, [ratio], [out], level, seed, threshold, prepared_dir, column, force, weights, temperature
+        scores_dir,
+        [ratio],
+        [out],
+        level,
+        seed,
+        threshold,
+        prepared_dir,
+        column,
+        force,
+        weights,
+        temperature,
+        replace_stale,
     )[0]
 
 
+@guarded("select", out="outs", inputs=("scores_dir", "prepared_dir"))
 def select_many(
     scores_dir: str | Path,
     ratios: Sequence[float | None],
@@ -296,6 +350,7 @@ def select_many(
     force: bool = False,
     weights: str | None = None,
     temperature: float = 1.0,
+    replace_stale: bool = False,
 ) -> list[dict[str, Any]]:
     """Score once, select many: one cleaned dataset per ratio from one load of the store and the data.
     Masks of a global sweep are nested (a larger K keeps a superset). With ``weights="sigmoid"`` (soft
@@ -307,27 +362,37 @@ def select_many(
     t0 = time.time()
     scores_dir = Path(scores_dir)
     prep = resolve_prepared_dir(scores_dir, prepared_dir)
+    for o in outs:
+        check_target(o, "select", [scores_dir, prep])
     inputs = _inputs(scores_dir, prep)
     jobs = []
     for r, o in zip(ratios, outs):
         settings = _settings(level, r, seed, threshold, column)
         if weights is not None:
             settings = _weight_settings(settings, weights, temperature)
-        key = sha256_json(
-            {
-                "v": SELECT_VERSION,
-                "settings": settings,
-                "inputs": inputs["scores"]["sha256"],
-                "prep": inputs["prepared"],
-            }
-        )
-        jobs.append((settings, key, Path(o), _reusable(Path(o), key, force)))
-    if all(j[3] is not None for j in jobs):
-        return [j[3] for j in jobs]  # type: ignore[misc]
+        identity = {
+            "v": SELECT_VERSION,
+            "settings": settings,
+            "inputs": inputs["scores"]["sha256"],
+            "prep": inputs["prepared"],
+        }
+        key = sha256_json(identity)
+        reused = _reusable(Path(o), identity, key, force, replace_stale)
+        jobs.append((settings, key, identity, Path(o), reused))
+    if all(j[4] is not None for j in jobs):
+        return [j[4] for j in jobs]  # type: ignore[misc]
     table = load_token_table(scores_dir, prep, column)
+    check_same_data(scores_dir, prep)
     scores, offsets = table.response_scores, table.response_offsets
+    if scores.size and np.isnan(scores).all():
+        raise DataError(
+            str(scores_dir),
+            f"every one of the {scores.size} response-token scores (column '{column}') is NaN: the store "
+            "holds no usable score, whatever the level; re-run tokenclean score (with --force)",
+            field=column,
+        )
     results = []
-    for settings, key, out, reused in jobs:
+    for settings, key, identity, out, reused in jobs:
         if reused is not None:
             results.append(reused)
             continue
@@ -336,7 +401,7 @@ def select_many(
         if weights is not None:
             w = soft_weights(scores, keep, temperature)
             keep = w > 0
-        results.append(_select_one(table, keep, settings, inputs, key, out, t0, w))
+        results.append(_select_one(table, keep, settings, dict(inputs, identity=identity), key, out, t0, w))
     return results
 
 

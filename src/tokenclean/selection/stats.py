@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from tokenclean.selection.masks import TIE_RULE, check_offsets, ratio_count, ratio_counts
+from tokenclean.selection.masks import TIE_RULE, check_offsets, ratio_count, ratio_counts, segment_ids
 
 HIST_BINS = 10
 
@@ -74,3 +74,23 @@ def selection_stats(
         "threshold": threshold if level == "threshold" else None,
         "tie_rule": TIE_RULE,
     }
+
+
+def tie_decided(keep: np.ndarray, scores: np.ndarray, offsets: np.ndarray, level: str) -> int:
+    """Kept tokens chosen by the tie rule rather than by their score: those sharing the score at a cut
+    (``global``: one cut; ``sample``: one per sample) where other tokens with that same score were dropped.
+    0 for ``random`` and ``threshold`` (no cut by rank)."""
+    if level not in ("global", "sample") or not keep.any():
+        return 0
+    s = np.asarray(scores, dtype=np.float64) + 0.0  # (N,) -0.0 == 0.0
+    if level == "global":
+        tied = s == s[keep].min()  # (N,) the cut is the lowest kept score
+        return int(np.count_nonzero(tied & keep)) if np.any(tied & ~keep) else 0
+    off = check_offsets(offsets, keep.size)
+    seg = segment_ids(off)  # (N,)
+    cut = np.full(off.size - 1, np.inf)  # (S,) lowest kept score of each sample
+    np.minimum.at(cut, seg[keep], s[keep])
+    has_kept = np.bincount(seg[keep], minlength=off.size - 1) > 0  # (S,)
+    tied = (s == cut[seg]) & has_kept[seg]  # (N,)
+    split = np.bincount(seg[tied & ~keep], minlength=off.size - 1) > 0  # (S,) some tied dropped
+    return int(np.count_nonzero(tied & keep & split[seg]))

@@ -15,6 +15,7 @@ import numpy as np
 
 from tokenclean import IGNORE_INDEX
 from tokenclean.data.prepare import prepared_features
+from tokenclean.outputs import file_digests
 from tokenclean.utils import atomic_dir, read_json, sha256_json, write_json_atomic
 
 
@@ -28,7 +29,7 @@ def _save(out: str | Path, cols: dict[str, list[Any]], features: Any, manifest: 
     )
     with atomic_dir(out) as tmp:
         ds.save_to_disk(str(tmp))
-        write_json_atomic(tmp / "manifest.json", manifest)
+        write_json_atomic(tmp / "manifest.json", dict(manifest, files=file_digests(tmp)))
 
 
 def write_prepared(

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from tokenclean.errors import ConfigError
+from tokenclean.outputs import guarded
 from tokenclean.utils import get_logger, package_versions, sha256_json, sha256_tree
 
 log = get_logger("select")
@@ -134,6 +135,7 @@ def xtf_signals(model: Any, table: Any, prompt_masks: list[np.ndarray], batch_to
     return {"novelty": 1.0 - prob, "attention": attn}
 
 
+@guarded("select", inputs=("prepared_dir",))
 def xtf_select(
     prepared_dir: str | Path,
     base: str,
@@ -142,6 +144,7 @@ def xtf_select(
     dtype: str = "fp32",
     device: str = "cpu",
     force: bool = False,
+    replace_stale: bool = False,
 ) -> dict[str, Any]:
     """Run XTF on a prepared dataset with ``base`` and write a cleaned dataset (``tokenclean select``'s
     layout) to ``out``. Returns the selection stats, with per-filter counts under ``xtf``."""
@@ -153,8 +156,9 @@ def xtf_select(
     from tokenclean.selection.table import TokenTable, arrow_table, list_column
 
     t0, prep, out = time.time(), Path(prepared_dir), Path(out)
-    key = sha256_json({"xtf": asdict(settings), "base": base, "dtype": dtype, "prep": sha256_tree(prep)})
-    reused = _reusable(out, key, force)
+    identity = {"xtf": asdict(settings), "base": base, "dtype": dtype, "prep": sha256_tree(prep)}
+    key = sha256_json(identity)
+    reused = _reusable(out, identity, key, force, replace_stale)
     if reused is not None:
         return reused
     pt = arrow_table(datasets.load_from_disk(str(prep)))
@@ -204,6 +208,7 @@ def xtf_select(
         "stage": "select",
         "level": "xtf",
         "cache_key": key,
+        "identity": identity,
         "base": base,
         "prepared": {"dir": str(prep.resolve())},
         "xtf": stats["xtf"],

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from tokenclean.errors import ConfigError
+from tokenclean.outputs import StaleOutputError
 from tokenclean.utils import atomic_dir, read_json, write_json_atomic
 
 CHECKPOINT = "checkpoint"
@@ -96,7 +97,7 @@ def read_checkpoint_state(out: Path) -> dict[str, Any] | None:
 
 
 def check_same_run(saved: dict[str, Any], current: dict[str, Any], what: str) -> None:
-    """Raise :class:`ConfigError` naming every setting that differs between a saved and the current run."""
+    """Raise :class:`StaleOutputError` (a :class:`ConfigError`) naming every setting that differs between a saved and the current run."""
     diffs = []
     for key in sorted(set(saved) | set(current)):
         if key == "config":
@@ -106,7 +107,7 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], what: str) ->
         elif saved.get(key) != current.get(key):
             diffs.append(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}")
     if diffs:
-        raise ConfigError(
+        raise StaleOutputError(
             f"{what} was written by a different run ({'; '.join(diffs)}); use another --out or delete it"
         )
 

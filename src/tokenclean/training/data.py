@@ -17,6 +17,7 @@ import numpy as np
 
 from tokenclean import IGNORE_INDEX
 from tokenclean.errors import DataError
+from tokenclean.outputs import verify_input
 from tokenclean.utils import get_logger
 
 log = get_logger("training")
@@ -96,10 +97,14 @@ def load_train_data(data_dir: str | Path, max_length: int) -> TrainData:
 
     path = Path(data_dir)
     where = str(path)
+    if (path / "manifest.json").is_file():  # a tokenclean output: its files must be the ones it wrote
+        verify_input(path, hint="re-create it (tokenclean prepare/select with --force)")
     try:
         ds = datasets.load_from_disk(where)
     except FileNotFoundError:
         raise DataError(where, "not a dataset saved with save_to_disk (tokenclean prepare/select)") from None
+    except Exception as e:  # truncated or damaged Arrow files
+        raise DataError(where, f"cannot be read as a dataset ({type(e).__name__}: {e})") from None
     if isinstance(ds, datasets.DatasetDict):
         raise DataError(where, f"is a DatasetDict ({', '.join(ds)}); pass one split's directory")
     for col in ("input_ids", "labels"):

@@ -45,6 +45,7 @@ from tokenclean.models.loader import (
     resolve_model,
     tokenizer_identity,
 )
+from tokenclean.outputs import file_digests, guarded
 from tokenclean.signals import signal_model
 from tokenclean.training.checkpoint import (
     CHECKPOINT,
@@ -65,6 +66,7 @@ from tokenclean.training.collate import (
 from tokenclean.training.config import TrainConfig
 from tokenclean.training.data import TrainData, load_train_data
 from tokenclean.training.distributed import StepDist
+from tokenclean.training.integrity import check_finished, log_lines
 from tokenclean.training.loss import accumulate_step
 from tokenclean.training.model import (
     adapter_path,
@@ -74,6 +76,7 @@ from tokenclean.training.model import (
     trainable_parameters,
 )
 from tokenclean.training.policies import Policy, StepView, build_policy
+from tokenclean.training.schedule import warn_if_no_update
 from tokenclean.utils import (
     atomic_dir,
     get_logger,
@@ -106,6 +109,7 @@ def run_identity(
     }
 
 
+@guarded("train", inputs=("data_dir", "init_adapter", "model"), in_place=True, before=check_finished)
 def train(
     data_dir: str | Path,
     model: str,
@@ -166,6 +170,7 @@ def train(
     wrapped, optimizer = acc.prepare(wrapped, optimizer)
     global_batch = cfg.effective_batch_size * acc.num_processes  # HF convention: per-device x accum x N
     n_steps = total_steps(len(data), global_batch, cfg.epochs, cfg.max_steps)
+    warn_if_no_update(len(data), cfg, n_steps, global_batch)
     scheduler = _scheduler(optimizer, cfg, n_steps)
     state: dict[str, Any] = {
         "step": 0,
@@ -449,7 +454,7 @@ def _trim_log(path: Path, step: int) -> None:
     """Drop log lines past the resumed step (they are recomputed)."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    keep = [ln for ln in log_lines(path) if json.loads(ln)["step"] <= step]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(ln + "\n" for ln in keep))
     os.replace(tmp, path)
@@ -476,6 +481,7 @@ def _finish(
         lm_state = None if full is None else {k.removeprefix("lm."): v for k, v in full.items()}
         with atomic_dir(out / "adapter") as tmp:  # never resized; no Hub lookup
             net.save_pretrained(str(tmp), save_embedding_layers=False, state_dict=lm_state)
+        done["adapter_files"] = file_digests(out / "adapter")  # verified before a finished run is reused
         write_json_atomic(out / "done.json", done)
         shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
         log.info(
