@@ -16,12 +16,14 @@ import pytest
 
 from tokenclean.testing import have, make_tiny_llama, make_tiny_tokenizer, require
 
+USER_CACHE = Path(os.environ.get("TOKENCLEAN_CACHE", Path.home() / ".cache" / "tokenclean"))
+
 
 def _temporary_cache() -> Path:
     """Tests never write into the user's real cache (~/.cache/tokenclean): model conversions and the
     file-hash memo go to a temporary directory of this session. A model the user already converted is
     linked in (only read), so the suite does not convert it again."""
-    user = Path(os.environ.get("TOKENCLEAN_CACHE", Path.home() / ".cache" / "tokenclean"))
+    user = USER_CACHE
     tmp = Path(tempfile.mkdtemp(prefix="tokenclean-test-cache-"))
     os.environ["TOKENCLEAN_CACHE"] = str(tmp)
     if (user / "models").is_dir():
@@ -33,6 +35,12 @@ def _temporary_cache() -> Path:
 
 
 _TEST_CACHE = _temporary_cache()
+
+
+@pytest.fixture()
+def user_cache() -> Path:
+    """The cache directory tokenclean would use outside the tests (never written by them)."""
+    return USER_CACHE
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -116,3 +124,26 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture()
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture()
+def tc_log():
+    """The messages tokenclean logs (INFO and up) during a test, as a list of strings."""
+    import logging
+
+    from tokenclean.utils import get_logger
+
+    get_logger("tests")  # configure the tokenclean logger first
+    root = logging.getLogger("tokenclean")
+    records: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(f"{record.levelname} {record.getMessage()}")
+
+    handler, level = _Collect(logging.INFO), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield records
+    root.removeHandler(handler)
+    root.setLevel(level)

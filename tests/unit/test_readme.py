@@ -1,4 +1,5 @@
-"""The README holds exactly two set-up commands, and .ci/run runs the README's test command verbatim."""
+"""The README holds exactly two set-up commands, and .ci/run runs the README's test command verbatim (and the
+main job's install)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ def test_exactly_two_setup_commands_and_ci_runs_the_test_one() -> None:
     assert main_job.startswith("pip install torch==2.13.0 ") and "tokenclean" in main_job
     assert tests.startswith("pip install torch==2.13.0 ") and "pytest" in tests
     ci = (ROOT / ".ci" / "run").read_text()
-    ci_line = [ln for ln in ci.splitlines() if ln.startswith("pip install")]
-    assert len(ci_line) == 1
-    assert ci_line[0].replace("pip install -q ", "pip install ") == tests
+    ci_lines = [ln.strip().replace("pip install -q ", "pip install ") for ln in ci.splitlines()]
+    ci_lines = [ln for ln in ci_lines if ln.startswith("pip install")]
+    assert len(ci_lines) == 2  # the main job's install ([demo]) and the test command
+    assert ci_lines[1] == tests
+    assert main_job.startswith(ci_lines[0] + " && tokenclean demo")
