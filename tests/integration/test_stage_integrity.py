@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from tokenclean.errors import ModelError
-from tokenclean.outputs import OutputError
+from tokenclean.errors import ModelError, TokencleanError
 from tokenclean.pipelines.config import load_run_config
 from tokenclean.pipelines.runner import run
 from tokenclean.scoring import score_dataset
@@ -143,14 +142,14 @@ def test_score_refuses_out_equal_to_data_and_a_stale_store_without_force(
     prepared: Path, tiny_model_dir: Path, adapter: Path, tmp_path: Path
 ) -> None:
     before = sorted((p.name, p.stat().st_size) for p in prepared.iterdir())
-    with pytest.raises(OutputError, match=r"is the input"):
+    with pytest.raises(TokencleanError, match=r"is the input"):
         _score(prepared, tiny_model_dir, prepared, reference=str(adapter))
     assert sorted((p.name, p.stat().st_size) for p in prepared.iterdir()) == before
     out = tmp_path / "s"
     _score(prepared, tiny_model_dir, out, reference=str(adapter))
     files = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(
-        OutputError, match=r"finished score store of other settings .*differs in: .*dtype.*--force"
+        TokencleanError, match=r"finished score store of other settings .*differs in: .*dtype.*--force"
     ):
         _score(prepared, tiny_model_dir, out, reference=str(adapter), dtype="bf16")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files  # the finished store is intact

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tokenclean.testing import HIDE_ENV
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pytest(target: str, hide: str, ci: bool) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, **{HIDE_ENV: hide})
+    env = dict(os.environ, TOKENCLEAN_TEST_HIDE=hide)
     env.pop("CI", None)
     if ci:
         env["CI"] = "true"

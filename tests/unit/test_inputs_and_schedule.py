@@ -12,7 +12,6 @@ from tokenclean.data.formats import read_records
 from tokenclean.errors import ConfigError, DataError
 from tokenclean.pipelines.config import load_run_config
 from tokenclean.training import TrainConfig
-from tokenclean.training.schedule import lr_factor, no_update_message, updating_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 ROW = {"prompt": "hello there", "completion": "general kenobi"}
@@ -75,6 +74,8 @@ def test_the_demo_config_names_its_data_and_model_explicitly() -> None:
 
 
 def test_a_schedule_with_no_update_is_named_with_its_numbers() -> None:
+    from tokenclean.training.schedule import no_update_message
+
     cfg = TrainConfig()  # the paper's: batch 4 x accumulation 12, warm-up 3%
     msg = no_update_message(24, cfg, 1)
     assert msg is not None
@@ -95,6 +96,8 @@ def test_updating_steps_equals_the_transformers_schedule(n_steps: int, ratio: fl
 
     import torch
     from transformers import get_linear_schedule_with_warmup
+
+    from tokenclean.training.schedule import lr_factor, updating_steps
 
     w = math.ceil(ratio * n_steps)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)

@@ -16,11 +16,9 @@ import pytest
 
 from tokenclean import IGNORE_INDEX
 from tokenclean.data.prepare import prepare
-from tokenclean.errors import DataError
-from tokenclean.outputs import OutputError, lock_path, output_lock
+from tokenclean.errors import DataError, TokencleanError
 from tokenclean.selection import select
 from tokenclean.selection.synthetic import write_prepared, write_score_store
-from tokenclean.utils import CorruptFileError
 
 X = IGNORE_INDEX
 IDS = [[1, 2, 3, 4, 5], [6, 7, 8], [9, 10, 11, 12]]
@@ -85,7 +83,7 @@ def test_selection_with_changed_stats_is_recomputed_and_a_changed_store_is_refus
     data = bytearray(f.read_bytes())
     data[-9] ^= 0xFF
     f.write_bytes(bytes(data))
-    with pytest.raises(OutputError, match=r"scores: data-.*\.arrow changed content"):
+    with pytest.raises(TokencleanError, match=r"scores: data-.*\.arrow changed content"):
         select(store, 0.5, "global", tmp_path / "d")
 
 
@@ -116,16 +114,16 @@ def test_prepare_and_select_refuse_a_users_directory(
     mine.mkdir()
     (mine / "notes.txt").write_text("my own work")
     with pytest.raises(
-        OutputError, match=r"mine exists and is not a tokenclean output, not a prepare output"
+        TokencleanError, match=r"mine exists and is not a tokenclean output, not a prepare output"
     ):
         prepare(src, tiny_tok, mine, progress=False)
-    with pytest.raises(OutputError, match=r"not a select output"):
+    with pytest.raises(TokencleanError, match=r"not a select output"):
         select(store, 0.5, "global", mine, force=True)  # not even with --force
     assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (
         mine / "notes.txt"
     ).read_text() == "my own work"
     # another kind of tokenclean output is not replaced either
-    with pytest.raises(OutputError, match=r"is a tokenclean prepare output, not a select output"):
+    with pytest.raises(TokencleanError, match=r"is a tokenclean prepare output, not a select output"):
         select(store, 0.5, "global", store.parent / "prep")
 
 
@@ -145,11 +143,11 @@ def test_prepare_cli_refuses_a_users_directory_before_loading_the_tokenizer(
 def test_an_output_equal_to_or_inside_an_input_is_refused(
     src: Path, store: Path, tmp_path: Path, tiny_tok
 ) -> None:
-    with pytest.raises(OutputError, match=r"is the input"):
+    with pytest.raises(TokencleanError, match=r"is the input"):
         select(store, 0.5, "global", store)
-    with pytest.raises(OutputError, match=r"is inside the input"):
+    with pytest.raises(TokencleanError, match=r"is inside the input"):
         select(store, 0.5, "global", store / "cleaned")
-    with pytest.raises(OutputError, match=r"is inside --out"):  # replacing --out would delete the input
+    with pytest.raises(TokencleanError, match=r"is inside --out"):  # replacing --out would delete the input
         prepare(src, tiny_tok, tmp_path, progress=False)
     assert src.exists() and (store / "manifest.json").exists()
 
@@ -168,6 +166,8 @@ HOLD = textwrap.dedent(
 
 
 def test_a_second_writer_gets_in_use_by_pid(src: Path, tmp_path: Path, tiny_tok) -> None:
+    from tokenclean.outputs import lock_path
+
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     holder = subprocess.Popen(
@@ -175,7 +175,7 @@ def test_a_second_writer_gets_in_use_by_pid(src: Path, tmp_path: Path, tiny_tok)
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        with pytest.raises(OutputError, match=rf"in use by PID {holder.pid}\b"):
+        with pytest.raises(TokencleanError, match=rf"in use by PID {holder.pid}\b"):
             prepare(src, tiny_tok, out, progress=False)
         assert not out.exists()  # nothing written by the second writer
     finally:
@@ -186,6 +186,8 @@ def test_a_second_writer_gets_in_use_by_pid(src: Path, tmp_path: Path, tiny_tok)
 
 
 def test_lock_is_reentrant_in_one_process_and_released(tmp_path: Path) -> None:
+    from tokenclean.outputs import lock_path, output_lock
+
     out = tmp_path / "o"
     with output_lock(out), output_lock(out):
         assert lock_path(out).read_text() == str(os.getpid())
@@ -208,7 +210,9 @@ def test_damaged_manifest_is_named_not_a_traceback(src: Path, tmp_path: Path, ti
     out = tmp_path / "out"
     prepare(src, tiny_tok, out, progress=False)
     (out / "manifest.json").write_text('{"stage": "prepare", "cache')  # torn
-    with pytest.raises(OutputError, match=r"manifest\.json: not valid JSON \(line 1.*remove that directory"):
+    with pytest.raises(
+        TokencleanError, match=r"manifest\.json: not valid JSON \(line 1.*remove that directory"
+    ):
         prepare(src, tiny_tok, out, progress=False)
 
 
@@ -228,14 +232,14 @@ def test_read_json_names_the_file(tmp_path: Path) -> None:
 
     p = tmp_path / "x.json"
     p.write_text("[1, 2")
-    with pytest.raises(CorruptFileError, match=r"x\.json: not valid JSON"):
+    with pytest.raises(TokencleanError, match=r"x\.json: not valid JSON"):
         read_json(p)
 
 
 def test_truncated_arrow_file_of_a_store_is_a_clear_error(store: Path, tmp_path: Path) -> None:
     f = arrow_files(store)[0]
     f.write_bytes(f.read_bytes()[:100])
-    with pytest.raises(OutputError, match=r"data-.*\.arrow changed size \(\d+ -> 100 bytes; truncated"):
+    with pytest.raises(TokencleanError, match=r"data-.*\.arrow changed size \(\d+ -> 100 bytes; truncated"):
         select(store, 0.5, "global", tmp_path / "c")
 
 
@@ -245,7 +249,7 @@ def test_a_read_only_out_is_found_before_the_work(src: Path, tmp_path: Path, tin
     monkeypatch.setattr(outputs, "_writable", lambda p: Path(p) != tmp_path)  # (root ignores chmod)
     called = []
     monkeypatch.setattr("tokenclean.data.prepare.read_records", lambda *a, **k: called.append(1) or iter(()))
-    with pytest.raises(OutputError, match=rf"cannot write --out .*: no write permission on {tmp_path}"):
+    with pytest.raises(TokencleanError, match=rf"cannot write --out .*: no write permission on {tmp_path}"):
         prepare(src, tiny_tok, tmp_path / "out", progress=False)
     assert not called
 
