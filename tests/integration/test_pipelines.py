@@ -138,6 +138,7 @@ def test_killed_pipeline_resumes_to_the_same_adapter(
             assert (a[k] == b[k]).all(), (name, k)
 
 
+@pytest.mark.requires("matplotlib")  # the report
 def test_ground_truth_demo_logic(tmp_path: Path, tiny_model_dir: Path) -> None:
     from tokenclean.pipelines.groundtruth import class_table, results_table
 
@@ -177,6 +178,7 @@ def test_ground_truth_demo_logic(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert 'class="t kept"' in html and "fixed_model" in html
 
 
+@pytest.mark.requires("matplotlib")  # the report
 def test_run_command_says_where_the_report_is(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
     from tokenclean.cli import main
 

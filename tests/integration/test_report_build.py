@@ -18,6 +18,8 @@ from tokenclean.report.runs import View
 from tokenclean.report.synthetic import make_synthetic_run, write_records
 from tokenclean.report.tokens import load_token_arrays, tokenizer_name
 
+pytestmark = pytest.mark.requires("matplotlib")  # every report has figures
+
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_tok, tiny_tok_dir: Path) -> Path:
