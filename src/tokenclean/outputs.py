@@ -123,7 +123,7 @@ def check_target(out: str | Path, kind: str, inputs: Iterable[Any] = ()) -> None
     if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise OutputError(f"--out {out} exists and is not a directory; choose another --out")
-        if any(out.iterdir()):
+        if any(not _own_scratch(p.name) for p in out.iterdir()):
             found = existing_kind(out, kind)
             if found != kind:
                 what = f"a tokenclean {found} output" if found else "not a tokenclean output"
@@ -132,6 +132,12 @@ def check_target(out: str | Path, kind: str, inputs: Iterable[Any] = ()) -> None
                     f"own {kind} outputs: choose another --out (or remove {out} yourself)"
                 )
     check_writable(out)
+
+
+def _own_scratch(name: str) -> bool:
+    """Entries a stage creates before its output can be recognised (the owner mark being written, the
+    score store's work and merge lock): another process of the same launched job may see them first."""
+    return name in (OWNER_FILE, ".work", ".merge.lock") or name.startswith(f".{OWNER_FILE}.")
 
 
 def _writable(path: Path) -> bool:
