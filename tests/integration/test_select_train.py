@@ -133,7 +133,7 @@ def test_soft_weights_train_with_tokenclean_and_trl(
 ) -> None:
     """select --weights sigmoid writes a weights column; tokenclean train --policy weights and TRL's
     SFTTrainer with TokenWeightsMixin both train on it with the rule sum w*l / sum w."""
-    pytest.importorskip("trl")
+    require("trl")
     import datasets
     import numpy as np
     import torch
