@@ -267,6 +267,7 @@ OPTIONAL = {
     "matplotlib": "pip install -e '.[dev]'",
     "mypy": "pip install -e '.[dev]'",
     "ruff": "pip install -e '.[dev]'",
+    "skimage": "pip install -e '.[dev]' (scikit-image)",
 }
 """What the full test suite needs beyond the core install, and how to get it."""
 HIDE_ENV = "TOKENCLEAN_TEST_HIDE"

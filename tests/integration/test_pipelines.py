@@ -10,6 +10,7 @@ import pytest
 
 from tokenclean.pipelines.config import load_run_config
 from tokenclean.pipelines.runner import run
+from tokenclean.testing import require
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -199,7 +200,7 @@ PEERS = ["online_rho1", "sstoken", "xtf", "dft", "profit", "soft_token_cleaning"
 
 def test_peer_methods_run_from_a_config(tmp_path: Path, tiny_model_dir: Path) -> None:
     """Every peer method runs from `tokenclean run` on the tiny model, with its own settings section."""
-    pytest.importorskip("skimage")
+    require("skimage")
     import datasets
 
     cfg = tiny_cfg(

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tokenclean.selection.xtf import XtfSettings, iqr_fence_noise, otsu_low_class, xtf_select
+from tokenclean.testing import require
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,7 +28,7 @@ def test_iqr_fence_and_otsu_by_hand() -> None:
 
 
 def test_xtf_select_equals_naive_filters(tmp_path: Path, tiny_tok, tiny_tok_dir, tiny_model_dir) -> None:
-    pytest.importorskip("skimage")
+    require("skimage")
     import datasets
     from transformers import AutoModelForCausalLM
 
