@@ -75,7 +75,9 @@ def main() -> None:
     for ev in prof.key_averages():
         totals[group(ev.key)] += ev.self_cpu_time_total / 1e6
     all_s = sum(totals.values())
-    print(f"\n{tokens} tokens ({n_scored} scored) in {wall:.1f} s under the profiler ({tokens / wall:.0f} tokens/s)")
+    print(
+        f"\n{tokens} tokens ({n_scored} scored) in {wall:.1f} s under the profiler ({tokens / wall:.0f} tokens/s)"
+    )
     print("\n| operator group | self CPU s | share |\n|---|---|---|")
     for k, v in sorted(totals.items(), key=lambda kv: -kv[1]):
         print(f"| {k} | {v:.2f} | {100 * v / all_s:.1f}% |")

@@ -66,8 +66,7 @@ class TrainConfig:
     logging_steps: int = 1
     """Append a line to OUT/log.jsonl every this many optimizer steps."""
     policy: str = "labels"
-    """Token policy deciding inside each step which tokens count and with what weight: labels (the labels
-    as given), weights (the dataset's weights column), rho1 (online RHO-1); see docs/training.md."""
+    """Token policy in each step: labels, weights, rho1, sstoken, dft or profit (docs/methods.md)."""
     policy_settings: dict[str, Any] = field(default_factory=dict)
     """Settings of the token policy (e.g. rho1: ratio, reference, scores); unknown keys are errors."""
 
