@@ -24,11 +24,9 @@ def _limit_arg(value: str) -> float:
 @cli.command("eval")
 def _eval(a: argparse.Namespace) -> int:
     from tokenclean.evaluation import evaluate
+    from tokenclean.utils import apply_threads
 
-    if a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
+    apply_threads(a.threads)
     r = evaluate(
         a.model,
         adapter=a.adapter,
@@ -117,7 +115,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     s.add_argument("--dtype", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
     s.add_argument(
-        "--threads", type=int, default=None, help="CPU threads for torch (1 is faster on a busy machine)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: the cores idle at start; OMP_NUM_THREADS if set)",
     )
 
     s = sub.add_parser("eval-data", help="make local benchmark files for offline evaluation")

@@ -21,10 +21,9 @@ def _print_report(summary: dict) -> None:
 
 
 def _threads(a: argparse.Namespace) -> None:
-    if getattr(a, "threads", None):
-        import torch
+    from tokenclean.utils import apply_threads
 
-        torch.set_num_threads(a.threads)
+    apply_threads(getattr(a, "threads", None))
 
 
 def _not_rank0() -> bool:
@@ -103,14 +102,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("config", help="YAML config (see configs/)")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. selection.ratio=0.5")
     s.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per process (default: the cores idle at start; OMP_NUM_THREADS if set)",
     )
 
     s = sub.add_parser("demo", help="offline demo: every method on a ground-truth pool with SmolLM2-135M")
     s.add_argument("--out", default="runs/demo", help="run directory (re-running resumes / reuses it)")
     s.add_argument("overrides", nargs="*", help="key=value overrides of the demo config")
     s.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per process (default: the cores idle at start; OMP_NUM_THREADS if set)",
     )
 
     s = sub.add_parser("validate-config", help="check run configs (unknown keys and bad values fail)")

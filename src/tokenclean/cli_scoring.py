@@ -12,11 +12,9 @@ from tokenclean.cli import _EXTRA_PARSERS, command
 def _score(a: argparse.Namespace) -> int:
     from tokenclean.scoring import score_dataset
     from tokenclean.training.distributed import launched_world
+    from tokenclean.utils import apply_threads
 
-    if a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
+    apply_threads(getattr(a, "threads", None))
     m = score_dataset(
         a.data,
         a.base,
@@ -76,7 +74,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     s.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per process (default: the cores idle at start; OMP_NUM_THREADS if set)",
     )
     s.add_argument(
         "--batch-tokens",

@@ -74,11 +74,9 @@ def _select(a: argparse.Namespace) -> int:
 @command("xtf")
 def _xtf(a: argparse.Namespace) -> int:
     from tokenclean.selection.xtf import XtfSettings, xtf_select
+    from tokenclean.utils import apply_threads
 
-    if a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
+    apply_threads(getattr(a, "threads", None))
     settings = XtfSettings(
         novelty_min=a.novelty_min,
         iqr_k=a.iqr_k,
@@ -145,7 +143,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--filters", default="novelty,attention,relevance", help="filters in the union")
     x.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     x.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    x.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    x.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: the cores idle at start; OMP_NUM_THREADS if set)",
+    )
     x.add_argument("--force", action="store_true", help="recompute even if OUT holds the same result")
 
 

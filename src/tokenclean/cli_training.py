@@ -75,7 +75,10 @@ def _policy_settings(pairs: list[str]) -> dict[str, Any]:
 def _train(a: argparse.Namespace) -> int:
     from tokenclean.training.loop import train
 
+    from tokenclean.utils import apply_threads
+
     cfg = train_config_from_args(a)
+    apply_threads(a.threads)
     d = train(
         a.data,
         a.model,
@@ -105,11 +108,9 @@ def _train(a: argparse.Namespace) -> int:
 @command("merge")
 def _merge(a: argparse.Namespace) -> int:
     from tokenclean.training.merging import merge
+    from tokenclean.utils import apply_threads
 
-    if a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
+    apply_threads(getattr(a, "threads", None))
     m = merge(a.model, a.adapter, a.out, dtype=a.dtype, device=a.device)
     print(f"merged {m['adapter']} into {m['base']} ({m['dtype']}) -> {a.out}")
     return 0
@@ -143,7 +144,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     s.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per process (default: the cores idle at start; OMP_NUM_THREADS if set)",
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -153,7 +157,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True)
     s.add_argument("--dtype", default="model", choices=["model", "fp32", "bf16", "fp16"])
     s.add_argument("--device", default="cpu")
-    s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: the cores idle at start; OMP_NUM_THREADS if set)",
+    )
 
 
 _EXTRA_PARSERS.append(add_parsers)

@@ -128,3 +128,36 @@ def package_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def choose_threads(requested: int | None, cores: int | None = None, load: float | None = None) -> int:
+    """torch CPU threads for this process: ``requested`` when given; else ``OMP_NUM_THREADS`` when the
+    user or a launcher set it; else the cores that are idle now (cores minus the 1-minute load average,
+    rounded, at least 1).
+
+    Why not simply every core: a scoring or training pass is many short parallel regions (norms, SiLU,
+    rotary, small matrix products), each ending in a barrier across the threads. When another process holds
+    one of the cores, every barrier waits for the descheduled thread; measured on 2 cores at load ~6, 2
+    threads spent 13x longer in element-wise ops than 1 thread and scored 2x slower in all
+    (docs/scoring.md, "Under CPU contention")."""
+    if requested:
+        return int(requested)
+    env = os.environ.get("OMP_NUM_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = cores
+    busy = os.getloadavg()[0] if load is None else load
+    return max(1, min(n, int(n - busy + 0.5)))
+
+
+def apply_threads(requested: int | None) -> int:
+    """Set torch's intra-op threads by :func:`choose_threads`; returns the number and logs it."""
+    import torch
+
+    n = choose_threads(requested)
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+    get_logger("threads").info("torch CPU threads: %d%s", n, "" if requested else " (auto: idle cores now)")
+    return n

@@ -63,3 +63,16 @@ def test_prepare_and_inspect_bundled_sample(tmp_path: Path, tiny_tok_dir: Path, 
         text = capsys.readouterr().out
         assert "[+The capital of France is Paris.<|im_end|>+]" in text
         assert "What is the capital of France?" in text and "[+What is" not in text
+
+
+def test_threads_follow_the_request_the_environment_then_idle_cores(monkeypatch) -> None:
+    from tokenclean.utils import choose_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert choose_threads(3, cores=2, load=5.0) == 3  # asked for: as asked
+    assert choose_threads(None, cores=2, load=0.1) == 2  # a quiet machine: every core
+    assert choose_threads(None, cores=2, load=1.2) == 1  # one core busy: one thread
+    assert choose_threads(None, cores=2, load=6.0) == 1  # never below 1
+    assert choose_threads(None, cores=8, load=2.6) == 5
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torchrun / the user decided
+    assert choose_threads(None, cores=8, load=0.0) == 1

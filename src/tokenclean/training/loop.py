@@ -78,6 +78,7 @@ from tokenclean.training.model import (
 from tokenclean.training.policies import Policy, StepView, build_policy
 from tokenclean.training.schedule import warn_if_no_update
 from tokenclean.utils import (
+    apply_threads,
     atomic_dir,
     get_logger,
     package_versions,
@@ -136,7 +137,7 @@ def train(
     """
     out, data_dir = Path(out), Path(data_dir)
     if threads:
-        torch.set_num_threads(threads)
+        apply_threads(threads)
     spec = resolve_model(model, init_adapter)
     init_adapter = adapter_path(spec.adapter)  # a PEFT dir given as the model counts as init_adapter
     identity = run_identity(cfg, data_dir, spec, init_adapter)
