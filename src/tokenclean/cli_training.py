@@ -74,7 +74,6 @@ def _policy_settings(pairs: list[str]) -> dict[str, Any]:
 @command("train")
 def _train(a: argparse.Namespace) -> int:
     from tokenclean.training.loop import train
-
     from tokenclean.utils import apply_threads
 
     cfg = train_config_from_args(a)
