@@ -130,6 +130,7 @@ def _load_extensions() -> None:
         "tokenclean.cli_eval",
         "tokenclean.cli_report",
         "tokenclean.cli_pipelines",
+        "tokenclean.cli_truth",
     ):
         try:
             importlib.import_module(mod)

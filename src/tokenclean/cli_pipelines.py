@@ -35,18 +35,16 @@ def _not_rank0() -> bool:
 @cli.command("run")
 def _run(a: argparse.Namespace) -> int:
     from tokenclean.pipelines.config import load_run_config
-    from tokenclean.pipelines.groundtruth import class_table, results_table
     from tokenclean.pipelines.runner import run
+    from tokenclean.report.truth_tables import print_all
 
     cfg = load_run_config(a.config, a.overrides)
     _threads(a)
     summary = run(cfg)
     if _not_rank0():
         return 0
-    if cfg.data.synthetic is not None:
-        print(results_table(summary))
-        print("\nkept share / mean score per token class")
-        print(class_table(summary))
+    if cfg.data.synthetic is not None or cfg.data.truth is not None:
+        print_all(summary)
     print(f"run directory: {cfg.run_dir} (summary.json, config.yaml)")
     _print_report(summary)
     return 0
@@ -57,8 +55,8 @@ def _demo(a: argparse.Namespace) -> int:
     import time
 
     from tokenclean.pipelines.config import load_run_config
-    from tokenclean.pipelines.groundtruth import class_table, results_table
     from tokenclean.pipelines.runner import run
+    from tokenclean.report.truth_tables import print_all
 
     overrides = [f"run_dir={a.out}", *a.overrides]
     cfg = load_run_config(_resource("demo.yaml"), overrides)
@@ -70,15 +68,13 @@ def _demo(a: argparse.Namespace) -> int:
     print()
     print("Token cleaning on a ground-truth pool (SmolLM2-135M-Instruct, LoRA, CPU)")
     print(f"pool: {cfg.data.synthetic}; keep ratio {cfg.selection.ratio}")
-    print(results_table(summary))
+    print_all(summary)
     print()
-    print("kept = response tokens trained on; precision/recall = of informative (fact) tokens among kept;")
-    print("AUROC = of the method's score for informative tokens; noise kept vs all = share of noise tokens")
-    print("among kept vs among all response tokens (paper Thm. 5.1); test = clean held-out facts.")
-    print()
-    print("Per token class: share of its tokens kept / mean score (wrong fact = a learnable wrong answer,")
-    print("gibberish = an unlearnable span; both are noise)")
-    print(class_table(summary))
+    print("precision/recall = of informative (fact) tokens among kept; AUROC = of the method's score for")
+    print("informative tokens; noise kept vs all = share of noise tokens among kept vs among all response")
+    print("tokens (paper Thm. 5.1); test = clean held-out facts; updates = optimizer steps behind the model;")
+    print("trained tok = tokens in its loss; fwd/bwd tok = token-passes incl. warm-up and scoring.")
+    print("wrong fact = a learnable wrong answer, gibberish = an unlearnable span; both are noise.")
     print(f"wall time: {time.time() - t0:.0f} s; artifacts: {cfg.run_dir}")
     _print_report(summary)
     return 0

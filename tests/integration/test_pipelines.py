@@ -141,7 +141,7 @@ def test_killed_pipeline_resumes_to_the_same_adapter(
 
 @pytest.mark.requires("matplotlib")  # the report
 def test_ground_truth_demo_logic(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from tokenclean.pipelines.groundtruth import class_table, results_table
+    from tokenclean.report.truth_tables import class_table, decisive_table, results_table
 
     cfg = tiny_cfg(
         tmp_path,
@@ -169,8 +169,20 @@ def test_ground_truth_demo_logic(tmp_path: Path, tiny_model_dir: Path) -> None:
         assert n == summary["methods"][name]["recovery"]["response_tokens"]  # every response token, once
         kept = sum(c["kept"] * c["tokens"] for c in classes.values())
         assert kept == pytest.approx(summary["methods"][name]["recovery"]["kept_tokens"])
-        assert (classes["informative"]["mean_score"] is None) == (name in ("full", "random"))
+        assert (classes["informative"].get("mean_score") is None) == (name in ("full", "random"))
+        lo, hi = summary["methods"][name]["recovery_ci"]["recall"]
+        assert lo <= summary["methods"][name]["recovery"]["recall"] <= hi  # an interval around the mean
+        assert summary["methods"][name]["budget"]["updates"] > 0
     assert summary["methods"]["full"]["classes"]["noise:gibberish"]["kept"] == 1.0
+    budget = {n: summary["methods"][n]["budget"] for n in summary["methods"]}
+    assert budget["base"]["forward_tokens"] == 0
+    # fixed_model pays for the warm-up and the scoring, self-evolving's updates include its warm-up
+    assert budget["fixed_model"]["forward_tokens"] > budget["fixed_model"]["backward_tokens"]
+    assert budget["random"]["forward_tokens"] == budget["random"]["backward_tokens"]
+    assert budget["self_evolving"]["updates"] > budget["self_evolving"]["updates"] - 1 > 0
+    ho = summary["methods"]["full"]
+    assert ho["heldout"]["questions"] == 6 and ho["heldout_ci"]["loss"][0] <= ho["heldout"]["loss"]
+    assert "spans removed" in decisive_table(summary)
     lines = class_table(summary).splitlines()
     assert lines[0].split() == ["method", "fact", "boilerplate", "wrong", "fact", "gibberish"]
     assert [ln.split()[0] for ln in lines[2:]] == ["full", "random", "rho", "fixed_model", "self_evolving"]

@@ -76,28 +76,8 @@ def test_recovery_metrics_hand_example() -> None:
     assert m["noise_rate_kept"] == pytest.approx(1 / 4) and m["noise_rate_all"] == pytest.approx(2 / 6)
 
 
-def test_class_breakdown_hand_example() -> None:
-    from tokenclean.groundtruth.metrics import class_breakdown
-
-    truth = [np.array([-1, 0, 1, 2, 2]), np.array([-1, 1, 2, 0]), np.array([-1, 0, 1])]
-    keep = [np.array([0, 1, 1, 0, 1], bool), np.array([0, 1, 1, 0], bool), np.array([0, 0, 1], bool)]
-    scores = [np.array([9, 1, 4, -2, 0.0]), np.array([9, 6, 3, 1.0]), np.array([9, 2, 8.0])]
-    c = class_breakdown(truth, keep, ["gibberish", "wrong_fact", "none"], scores)
-    assert c["informative"] == {"tokens": 3, "kept": 1.0, "mean_score": pytest.approx(6.0)}
-    assert c["uninformative"] == {
-        "tokens": 3,
-        "kept": pytest.approx(1 / 3),
-        "mean_score": pytest.approx(4 / 3),
-    }
-    assert c["noise:gibberish"] == {"tokens": 2, "kept": 0.5, "mean_score": pytest.approx(-1.0)}
-    assert c["noise:wrong_fact"] == {"tokens": 1, "kept": 1.0, "mean_score": pytest.approx(3.0)}
-    no_scores = class_breakdown(truth[2:], keep[2:], ["none"])
-    assert set(no_scores) == {"informative", "uninformative"}  # classes with no token are left out
-    assert no_scores["uninformative"] == {"tokens": 1, "kept": 0.0, "mean_score": None}
-
-
 def test_tables_list_methods_in_the_paper_order() -> None:
-    from tokenclean.pipelines.groundtruth import class_table, results_table
+    from tokenclean.report.truth_tables import class_table, results_table
 
     cls = {"informative": {"tokens": 2, "kept": 0.5, "mean_score": 1.25}}
     methods = {  # as summary.json stores them: keys sorted
@@ -107,4 +87,4 @@ def test_tables_list_methods_in_the_paper_order() -> None:
     first = [ln.split()[0] for ln in results_table({"methods": methods}).splitlines()[2:]]
     assert first == ["base", "full", "random", "rho", "fixed_model", "self_evolving"]
     rows = class_table({"methods": methods}).splitlines()[2:]
-    assert rows[0].split() == ["base", "50.0%", "/", "1.25", "-", "-", "-"]
+    assert rows[0].split() == ["base", "50.0%", "/", "1.25"]  # only labels some method has

@@ -33,7 +33,8 @@ class Rendered:
     """A rendered conversation.
 
     ``trained``: half-open character spans ``[start, end)`` of ``text`` whose tokens are trained.
-    ``specials``: character spans the template inserted that must come out as exactly one special token
+    ``contents``: the character span of each assistant message's content, in order (user-supplied truth spans
+    are offsets into these). ``specials``: character spans the template inserted that must come out as exactly one special token
     each (EOS), checked after tokenisation. ``None`` marks the chat-template path, where the template itself
     writes BOS and special-token strings (so the tokenizer must not add its own BOS).
     """
@@ -42,6 +43,7 @@ class Rendered:
     trained: list[tuple[int, int]] = field(default_factory=list)
     specials: list[tuple[int, int]] | None = field(default_factory=list)
     check_boundaries: bool = False  # chat path: trained span starts must fall on token boundaries
+    contents: list[tuple[int, int]] = field(default_factory=list)  # each assistant message's content span
 
 
 class _Builder:
@@ -50,9 +52,12 @@ class _Builder:
         self.pos = 0
         self.trained: list[tuple[int, int]] = []
         self.specials: list[tuple[int, int]] = []
+        self.contents: list[tuple[int, int]] = []
 
-    def add(self, text: str, *, trained: bool = False, special: bool = False) -> None:
+    def add(self, text: str, *, trained: bool = False, special: bool = False, content: bool = False) -> None:
         start, end = self.pos, self.pos + len(text)
+        if content:
+            self.contents.append((start, end))
         if trained and text:
             if self.trained and self.trained[-1][1] == start:
                 self.trained[-1] = (self.trained[-1][0], end)
@@ -64,7 +69,7 @@ class _Builder:
         self.pos = end
 
     def build(self) -> Rendered:
-        return Rendered("".join(self.parts), self.trained, self.specials)
+        return Rendered("".join(self.parts), self.trained, self.specials, contents=self.contents)
 
 
 def _eos(tokenizer: Any) -> str:
@@ -80,7 +85,7 @@ def render_tulu(messages: Sequence[Message], tokenizer: Any) -> Rendered:
     for m in messages:
         if m.role == "assistant":
             b.add("<|assistant|>\n")
-            b.add(m.content, trained=True)
+            b.add(m.content, trained=True, content=True)
             b.add(eos, trained=True, special=True)
             b.add("\n")
         else:
@@ -93,7 +98,7 @@ def render_plain(messages: Sequence[Message], tokenizer: Any) -> Rendered:
     b = _Builder()
     for m in messages:
         if m.role == "assistant":
-            b.add(m.content, trained=True)
+            b.add(m.content, trained=True, content=True)
             b.add(eos, trained=True, special=True)
         else:
             b.add(m.content)
@@ -113,6 +118,7 @@ def render_chat(messages: Sequence[Message], tokenizer: Any) -> Rendered:
     full = _apply(tokenizer, messages, gen=False)
     closers = [t for t in tokenizer.all_special_tokens if t]
     trained: list[tuple[int, int]] = []
+    contents: list[tuple[int, int]] = []
     for i, m in enumerate(messages):
         if m.role != "assistant":
             continue
@@ -130,7 +136,14 @@ def render_chat(messages: Sequence[Message], tokenizer: Any) -> Rendered:
         # template text after it (e.g. a newline) is not trained.
         cut = _first_closer_end(full, start, end, closers)
         trained.append((start, cut if cut is not None else end))
-    return Rendered(full, trained, specials=None, check_boundaries=True)
+        at = full.find(m.content, start, end)
+        if at < 0:
+            raise DataError(
+                "chat template",
+                f"assistant turn {i}: the template changes the message text (use --template tulu)",
+            )
+        contents.append((at, at + len(m.content)))
+    return Rendered(full, trained, specials=None, check_boundaries=True, contents=contents)
 
 
 def _first_closer_end(text: str, start: int, end: int, closers: list[str]) -> int | None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
 
-from tokenclean.groundtruth.truth import INFORMATIVE, NOISE, NOT_RESPONSE, UNINFORMATIVE
+from tokenclean.groundtruth.truth import INFORMATIVE, NOISE, NOT_RESPONSE
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
@@ -58,34 +58,66 @@ def recovery_metrics(
     return out
 
 
-def class_breakdown(
-    truth: Sequence[np.ndarray],
+def label_breakdown(
+    labels: Sequence[np.ndarray],
+    decisive: Sequence[np.ndarray],
     keep: Sequence[np.ndarray],
-    noise_kinds: Sequence[str],
+    names: Sequence[str],
     scores: Sequence[np.ndarray] | None = None,
+    positive: Collection[str] = ("informative",),
+    is_noise: Callable[[str], bool] = lambda name: name.split(":", 1)[0] in ("noise", "hallucination"),
 ) -> dict[str, dict[str, Any]]:
-    """Per token class: response tokens, the share kept and the mean score. Noise tokens are split by the
-    kind of noise their sample carries (``noise_kinds[i]``: ``wrong_fact`` or ``gibberish``), which is what
-    tells harmful noise (a learnable wrong answer) from unlearnable noise. Classes with no token are left out."""
-    t = np.concatenate([np.asarray(x) for x in truth])
+    """Per truth label: response tokens, the share kept and the mean score; for noise labels also the
+    decisive-token view (a wrong span is decided at its first departing token; the tokens after it are
+    predictable given that one, so token-level removal understates what a score can see):
+
+    - ``dropped``: share of the label's tokens dropped (token level);
+    - ``decisive_dropped``: share of its spans' decisive tokens dropped; this is also the span-level
+      removal, since a span counts as removed when its decisive token is dropped (``spans_removed`` /
+      ``spans``);
+    - ``auroc_decisive``: AUROC of the score for ``positive`` tokens against the label's decisive tokens
+      (1 = every informative token scores above every decisive noise token), next to ``auroc_tokens``
+      against all of the label's tokens.
+
+    ``labels[i]``: int per position (-1 not response, else an index into ``names``); ``decisive[i]``: int per
+    position: the label index of the span whose decisive token it is, else -1). Labels with no token are
+    left out.
+    """
+    lab = np.concatenate([np.asarray(x) for x in labels])
+    dec = np.concatenate([np.asarray(x) for x in decisive])
     k = np.concatenate([np.asarray(x, dtype=bool) for x in keep])
-    kind = np.repeat(np.asarray(noise_kinds, dtype=object), [len(x) for x in truth])
     s = np.concatenate([np.asarray(x, dtype=np.float64) for x in scores]) if scores is not None else None
-    masks = {
-        "informative": t == INFORMATIVE,
-        "uninformative": t == UNINFORMATIVE,
-        "noise:wrong_fact": (t == NOISE) & (kind == "wrong_fact"),
-        "noise:gibberish": (t == NOISE) & (kind == "gibberish"),
-    }
+    pos = np.isin(lab, [i for i, n in enumerate(names) if n in positive])
     out: dict[str, dict[str, Any]] = {}
-    for name, sel in masks.items():
-        if sel.any():
-            out[name] = {
-                "tokens": int(sel.sum()),
-                "kept": float(k[sel].mean()),
-                "mean_score": float(s[sel].mean()) if s is not None else None,
+    for i, name in enumerate(names):
+        sel = lab == i
+        if not sel.any():
+            continue
+        row: dict[str, Any] = {
+            "tokens": int(sel.sum()),
+            "kept": float(k[sel].mean()),
+            "mean_score": float(s[sel].mean()) if s is not None else None,
+        }
+        if is_noise(name):
+            d = dec == i
+            row |= {
+                "dropped": float(1.0 - k[sel].mean()),
+                "spans": int(d.sum()),
+                "spans_removed": int((d & ~k).sum()),
+                "decisive_dropped": float((~k[d]).mean()) if d.any() else None,
+                "auroc_tokens": _auroc_vs(s, pos, sel),
+                "auroc_decisive": _auroc_vs(s, pos, d),
             }
+        out[name] = row
     return out
+
+
+def _auroc_vs(s: np.ndarray | None, pos: np.ndarray, neg: np.ndarray) -> float | None:
+    """AUROC of ``s`` separating ``pos`` tokens from ``neg`` tokens (others ignored)."""
+    if s is None or not pos.any() or not neg.any():
+        return None
+    both = pos | neg
+    return auroc(s[both], pos[both])
 
 
 def heldout_metrics(

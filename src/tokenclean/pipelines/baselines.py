@@ -13,6 +13,7 @@ from tokenclean.pipelines import fixed_model
 from tokenclean.pipelines.stages import (
     Run,
     eval_stage,
+    matched_train_dir,
     prepare_pool,
     select_stage,
     train_stage,
@@ -37,7 +38,8 @@ def warmup(run: Run) -> None:
 def full(run: Run) -> None:
     pool = prepare_pool(run)
     d = run.root / "methods" / "full"
-    adapter = train_stage(run, pool, d / "train")
+    out, steps = matched_train_dir(run, d)
+    adapter = train_stage(run, pool, out, max_steps=steps)
     m = run.method("full")
     m.update(adapter=run.rel(adapter), cleaned=run.rel(pool))
     m["eval"] = eval_stage(run, "full", adapter, d / "eval.json")
@@ -48,7 +50,8 @@ def _selected(run: Run, name: str, level: str) -> None:
     scores = fixed_model.pool_scores(run)
     d = run.root / "methods" / name
     cleaned = select_stage(run, scores, d / "cleaned", level=level)
-    adapter = train_stage(run, cleaned, d / "train")
+    out, steps = matched_train_dir(run, d)
+    adapter = train_stage(run, cleaned, out, max_steps=steps)
     m = run.method(name)
     m.update(adapter=run.rel(adapter), cleaned=run.rel(cleaned), scores=run.rel(scores))
     m["eval"] = eval_stage(run, name, adapter, d / "eval.json")

@@ -50,6 +50,15 @@ class DataConfig:
         default=None, metadata=_h("generate a ground-truth pool instead of reading data.path")
     )
     skip_invalid: bool = field(default=False, metadata=_h("skip invalid rows instead of stopping"))
+    truth: str | None = field(
+        default=None, metadata=_h("truth JSONL of character spans over data.path (groundtruth/user_truth.py)")
+    )
+    truth_positive: tuple[str, ...] = field(
+        default=("informative",), metadata=_h("truth labels counted as informative (recall, AUROC)")
+    )
+    truth_noise: tuple[str, ...] = field(
+        default=("noise", "hallucination"), metadata=_h("truth labels counted as noise (also LABEL:kind)")
+    )
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,9 @@ class ScoringConfig:
 class SelectionConfig:
     ratio: float = field(default=0.6, metadata=_h("fraction k of response tokens kept (paper: 0.6)"))
     seed: int = field(default=42, metadata=_h("seed of the random baseline and of the data splits"))
+    split_seed: int | None = field(
+        default=None, metadata=_h("seed of the pool splits and cross-fit folds (null: selection.seed)")
+    )
     sweep: tuple[float, ...] = field(default=(), metadata=_h("extra ratios for a token-proportion sweep"))
 
 
@@ -86,6 +98,31 @@ class SelfEvolvingConfig:
 class WarmupConfig:
     epochs: int | None = field(
         default=None, metadata=_h("epochs of the warm-up reference (null: train.epochs)")
+    )
+    data: str | None = field(
+        default=None,
+        metadata=_h(
+            "warm up on this SFT file (a clean curated set) instead of split 0; synthetic:clean = "
+            "the generated pool's clean.jsonl"
+        ),
+    )
+    cross_fit: int = field(
+        default=0,
+        metadata=_h(
+            "K >= 2: cut the pool into K folds; fold k is scored by a reference warmed up on the "
+            "other folds only (fixed_model, rho)"
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    match_updates: bool = field(
+        default=False,
+        metadata=_h(
+            "train full, random, rho and fixed_model for as many optimizer updates as the "
+            "self-evolving adapter received (warm-up + rounds)"
+        ),
     )
 
 
@@ -141,6 +178,14 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     peers: PeersConfig = field(default_factory=PeersConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    seeds: tuple[int, ...] = field(
+        default=(),
+        metadata=_h(
+            "train every method once per seed (train.seed; selection.seed of random); the pool and "
+            "its splits stay fixed; tables show means with 95% intervals"
+        ),
+    )
     report: bool = field(default=True, metadata=_h("build the HTML/Markdown report at the end"))
 
     def validate(self, prefix: str = "") -> None:
@@ -171,6 +216,18 @@ class RunConfig:
             raise ConfigError(
                 f"peers.soft_weights.temperature: must be > 0, got {self.peers.soft_weights.temperature}"
             )
+        if self.warmup.cross_fit == 1 or self.warmup.cross_fit < 0:
+            raise ConfigError(f"warmup.cross_fit: must be 0 (off) or >= 2, got {self.warmup.cross_fit}")
+        if self.warmup.cross_fit and (self.warmup.data or self.model.reference):
+            raise ConfigError("warmup.cross_fit: cannot be combined with warmup.data or model.reference")
+        if self.budget.match_updates and "self_evolving" not in self.methods:
+            raise ConfigError("budget.match_updates: needs self_evolving in methods")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds: must be distinct, got {list(self.seeds)}")
+        if self.warmup.data == "synthetic:clean" and (
+            self.data.synthetic is None or self.data.synthetic.clean_repeats < 1
+        ):
+            raise ConfigError("warmup.data: synthetic:clean needs data.synthetic.clean_repeats >= 1")
         if self.scoring.batch_tokens < 16:
             raise ConfigError(f"scoring.batch_tokens: must be >= 16, got {self.scoring.batch_tokens}")
 

@@ -1,7 +1,9 @@
 """Fixed-model cleaning (paper Sec. 4.3.1), as a script.
 
-1. Reference: the warm-up model (base + LoRA trained on split 0 with all tokens; also the DS2 baseline), or
-   an external model with the same tokenizer (``model.reference``).
+1. Reference: the warm-up model (base + LoRA trained on split 0 with all tokens, or on ``warmup.data``;
+   also the DS2 baseline), cross-fitted warm-up references (``warmup.cross_fit``, see
+   :mod:`tokenclean.pipelines.references`), or an external model with the same tokenizer
+   (``model.reference``).
 2. Score every pool sample once: ``score = loss_base - loss_reference`` (one loaded model when the
    reference is an adapter: adapter off for the base pass, on for the reference pass).
 3. Keep the global top-k% of response tokens (``selection.ratio``).
@@ -16,6 +18,7 @@ from pathlib import Path
 from tokenclean.pipelines.stages import (
     Run,
     eval_stage,
+    matched_train_dir,
     prepare_pool,
     score_stage,
     select_stage,
@@ -25,8 +28,13 @@ from tokenclean.pipelines.stages import (
 
 
 def pool_scores(run: Run) -> Path:
-    """The pool scored once against the fixed reference (shared by fixed_model, rho and random)."""
+    """The pool scored once against the fixed reference (shared by fixed_model, rho and random); with
+    ``warmup.cross_fit`` each fold is scored by a reference that never trained on it."""
     pool = prepare_pool(run)
+    if run.cfg.warmup.cross_fit:
+        from tokenclean.pipelines.references import cross_fit_scores
+
+        return cross_fit_scores(run)
     if run.cfg.model.reference:
         return score_stage(run, pool, run.root / "scores" / "pool", reference=run.cfg.model.reference)
     return score_stage(run, pool, run.root / "scores" / "pool", adapter=warmup_adapter(run))
@@ -36,7 +44,8 @@ def run(run: Run) -> None:
     scores = pool_scores(run)
     d = run.root / "methods" / "fixed_model"
     cleaned = select_stage(run, scores, d / "cleaned", level="global")
-    adapter = train_stage(run, cleaned, d / "train")
+    out, steps = matched_train_dir(run, d)
+    adapter = train_stage(run, cleaned, out, max_steps=steps)
     m = run.method("fixed_model")
     m.update(adapter=run.rel(adapter), cleaned=run.rel(cleaned), scores=run.rel(scores))
     m["eval"] = eval_stage(run, "fixed_model", adapter, d / "eval.json")

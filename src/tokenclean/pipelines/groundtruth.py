@@ -1,21 +1,34 @@
-"""For runs on a synthetic ground-truth pool: how well each method's kept tokens recover the truth, and how
-each trained model does on the clean held-out set."""
+"""For runs with known token truth (a generated ground-truth pool, or ``data.truth`` annotations of the
+user's data): how well each method's kept tokens recover the truth, how each trained model does on the
+clean held-out set (generated pools), and what each result cost; means with 95% intervals
+(:mod:`tokenclean.stats`: bootstrap over pool samples or held-out questions, and over seeds)."""
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tokenclean import IGNORE_INDEX
-from tokenclean.groundtruth.metrics import class_breakdown, heldout_metrics, recovery_metrics
-from tokenclean.groundtruth.truth import token_truth
+from tokenclean.groundtruth.metrics import heldout_metrics, label_breakdown, recovery_metrics
+from tokenclean.groundtruth.truth import INFORMATIVE, classes, is_noise_label, pool_truth
+from tokenclean.groundtruth.user_truth import TokenTruth
+from tokenclean.pipelines.budget import method_budget
 from tokenclean.pipelines.stages import Run, get_logger
-from tokenclean.report.tables import method_order
+from tokenclean.stats import Interval, bootstrap, weighted_mean
 
 log = get_logger("groundtruth")
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Token truth of the pool plus how its labels fold into classes."""
+
+    tt: TokenTruth
+    positive: tuple[str, ...]
+    noise: tuple[str, ...]
 
 
 def _keep_by_id(cleaned: Path) -> dict[str, np.ndarray]:
@@ -32,62 +45,193 @@ def _scores_by_id(scores_dir: Path) -> dict[str, np.ndarray]:
     return {r["sample_id"]: np.asarray(r["score"], dtype=np.float64) for r in ds}
 
 
-def _recovery(
-    truth: dict[str, np.ndarray], noise: dict[str, str], cleaned: list[Path], scores: list[Path] | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Recovery metrics and the per-class breakdown over the samples a method scored (all pool samples when
-    it has no score)."""
+def _sources(root: Path, name: str, m: dict[str, Any], rounds: list[dict[str, Any]]) -> tuple[list, list]:
+    """(cleaned dirs, score dirs) behind a method's kept tokens (self-evolving: every cleaned split)."""
+    if name == "self_evolving":
+        return [root / r["cleaned"] for r in rounds], [root / r["scores"] for r in rounds]
+    if name in ("fixed_model", "rho"):
+        return [root / m["cleaned"]], [root / m["scores"]]
+    if name in ("random", "full"):
+        return [root / m["cleaned"]], []
+    return [], []
+
+
+def _evidence(truth: Truth, root: Path, name: str, m: dict[str, Any], rounds: list) -> dict[str, Any] | None:
+    """Per-sample truth, keep and score arrays of one method in one run (ids sorted)."""
+    cleaned, scores = _sources(root, name, m, rounds)
+    if not cleaned:
+        return None
     keep: dict[str, np.ndarray] = {}
     for c in cleaned:
         keep.update(_keep_by_id(c))
     score: dict[str, np.ndarray] = {}
-    for s in scores or []:
+    for s in scores:
         score.update(_scores_by_id(s))
-    ids = sorted(score) if scores else sorted(truth)
-    t = [truth[i] for i in ids]
-    k = [keep.get(i, np.zeros(len(truth[i]), dtype=bool)) for i in ids]  # emptied samples keep nothing
-    sc = [score[i] for i in ids] if scores else None
-    return recovery_metrics(t, k, sc), class_breakdown(t, k, [noise[i] for i in ids], sc)
+    ids = sorted(i for i in (score if scores else keep) if i in truth.tt.samples)
+    n = {i: len(truth.tt.samples[i].labels) for i in ids}
+    return {
+        "ids": ids,
+        "cls": classes(truth.tt, ids, truth.positive, truth.noise),
+        "labels": [truth.tt.samples[i].labels for i in ids],
+        "decisive": [truth.tt.samples[i].decisive for i in ids],
+        "keep": [keep.get(i, np.zeros(n[i], dtype=bool)) for i in ids],  # emptied samples keep nothing
+        "scores": [score[i] for i in ids] if scores else None,
+    }
 
 
-def evaluate_ground_truth(run: Run) -> None:
+def _recovery_stat(truth: Truth, ev: list[dict[str, Any]]) -> Any:
+    """``f(seed, sample units)``: recovery metrics and the per-label breakdown, flattened."""
+
+    def f(s: int, units: np.ndarray) -> dict[str, float | None]:
+        e = ev[s]
+        pick = [int(u) for u in units]
+        sc = [e["scores"][u] for u in pick] if e["scores"] is not None else None
+        kp = [e["keep"][u] for u in pick]
+        out: dict[str, float | None] = dict(recovery_metrics([e["cls"][u] for u in pick], kp, sc))
+        br = label_breakdown(
+            [e["labels"][u] for u in pick],
+            [e["decisive"][u] for u in pick],
+            kp,
+            truth.tt.names,
+            sc,
+            truth.positive,
+            is_noise_label(truth.noise),
+        )
+        for label, row in br.items():
+            out.update({f"{label}|{k}": v for k, v in row.items()})
+        return out
+
+    return f
+
+
+def recovery_intervals(truth: Truth, ev: list[dict[str, Any]]) -> dict[str, Interval]:
+    ids = ev[0]["ids"]
+    if any(e["ids"] != ids for e in ev):
+        raise ValueError("seeds scored different samples; intervals need the same samples in every seed")
+    return bootstrap(_recovery_stat(truth, ev), len(ev), len(ids))
+
+
+def heldout_questions(model: Any, ds: Any, truth: list[np.ndarray]) -> dict[str, list[float]]:
+    """Per held-out question: its metrics (one question at a time through ``heldout_metrics``) and the
+    token counts that make their means token-weighted, so the mean over questions equals the pooled one."""
+    out: dict[str, list[float]] = {k: [] for k in ("loss", "tokens", "answer_loss", "answer_tokens", "exact")}
+    for ids, labs, tr in zip(ds["input_ids"], ds["labels"], truth):
+        h = heldout_metrics(model, [ids], [labs], [tr])
+        n_ans = int((np.asarray(tr)[1:] == INFORMATIVE).sum())
+        out["loss"].append(h["loss"])
+        out["tokens"].append(int((np.asarray(labs)[1:] != IGNORE_INDEX).sum()))
+        out["answer_loss"].append(h["answer_loss"] if n_ans else 0.0)
+        out["answer_tokens"].append(n_ans)
+        out["exact"].append(h["exact_match"] if n_ans else 0.0)
+    return out
+
+
+def heldout_intervals(per_seed: list[dict[str, list[float]]]) -> dict[str, Interval]:
+    arr = [{k: np.asarray(v, dtype=np.float64) for k, v in q.items()} for q in per_seed]
+
+    def f(s: int, u: np.ndarray) -> dict[str, float | None]:
+        q = arr[s]
+        has_answer = (q["answer_tokens"] > 0).astype(np.float64)
+        return {
+            "loss": weighted_mean(q["loss"], q["tokens"], u),
+            "answer_loss": weighted_mean(q["answer_loss"], q["answer_tokens"], u),
+            "exact_match": weighted_mean(q["exact"], has_answer, u),
+        }
+
+    n = {len(q["loss"]) for q in arr}
+    if len(n) != 1:
+        raise ValueError("seeds were evaluated on different held-out sets")
+    return bootstrap(f, len(arr), n.pop())
+
+
+def load_truth(run: Run) -> Truth:
+    pool = run.root / "data" / "pool"
+    d = run.cfg.data
+    if d.synthetic is not None:
+        tt = pool_truth(run.root / "data" / "source" / "pool.jsonl", pool, run.tokenizer)
+        return Truth(tt, ("informative",), ("noise",))
+    from tokenclean.groundtruth.user_truth import load_user_truth
+
+    assert d.truth is not None
+    tt = load_user_truth(d.truth, d.path, pool, run.tokenizer, d.format)
+    return Truth(tt, tuple(d.truth_positive), tuple(d.truth_noise))
+
+
+def measure_run(run: Run) -> None:
+    """Held-out metrics per question and the budget of every method of one run (cached in its summary)."""
     import datasets
 
+    from tokenclean.groundtruth.truth import token_truth
     from tokenclean.models.loader import load_model
 
-    src = run.root / "data" / "source"
-    pool, heldout = run.root / "data" / "pool", run.root / "data" / "heldout"
-    pool_ds = datasets.load_from_disk(str(pool))
-    truth = dict(zip(pool_ds["sample_id"], token_truth(src / "pool.jsonl", pool, run.tokenizer)))
-    with open(src / "pool.jsonl") as f:
-        noise = {str(r["id"]): r["noise"] for r in map(json.loads, f)}
-    test_ds = datasets.load_from_disk(str(heldout))
-    test_truth = token_truth(src / "test.jsonl", heldout, run.tokenizer)
+    heldout = run.root / "data" / "heldout"
+    synthetic = run.cfg.data.synthetic is not None
+    test_ds = datasets.load_from_disk(str(heldout)) if synthetic else None
+    test_truth = (
+        token_truth(run.root / "data" / "source" / "test.jsonl", heldout, run.tokenizer) if synthetic else []
+    )
+    rounds = run.summary.get("rounds", [])
     for name, m in run.summary.get("methods", {}).items():
-        if name == "self_evolving":  # over the splits it cleaned (1..T), with each round's own scores
-            rounds = run.summary.get("rounds", [])
-            m["recovery"], m["classes"] = _recovery(
-                truth,
-                noise,
-                [run.root / r["cleaned"] for r in rounds],
-                [run.root / r["scores"] for r in rounds],
-            )
-        elif name in ("fixed_model", "rho"):
-            m["recovery"], m["classes"] = _recovery(
-                truth, noise, [run.root / m["cleaned"]], [run.root / m["scores"]]
-            )
-        elif name in ("random", "full"):
-            m["recovery"], m["classes"] = _recovery(truth, noise, [run.root / m["cleaned"]], None)
-        if m.get("heldout") is None:
+        m["budget"] = method_budget(run.root, name, m, rounds)
+        if synthetic and m.get("heldout_questions") is None:
             model = load_model(
                 run.cfg.model.base,
                 device=run.cfg.model.device,
                 adapter=str(run.root / m["adapter"]) if m.get("adapter") else None,
             )
-            m["heldout"] = heldout_metrics(model, test_ds["input_ids"], test_ds["labels"], test_truth)
+            m["heldout_questions"] = heldout_questions(model, test_ds, test_truth)
             del model
-        log.info("%s: recovery: %s; held-out: %s", name, _brief(m.get("recovery")), _brief(m["heldout"]))
         run.save_summary()
+
+
+def aggregate(runs: list[Run], truth: Truth) -> dict[str, dict[str, Any]]:
+    """Means and 95% intervals over the runs (one per seed) of every method they share."""
+    names = [
+        n for n in runs[0].summary.get("methods", {}) if all(n in r.summary.get("methods", {}) for r in runs)
+    ]
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        ms = [r.summary["methods"][name] for r in runs]
+        agg: dict[str, Any] = {"seeds": len(runs)}
+        ev = [_evidence(truth, r.root, name, m, r.summary.get("rounds", [])) for r, m in zip(runs, ms)]
+        if all(e is not None for e in ev):
+            iv = recovery_intervals(truth, ev)  # type: ignore[arg-type]
+            flat = {k: v for k, v in iv.items() if "|" not in k}
+            agg["recovery"] = {k: v.mean for k, v in flat.items()}
+            agg["recovery_ci"] = {k: v.as_list() for k, v in flat.items()}
+            agg["classes"], agg["classes_ci"] = {}, {}
+            for k, v in iv.items():
+                if "|" in k:
+                    label, key = k.split("|", 1)
+                    agg["classes"].setdefault(label, {})[key] = v.mean
+                    agg["classes_ci"].setdefault(label, {})[key] = v.as_list()
+        if all(m.get("heldout_questions") for m in ms):
+            hv = heldout_intervals([m["heldout_questions"] for m in ms])
+            agg["heldout"] = {k: v.mean for k, v in hv.items()}
+            agg["heldout_ci"] = {k: v.as_list() for k, v in hv.items()}
+            agg["heldout"]["questions"] = len(ms[0]["heldout_questions"]["loss"])
+        budgets = [m.get("budget") for m in ms]
+        if all(budgets):
+            agg["budget"] = {k: _num(np.mean([b[k] for b in budgets])) for k in budgets[0]}  # type: ignore[index]
+        out[name] = agg
+    return out
+
+
+def _num(x: float) -> float | int:
+    """A mean over seeds, as an int when it is whole (budgets of identical seeds)."""
+    return int(x) if float(x).is_integer() else float(x)
+
+
+def evaluate_ground_truth(run: Run) -> None:
+    """Truth-based metrics of one run (intervals over samples and questions; one seed)."""
+    truth = load_truth(run)
+    measure_run(run)
+    for name, agg in aggregate([run], truth).items():
+        m = run.summary["methods"][name]
+        m.update({k: v for k, v in agg.items() if k != "seeds"})
+        log.info("%s: recovery: %s; held-out: %s", name, _brief(m.get("recovery")), _brief(m.get("heldout")))
+    run.summary["seeds_used"] = [run.cfg.train.seed]
+    run.save_summary()
 
 
 def _brief(metrics: dict[str, Any] | None) -> str:
@@ -95,85 +239,3 @@ def _brief(metrics: dict[str, Any] | None) -> str:
     if not metrics:
         return "-"
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-
-
-def _text_table(cols: list[str], rows: list[list[str]]) -> str:
-    """Left-aligned columns under a header and a rule."""
-    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
-    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
-    out = [line, "-" * len(line)]
-    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
-
-
-def results_table(summary: dict[str, Any]) -> str:
-    """One plain-text table: token recovery and held-out results per method."""
-    cols = [
-        "method",
-        "kept",
-        "precision",
-        "recall",
-        "AUROC",
-        "noise kept",
-        "noise all",
-        "test loss",
-        "answer loss",
-        "exact match",
-    ]
-    rows = []
-    methods = summary.get("methods", {})
-    for name in method_order(methods):  # summary.json stores keys sorted; tables use the paper's order
-        m = methods[name]
-        rec, ho = m.get("recovery") or {}, m.get("heldout") or {}
-
-        def f(x: Any, pct: bool = False) -> str:
-            if x is None or (isinstance(x, float) and np.isnan(x)):
-                return "-"
-            return f"{100 * x:.1f}%" if pct else f"{x:.3f}"
-
-        rows.append(
-            [
-                name,
-                str(rec.get("kept_tokens", "-")),
-                f(rec.get("precision"), True),
-                f(rec.get("recall"), True),
-                f(rec.get("auroc")),
-                f(rec.get("noise_rate_kept"), True),
-                f(rec.get("noise_rate_all"), True),
-                f(ho.get("loss")),
-                f(ho.get("answer_loss")),
-                f(ho.get("exact_match"), True),
-            ]
-        )
-    return _text_table(cols, rows)
-
-
-CLASS_LABELS = {
-    "informative": "fact",
-    "uninformative": "boilerplate",
-    "noise:wrong_fact": "wrong fact",
-    "noise:gibberish": "gibberish",
-}
-
-
-def class_table(summary: dict[str, Any]) -> str:
-    """Per method and token class: the share of the class's tokens kept, and its mean score."""
-    cols = ["method", *CLASS_LABELS.values()]
-    rows = []
-    methods = summary.get("methods", {})
-    for name in method_order(methods):  # summary.json stores keys sorted; tables use the paper's order
-        m = methods[name]
-        classes = m.get("classes")
-        if not classes:
-            continue
-        row = [name]
-        for key in CLASS_LABELS:
-            c = classes.get(key)
-            if c is None:
-                row.append("-")
-            elif c["mean_score"] is None:
-                row.append(f"{100 * c['kept']:.1f}%")
-            else:
-                row.append(f"{100 * c['kept']:.1f}% / {c['mean_score']:.2f}")
-        rows.append(row)
-    return _text_table(cols, rows)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tokenclean.pipelines import baselines, fixed_model, peers, self_evolving
+from tokenclean.pipelines.budget import self_evolving_updates
 from tokenclean.pipelines.config import RunConfig
 from tokenclean.pipelines.stages import Run, get_logger, open_run, prepare_pool
 from tokenclean.training.distributed import rank_zero_only
@@ -33,7 +34,13 @@ PIPELINES: dict[str, Callable[[Run], None]] = {
 
 def run(cfg: RunConfig) -> dict[str, Any]:
     """Run every method of ``cfg`` (finished stages whose identity matches are reused); returns the
-    summary. The run directory is locked: a second ``tokenclean run`` on it stops with "in use by PID"."""
+    summary. The run directory is locked: a second ``tokenclean run`` on it stops with "in use by PID".
+    With ``seeds`` every method runs once per seed (:mod:`tokenclean.pipelines.seeds`), each seed's
+    directory locked by its own run."""
+    if cfg.seeds:
+        from tokenclean.pipelines.seeds import run_seeds
+
+        return run_seeds(cfg, run)
     from tokenclean.outputs import output_lock
 
     with output_lock(cfg.run_dir):
@@ -45,13 +52,17 @@ def _run(cfg: RunConfig) -> dict[str, Any]:
     r = open_run(cfg)
     prepare_pool(r)
     timings = r.summary.setdefault("seconds", {})
-    for name in cfg.methods:
+    for name in _order(cfg):
         t = time.time()
         log.info("== %s ==", name)
         PIPELINES[name](r)
         timings[name] = round(time.time() - t, 1)
+        if name == "self_evolving" and cfg.budget.match_updates:
+            r.match_steps = self_evolving_updates(r.root, r.summary.get("rounds", []))
+            r.summary["matched_updates"] = r.match_steps
+            log.info("budget.match_updates: single-stage methods train %d updates", r.match_steps)
         r.save_summary()
-    if cfg.data.synthetic is not None:
+    if cfg.data.synthetic is not None or cfg.data.truth is not None:
         from tokenclean.pipelines.groundtruth import evaluate_ground_truth
 
         rank_zero_only(evaluate_ground_truth)(r)  # rank 0 measures; the others skip
@@ -61,6 +72,14 @@ def _run(cfg: RunConfig) -> dict[str, Any]:
     if cfg.report:
         _report(r)
     return r.summary
+
+
+def _order(cfg: RunConfig) -> list[str]:
+    """The methods in config order; self-evolving first when the others must match its updates."""
+    names = list(cfg.methods)
+    if cfg.budget.match_updates:
+        names = ["self_evolving", *(n for n in names if n != "self_evolving")]
+    return names
 
 
 @rank_zero_only

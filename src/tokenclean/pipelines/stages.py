@@ -53,6 +53,7 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
     _tokenizer: Any = None
     _pool: Path | None = None  # the prepared pool, once prepare_pool has checked it in this process
+    match_steps: int | None = None  # budget.match_updates: optimizer updates of the self-evolving adapter
 
     @property
     def tokenizer(self) -> Any:
@@ -190,15 +191,19 @@ def train_stage(
     init_adapter: Path | None = None,
     epochs: int | None = None,
     cfg: Any = None,
+    max_steps: int | None = None,
 ) -> Path:
     """LoRA-train the base on ``data`` (prepared or cleaned); returns the adapter directory. ``cfg``
-    replaces ``run.cfg.train`` (e.g. with another token policy)."""
+    replaces ``run.cfg.train`` (e.g. with another token policy); ``max_steps`` (equal-update comparisons)
+    trains that many optimizer updates, cycling over the data."""
     import dataclasses
 
     from tokenclean.training import train
 
     cfg = cfg or run.cfg.train
     cfg = cfg if epochs is None else dataclasses.replace(cfg, epochs=epochs)
+    if max_steps is not None:
+        cfg = dataclasses.replace(cfg, max_steps=max_steps)
     init = str(init_adapter) if init_adapter else None
     kwargs: dict[str, Any] = {"cfg": cfg, "init_adapter": init, "device": run.cfg.model.device}
     try:
@@ -296,6 +301,16 @@ def select_stage(run: Run, scores: Path, out: Path, level: str, ratio: float | N
         replace_stale=True,
     )
     return out
+
+
+def matched_train_dir(run: Run, method_dir: Path) -> tuple[Path, int | None]:
+    """``(out, max_steps)`` of a single-stage method's training: ``method_dir/train``, or with
+    ``budget.match_updates`` ``method_dir/train_steps_N`` for N = the self-evolving adapter's updates (so a
+    matched and an unmatched training never share a directory)."""
+    n = run.match_steps
+    if n is None:
+        return method_dir / "train", None
+    return method_dir / f"train_steps_{n}", n
 
 
 def eval_identity(run: Run, adapter: Path | None, heldout: Path | None) -> dict[str, Any]:
@@ -397,15 +412,30 @@ def pool_splits(run: Run) -> list[Path]:
     pool = prepare_pool(run)
     parts = run.cfg.self_evolving.rounds + 1
     n = len(datasets.load_from_disk(str(pool)))
-    idx = split_indices(n, parts, run.cfg.selection.seed)
+    idx = split_indices(n, parts, split_seed(run))
     return [
         subset(pool, ix, run.root / "data" / f"split_{i}", f"split {i} of {parts}")
         for i, ix in enumerate(idx)
     ]
 
 
+def split_seed(run: Run) -> int:
+    """The seed of the pool splits (fixed across ``seeds``)."""
+    s = run.cfg.selection
+    return s.seed if s.split_seed is None else s.split_seed
+
+
+def warmup_data(run: Run) -> Path:
+    """What the warm-up reference trains on: split 0 of the pool, or ``warmup.data`` (a curated set)."""
+    w = run.cfg.warmup.data
+    if w is None:
+        return pool_splits(run)[0]
+    prepare_pool(run)
+    source = run.root / "data" / "source" / "clean.jsonl" if w == "synthetic:clean" else Path(w)
+    return prepare_file(run, source, run.root / "data" / "warmup")
+
+
 def warmup_adapter(run: Run) -> Path:
-    """Base + LoRA trained on split 0 with all tokens: the fixed-model reference, reference_1 of
-    self-evolving cleaning and the DS2 baseline."""
-    split0 = pool_splits(run)[0]
-    return train_stage(run, split0, run.root / "warmup", epochs=run.cfg.warmup.epochs)
+    """Base + LoRA trained on split 0 (or ``warmup.data``) with all tokens: the fixed-model reference,
+    reference_1 of self-evolving cleaning and the DS2 baseline."""
+    return train_stage(run, warmup_data(run), run.root / "warmup", epochs=run.cfg.warmup.epochs)

@@ -1,0 +1,129 @@
+"""``tokenclean groundtruth``: recovery metrics of a selection (or a score store) against user-supplied
+token truth (character spans, :mod:`tokenclean.groundtruth.user_truth`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from tokenclean import cli
+from tokenclean.errors import DataError
+
+
+def _prepared_dir(selection: str | None, scores: str | None) -> Path:
+    from tokenclean.utils import read_json
+
+    if selection:
+        m = read_json(Path(selection) / "manifest.json")
+        return Path((m.get("prepared") or {}).get("dir") or "")
+    assert scores is not None
+    return Path(read_json(Path(scores) / "manifest.json")["prepared_dir"])
+
+
+def truth_summary(
+    data: str,
+    truth: str,
+    selection: str | None,
+    scores: str | None,
+    tokenizer: Any,
+    fmt: str = "auto",
+    positive: tuple[str, ...] = ("informative",),
+    noise: tuple[str, ...] = ("noise", "hallucination"),
+) -> dict[str, Any]:
+    """A one-method summary (``methods.selection``) of recovery metrics with 95% intervals over samples."""
+    import datasets
+    import numpy as np
+
+    from tokenclean import IGNORE_INDEX
+    from tokenclean.groundtruth.truth import classes
+    from tokenclean.groundtruth.user_truth import load_user_truth
+    from tokenclean.pipelines.groundtruth import Truth, recovery_intervals
+
+    prep = _prepared_dir(selection, scores)
+    tt = load_user_truth(truth, data, prep, tokenizer, fmt)
+    t = Truth(tt, positive, noise)
+    ids = sorted(tt.samples)
+    if not ids:
+        raise DataError(truth, "no annotated sample is in the prepared data")
+    if selection:
+        sel = datasets.load_from_disk(selection)
+        by_id = {s: np.asarray(lab) != IGNORE_INDEX for s, lab in zip(sel["sample_id"], sel["labels"])}
+        keep = [by_id.get(i, np.zeros(len(tt.samples[i].labels), dtype=bool)) for i in ids]
+    else:  # no selection: every response token counts as kept (the score columns still say everything)
+        keep = [tt.samples[i].labels >= 0 for i in ids]
+    sc = None
+    if scores:
+        st = datasets.load_from_disk(scores)
+        sid = {s: np.asarray(v, dtype=np.float64) for s, v in zip(st["sample_id"], st["score"])}
+        sc = [sid[i] for i in ids]
+    ev = {
+        "ids": ids,
+        "cls": classes(tt, ids, positive, noise),
+        "labels": [tt.samples[i].labels for i in ids],
+        "decisive": [tt.samples[i].decisive for i in ids],
+        "keep": keep,
+        "scores": sc,
+    }
+    iv = recovery_intervals(t, [ev])
+    m: dict[str, Any] = {"recovery": {}, "recovery_ci": {}, "classes": {}, "classes_ci": {}}
+    for k, v in iv.items():
+        if "|" in k:
+            label, key = k.split("|", 1)
+            m["classes"].setdefault(label, {})[key] = v.mean
+            m["classes_ci"].setdefault(label, {})[key] = v.as_list()
+        else:
+            m["recovery"][k], m["recovery_ci"][k] = v.mean, v.as_list()
+    return {"methods": {"selection": m}, "seeds_used": [], "labels": tt.names, "samples": len(ids)}
+
+
+@cli.command("groundtruth")
+def _groundtruth(a: argparse.Namespace) -> int:
+    from tokenclean.models.loader import load_tokenizer
+    from tokenclean.report.truth_tables import class_table, decisive_table, results_table
+    from tokenclean.utils import read_json, write_json_atomic
+
+    if not (a.selection or a.scores):
+        raise DataError("groundtruth", "give --selection DIR and/or --scores DIR")
+    prep = _prepared_dir(a.selection, a.scores)
+    name = a.tokenizer or (read_json(prep / "manifest.json").get("tokenizer") or {}).get("source")
+    if not name:
+        raise DataError(
+            str(prep / "manifest.json"), "no tokenizer recorded; pass --tokenizer", field="tokenizer"
+        )
+    summary = truth_summary(
+        a.data,
+        a.truth,
+        a.selection,
+        a.scores,
+        load_tokenizer(str(name)),
+        a.format,
+        tuple(a.positive.split(",")),
+        tuple(a.noise.split(",")),
+    )
+    print(f"{summary['samples']} annotated samples; labels: {', '.join(summary['labels'])}")
+    print(results_table(summary))
+    print("[lo, hi] = 95% percentile-bootstrap interval over annotated samples.")
+    print("\nPer truth label: share of its tokens kept [95% interval] / mean score")
+    print(class_table(summary))
+    print(decisive_table(summary))
+    if a.out:
+        write_json_atomic(Path(a.out), summary)
+        print(f"wrote {a.out}")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("groundtruth", help="recovery metrics of a selection against annotated token truth")
+    s.add_argument("--data", required=True, help="the SFT file the prepared data came from")
+    s.add_argument("--truth", required=True, help='JSONL: {"id", "spans": [[start, end, label], ...]}')
+    s.add_argument("--selection", default=None, help="a cleaned dataset (tokenclean select --out)")
+    s.add_argument("--scores", default=None, help="a score store (tokenclean score --out)")
+    s.add_argument("--format", default="auto", help="record format of --data (default: auto)")
+    s.add_argument("--tokenizer", default=None, help="defaults to the one named in the prepared manifest")
+    s.add_argument("--positive", default="informative", help="comma list of informative labels")
+    s.add_argument("--noise", default="noise,hallucination", help="comma list of noise labels")
+    s.add_argument("--out", default=None, help="write the summary JSON here")
+
+
+cli._EXTRA_PARSERS.append(add_parsers)

@@ -1,0 +1,77 @@
+"""What each method's result cost, read back from its run directory: the budget columns of every table.
+
+- ``updates``: optimizer updates that produced the evaluated weights (self-evolving: its warm-up plus every
+  round, since each round continues the previous adapter; fixed-model, RHO, random, full: their own
+  training; warm-up/DS2: the warm-up).
+- ``trained_tokens``: tokens counted in the loss over those updates (kept tokens, every pass).
+- ``forward_tokens`` / ``backward_tokens``: token-passes of the whole method, counting everything it needs:
+  every training it depends on (warm-up, cross-fitted references; one forward and one backward pass per
+  input token) and every scoring pass (two forward passes per scored token: base and reference).
+  The random baseline needs no score, so none is counted for it.
+
+Counts come from the stages' own records (``done.json`` ``tokens.input``/``tokens.kept``/``steps``, score
+``manifest.json`` ``counts.tokens``), not from the config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tokenclean.utils import read_json
+
+
+def _train(d: Path) -> dict[str, int]:
+    done = read_json(d / "done.json")
+    tok = done.get("tokens") or {}
+    return {"updates": int(done["steps"]), "input": int(tok.get("input", 0)), "kept": int(tok.get("kept", 0))}
+
+
+def _scored(d: Path) -> int:
+    """Forward token-passes of a score store: base and reference pass over each scored sample."""
+    m = read_json(d / "manifest.json")
+    if "joined_from" in m:
+        return sum(_scored(Path(p)) for p in m["joined_from"])
+    return 2 * int((m.get("counts") or {}).get("tokens", 0))
+
+
+def _reference_cost(root: Path, scores: Path) -> tuple[list[Path], list[Path]]:
+    """(trainings, score stores) behind a fixed-reference score store."""
+    m = read_json(scores / "manifest.json")
+    if "joined_from" in m:
+        trains = sorted((root / "crossfit").glob("fold_*/warmup"))
+        return trains, [scores]
+    return ([root / "warmup"] if (root / "warmup" / "done.json").exists() else []), [scores]
+
+
+def method_budget(root: Path, name: str, m: dict[str, Any], rounds: list[dict[str, Any]]) -> dict[str, int]:
+    """The budget of method ``name`` (its summary entry ``m``) in run directory ``root``."""
+    if name == "base" or not m.get("adapter"):
+        return {"updates": 0, "trained_tokens": 0, "forward_tokens": 0, "backward_tokens": 0}
+    own = (root / m["adapter"]).parent
+    lineage: list[Path]  # trainings whose updates built the evaluated weights
+    extra: list[Path] = []  # other trainings the method needs (references)
+    stores: list[Path] = []
+    if name == "self_evolving":
+        lineage = [root / "warmup"] + [(root / r["adapter"]).parent for r in rounds]
+        stores = [root / r["scores"] for r in rounds]
+    elif name in ("fixed_model", "rho"):
+        lineage = [own]
+        extra, stores = _reference_cost(root, root / m["scores"])
+    else:  # full, random, warmup
+        lineage = [own]
+    t_lin = [_train(d) for d in lineage]
+    t_all = t_lin + [_train(d) for d in extra]
+    passes = sum(t["input"] for t in t_all)
+    return {
+        "updates": sum(t["updates"] for t in t_lin),
+        "trained_tokens": sum(t["kept"] for t in t_lin),
+        "forward_tokens": passes + sum(_scored(s) for s in stores),
+        "backward_tokens": passes,
+    }
+
+
+def self_evolving_updates(root: Path, rounds: list[dict[str, Any]]) -> int:
+    """Optimizer updates of the self-evolving adapter (warm-up + every round)."""
+    lineage = [root / "warmup"] + [(root / r["adapter"]).parent for r in rounds]
+    return sum(_train(d)["updates"] for d in lineage)
