@@ -4,6 +4,8 @@
 # Usage: nice -n 10 bash benchmarks/reference_choices.sh [OUT=runs/ref]
 set -uo pipefail
 out=${1:-runs/ref}
+mkdir -p "$out"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 declare -A extra=(
   [a]=""
   [b]="warmup.data=synthetic:clean"

@@ -173,13 +173,14 @@ def measure_run(run: Run) -> None:
     rounds = run.summary.get("rounds", [])
     for name, m in run.summary.get("methods", {}).items():
         m["budget"] = method_budget(run.root, name, m, rounds)
-        if synthetic and m.get("heldout_questions") is None:
+        if synthetic and (m.get("heldout_questions") is None or m.get("heldout_adapter") != m.get("adapter")):
             model = load_model(
                 run.cfg.model.base,
                 device=run.cfg.model.device,
                 adapter=str(run.root / m["adapter"]) if m.get("adapter") else None,
             )
             m["heldout_questions"] = heldout_questions(model, test_ds, test_truth)
+            m["heldout_adapter"] = m.get("adapter")  # the cache is valid for this adapter only
             del model
         run.save_summary()
 

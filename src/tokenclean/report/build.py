@@ -25,7 +25,7 @@ from tokenclean.errors import ConfigError, TokencleanError
 from tokenclean.report import html as page
 from tokenclean.report import plots, tables
 from tokenclean.report.runs import Merged, View, load_run, merge
-from tokenclean.report.tokens import SampleTokens, load_samples, load_token_arrays, tokenizer_name
+from tokenclean.report.tokens import SampleTokens, load_samples, load_token_arrays, tokenizer_name, with_truth
 from tokenclean.utils import atomic_dir, get_logger, package_versions, read_json
 
 log = get_logger("report")
@@ -126,12 +126,16 @@ def _samples(m: Merged, cfg: ReportConfig, tokenizer: Any, notices: list[str]) -
     out: list[SampleTokens] = []
     preferred: list[str] = []
     cache: dict[str, Any] = {}
+    truth_cache: dict[Path, Any] = {}
     for v in m.views:
         if v.cleaned is None:
             continue
         try:
             tok = _tokenizer_for(v, tokenizer, cache)
             got = load_samples(v, tok, cfg.samples, preferred, cfg.max_tokens)
+            truth = _run_truth(v.run_dir, tok, truth_cache)
+            if truth is not None:
+                got = with_truth(got, *truth)
         except TokencleanError as e:
             notices.append(f"{v.label}: no samples: {e}")
             log.warning("%s: no samples: %s", v.label, e)
@@ -139,6 +143,30 @@ def _samples(m: Merged, cfg: ReportConfig, tokenizer: Any, notices: list[str]) -
         if not preferred:
             preferred = [s.sample_id for s in got]  # show the same samples across methods where possible
         out += got
+    return out
+
+
+def _run_truth(run_dir: Path, tok: Any, cache: dict[Path, Any]) -> tuple[dict[str, Any], list[str]] | None:
+    """Token truth labels of a run's pool (a generated pool, or ``data.truth``), cached per run; None if the
+    run has no truth."""
+    if run_dir in cache:
+        return cache[run_dir]
+    import yaml
+
+    cfg_path, out = run_dir / "config.yaml", None
+    data = (yaml.safe_load(cfg_path.read_text()) or {}).get("data") or {} if cfg_path.is_file() else {}
+    pool = run_dir / "data" / "pool"
+    if (pool / "manifest.json").is_file() and (data.get("synthetic") or data.get("truth")):
+        if data.get("synthetic"):
+            from tokenclean.groundtruth.truth import pool_truth
+
+            tt = pool_truth(run_dir / "data" / "source" / "pool.jsonl", pool, tok)
+        else:
+            from tokenclean.groundtruth.user_truth import load_user_truth
+
+            tt = load_user_truth(data["truth"], data["path"], pool, tok, data.get("format", "auto"))
+        out = ({sid: st.labels for sid, st in tt.samples.items()}, tt.names)
+    cache[run_dir] = out
     return out
 
 

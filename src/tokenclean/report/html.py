@@ -54,7 +54,9 @@ def table_html(t: Table) -> str:
     for r in t.rows:
         cells = []
         for c in t.columns:
-            s = esc(fmt_value(r.values[c.key], c)) + ("*" if c.key in r.partial else "")
+            s = esc(fmt_value(r.values[c.key], c, r.intervals.get(c.key))) + (
+                "*" if c.key in r.partial else ""
+            )
             cells.append(f'<td class="best"><strong>{s}</strong></td>' if r.best[c.key] else f"<td>{s}</td>")
         body.append(f'<tr data-key="{esc(r.key)}"><th scope="row">{esc(r.label)}</th>{"".join(cells)}</tr>')
     notes = "".join(f'<p class="note">{esc(n)}</p>' for n in t.notes)
@@ -80,19 +82,38 @@ def figure_html(f: Figure) -> str:
     )
 
 
-def token_span(piece: str, cls: int, base: float | None, ref: float | None, score: float | None) -> str:
+def _truth_class(label: str) -> str:
+    head = label.split(":", 1)[0]
+    return (
+        "tr-noise"
+        if head in ("noise", "hallucination")
+        else "tr-info"
+        if head == "informative"
+        else "tr-other"
+    )
+
+
+def token_span(
+    piece: str, cls: int, base: float | None, ref: float | None, score: float | None, truth: str | None = None
+) -> str:
     names = ["t", CLASS_NAMES[cls]]
+    if truth is not None:
+        names.append(_truth_class(truth))
     if piece and not piece.strip() and "\n" in piece and cls != PROMPT:
         names.append("nl")  # a visible mark, so a highlighted newline token can be seen
     attrs = ""
     if cls != PROMPT or score is not None:
         attrs = f' data-base="{_num(base)}" data-ref="{_num(ref)}" data-score="{_num(score, True)}"'
+    if truth is not None:
+        attrs += f' data-truth="{esc(truth)}" title="truth: {esc(truth)}"'
     return f'<span class="{" ".join(names)}"{attrs}>{esc(piece)}</span>'
 
 
 def sample_html(s: SampleTokens) -> str:
+    truth = s.truth or [None] * len(s.pieces)
     spans = "".join(
-        token_span(p, c, b, r, sc) for p, c, b, r, sc in zip(s.pieces, s.classes, s.base, s.ref, s.score)
+        token_span(p, c, b, r, sc, tr)
+        for p, c, b, r, sc, tr in zip(s.pieces, s.classes, s.base, s.ref, s.score, truth)
     )
     n_k, n_d, n_p = (s.classes.count(c) for c in (KEPT, DROPPED, PROMPT))
     rnd = "" if s.view.round is None else str(s.view.round)
@@ -129,7 +150,8 @@ def render_page(
         + _select("f-method", "Method", "all methods", [(m, method_label(m)) for m in methods])
         + _select("f-round", "Round", "all rounds", [(str(r), f"round {r}") for r in rounds])
         + '<span id="f-count"></span><span class="legend"><span class="t kept">kept</span> '
-        '<span class="t dropped">dropped</span> <span class="t prompt">prompt</span></span></div>'
+        '<span class="t dropped">dropped</span> <span class="t prompt">prompt</span> '
+        '<span class="t tr-info">truth: informative</span> <span class="t tr-noise">truth: noise</span></span></div>'
     )
     meta_html = "".join(
         "<li>"
@@ -202,6 +224,7 @@ main{padding:10px 28px 40px;max-width:1400px}section{margin-top:18px}h2{font-siz
 .t.prompt{color:var(--prompt)}.t.kept{background:var(--kept);border-bottom:2px solid var(--kept-b)}
 .t.dropped{background:var(--drop);color:var(--drop-t);text-decoration:line-through}
 .t.kept+.t.kept,.t.dropped+.t.dropped{box-shadow:inset 1px 0 0 rgba(255,255,255,.9)}
+.t.tr-noise{border-top:2px dotted #c0392b}.t.tr-info{border-top:2px solid #2e86c1}
 .t.nl::before{content:"\\21B5";opacity:.6}.t[data-score]:hover{outline:1px solid #333}.more{color:#5b6470;font-style:italic}
 #tip{position:fixed;z-index:10;background:#1d2b3a;color:#fff;font:12.5px/1.45 ui-monospace,"DejaVu Sans Mono",monospace;
 padding:6px 9px;border-radius:4px;pointer-events:none;white-space:pre;box-shadow:0 2px 6px rgba(0,0,0,.3)}

@@ -14,6 +14,7 @@ marked best for the average.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -79,6 +80,7 @@ class Row:
     values: Mapping[str, float | None]
     best: Mapping[str, bool]
     partial: frozenset[str] = frozenset()  # columns computed from incomplete data (the average)
+    intervals: Mapping[str, Sequence[float]] = field(default_factory=dict)  # 95% [lo, hi] per column
 
 
 @dataclass(frozen=True)
@@ -287,7 +289,13 @@ def _flat_table(
         (k, method_label(k), {c.key: _num(methods[k][field_].get(c.key)) for c in cols}, frozenset[str]())
         for k in keys
     ]
-    return _finish(name, title, cols, raw)
+    t = _finish(name, title, cols, raw)
+    cis = {k: methods[k].get(f"{field_}_ci") or {} for k in keys}
+    if not any(cis.values()):
+        return t
+    rows = tuple(dataclasses.replace(r, intervals=cis[r.key]) for r in t.rows)
+    note = "[lo, hi]: 95% bootstrap interval over pool samples / held-out questions and seeds (tokenclean.stats)."
+    return dataclasses.replace(t, rows=rows, notes=(*t.notes, note))
 
 
 def recovery_table(methods: Mapping[str, Mapping[str, Any]]) -> Table | None:
@@ -360,8 +368,12 @@ def sweep_table(sweep: Sequence[Mapping[str, Any]]) -> Table | None:
 
 
 # -- renderers -------------------------------------------------------------------------------------------
-def fmt_value(v: float | None, col: Column) -> str:
-    return "–" if v is None else f"{v * col.scale:.{col.digits}f}"
+def fmt_value(v: float | None, col: Column, ci: Sequence[float] | None = None) -> str:
+    """The value in the column's scale and digits, followed by ``[lo, hi]`` when an interval is given."""
+    if v is None:
+        return "–"
+    s = f"{v * col.scale:.{col.digits}f}"
+    return s if not ci else s + f" [{ci[0] * col.scale:.{col.digits}f}, {ci[1] * col.scale:.{col.digits}f}]"
 
 
 def _md_escape(s: str) -> str:
@@ -376,7 +388,7 @@ def to_markdown(t: Table) -> str:
     for r in t.rows:
         cells = [_md_escape(r.label)]
         for c in t.columns:
-            s = fmt_value(r.values[c.key], c) + ("*" if c.key in r.partial else "")
+            s = fmt_value(r.values[c.key], c, r.intervals.get(c.key)) + ("*" if c.key in r.partial else "")
             cells.append(f"**{s}**" if r.best[c.key] else s)
         lines.append("| " + " | ".join(cells) + " |")
     if t.notes:

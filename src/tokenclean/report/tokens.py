@@ -8,7 +8,7 @@ texts from :func:`tokenclean.report.inspect.token_pieces`; nothing here re-deriv
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ class SampleTokens:
     ref: list[float | None]
     score: list[float | None]
     n_hidden: int = 0  # tokens past the display limit
+    truth: list[str | None] | None = None  # (L,) truth label per response token, when the run has truth
 
 
 def _load(path: Path) -> Any:
@@ -208,3 +209,18 @@ def tokenizer_name(view: View) -> str | None:
             if isinstance(v, str):
                 todo.append(Path(v))
     return view.model
+
+
+def with_truth(
+    samples: Sequence[SampleTokens], labels: dict[str, np.ndarray], names: Sequence[str]
+) -> list[SampleTokens]:
+    """Attach truth labels (``labels[sample_id]``: label index per position, -1 not a response token)."""
+    out = []
+    for s in samples:
+        lab = labels.get(s.sample_id)
+        if lab is None:
+            out.append(s)
+            continue
+        n = len(s.pieces)
+        out.append(replace(s, truth=[names[int(k)] if k >= 0 else None for k in lab[:n]]))
+    return out
