@@ -114,3 +114,22 @@ def test_groundtruth_command_names_the_bad_span(tmp_path: Path, tiny_model_dir: 
     rc = main(["groundtruth", "--data", str(data), "--truth", str(truth), "--selection", str(sel)])
     err = capsys.readouterr().err
     assert rc == 2 and f"{truth}:4" in err and "'s3'" in err and "exceeds assistant message 1" in err
+
+
+def test_demo_prints_intervals_budgets_and_overlap_words(
+    tmp_path: Path, tiny_model_dir: Path, capsys
+) -> None:
+    from tokenclean.cli import main
+
+    args = ["demo", "--out", str(tmp_path / "demo"), f"model.base={tiny_model_dir}", "report=false"]
+    args += ["methods=[base,full,fixed_model]", "data.synthetic.n_facts=4", "data.synthetic.repeats=3"]
+    args += ["warmup.epochs=1", "train.batch_size=4"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "95% percentile-bootstrap interval over held-out questions / pool samples only (one seed)" in out
+    assert "16 held-out questions" in out  # 4 facts x 4 phrasings
+    assert "answer loss: " in out and "overlap" in out  # the overlap sentences
+    head = next(ln for ln in out.splitlines() if ln.startswith("method") and "updates" in ln)
+    assert "fwd tok" in head and "bwd tok" in head
+    row = next(ln for ln in out.splitlines() if ln.startswith("fixed_model "))
+    assert row.count("[") >= 5  # precision, recall, AUROC, noise kept, held-out columns with intervals
