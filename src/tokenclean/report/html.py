@@ -151,7 +151,7 @@ def render_page(
         + _select("f-round", "Round", "all rounds", [(str(r), f"round {r}") for r in rounds])
         + '<span id="f-count"></span><span class="legend"><span class="t kept">kept</span> '
         '<span class="t dropped">dropped</span> <span class="t prompt">prompt</span> '
-        '<span class="t tr-info">truth: informative</span> <span class="t tr-noise">truth: noise</span></span></div>'
+        '<i class="tr-info">truth: informative</i> <i class="tr-noise">truth: noise</i></span></div>'
     )
     meta_html = "".join(
         "<li>"
@@ -224,7 +224,7 @@ main{padding:10px 28px 40px;max-width:1400px}section{margin-top:18px}h2{font-siz
 .t.prompt{color:var(--prompt)}.t.kept{background:var(--kept);border-bottom:2px solid var(--kept-b)}
 .t.dropped{background:var(--drop);color:var(--drop-t);text-decoration:line-through}
 .t.kept+.t.kept,.t.dropped+.t.dropped{box-shadow:inset 1px 0 0 rgba(255,255,255,.9)}
-.t.tr-noise{border-top:2px dotted #c0392b}.t.tr-info{border-top:2px solid #2e86c1}
+.tr-noise{border-top:2px dotted #c0392b}.tr-info{border-top:2px solid #2e86c1}i.tr-info,i.tr-noise{font-style:normal}
 .t.nl::before{content:"\\21B5";opacity:.6}.t[data-score]:hover{outline:1px solid #333}.more{color:#5b6470;font-style:italic}
 #tip{position:fixed;z-index:10;background:#1d2b3a;color:#fff;font:12.5px/1.45 ui-monospace,"DejaVu Sans Mono",monospace;
 padding:6px 9px;border-radius:4px;pointer-events:none;white-space:pre;box-shadow:0 2px 6px rgba(0,0,0,.3)}
