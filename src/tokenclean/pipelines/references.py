@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tokenclean.outputs import decide, file_digests, guarded
 from tokenclean.pipelines.stages import (
     Run,
+    artifact_id,
     prepare_pool,
     score_stage,
     split_indices,
@@ -27,7 +29,7 @@ from tokenclean.pipelines.stages import (
     train_stage,
 )
 from tokenclean.training.distributed import rank_zero_first
-from tokenclean.utils import atomic_dir, read_json
+from tokenclean.utils import atomic_dir, read_json, sha256_json
 
 
 def cross_fit_scores(run: Run) -> Path:
@@ -37,8 +39,6 @@ def cross_fit_scores(run: Run) -> Path:
     pool = prepare_pool(run)
     k_folds = run.cfg.warmup.cross_fit
     out = run.root / "scores" / f"pool_crossfit_{k_folds}"
-    if (out / "manifest.json").exists():
-        return out
     n = len(datasets.load_from_disk(str(pool)))
     folds = split_indices(n, k_folds, split_seed(run))
     stores = []
@@ -53,23 +53,32 @@ def cross_fit_scores(run: Run) -> Path:
 
 
 @rank_zero_first
+@guarded("score", inputs=("stores", "pool"))
 def join_stores(stores: list[Path], pool: Path, out: Path, note: str) -> Path:
-    """One score store over ``pool`` (its row order) from stores over disjoint parts of it."""
+    """One score store over ``pool`` (its row order) from stores over disjoint parts of it; reused only for
+    the same part stores and pool (content identities)."""
     import datasets
 
+    identity = {"joined_from": [artifact_id(s) for s in stores], "pool": artifact_id(pool), "note": note}
+    if decide(out, "score", identity, replace_stale=True) is not None:
+        return out
     parts = datasets.concatenate_datasets([datasets.load_from_disk(str(s)) for s in stores])
     row = {sid: i for i, sid in enumerate(parts["sample_id"])}
     order = [row[sid] for sid in datasets.load_from_disk(str(pool))["sample_id"]]
     joined = parts.select(order).flatten_indices()
-    first = read_json(stores[0] / "manifest.json")
+    first, prepared = read_json(stores[0] / "manifest.json"), read_json(pool / "manifest.json")
     manifest = dict(
         first,
         prepared_dir=str(pool.resolve()),
-        prepared=read_json(pool / "manifest.json"),
+        prepared=prepared,
+        prepared_cache_key=prepared.get("cache_key"),  # the joined store is over the whole pool
         joined_from=[str(s.resolve()) for s in stores],
         reference_note=note,
+        identity=identity,
+        cache_key=sha256_json(identity),
     )
     with atomic_dir(out) as tmp:
         joined.save_to_disk(str(tmp))
+        manifest["files"] = file_digests(tmp)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
     return out
