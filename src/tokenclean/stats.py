@@ -11,7 +11,9 @@ token-weighted mean answer loss of those questions. Then:
 - the interval is the 2.5th and 97.5th percentile of 1000 replicates (percentile bootstrap), from a fixed
   seed, so the same inputs give the same interval.
 
-With one seed the interval covers the sampling of units only; with few seeds the seed level is coarse
+Units that come in clusters (the phrasings of one fact, the pool samples about one fact) are not independent:
+:func:`clustered` resamples whole clusters instead (a cluster bootstrap), which the ground-truth tables use
+whenever the data names its fact. With one seed the interval covers the sampling of units only; with few seeds the seed level is coarse
 (3 seeds can only be resampled 10 ways), which is why the tables print the number of seeds next to them.
 """
 
@@ -69,6 +71,18 @@ def bootstrap(
         r = np.asarray(reps[k]) if reps[k] else np.asarray([point[k]])
         out[k] = Interval(point[k], float(np.quantile(r, a)), float(np.quantile(r, 1.0 - a)))
     return out
+
+
+def clustered(stat: StatFn, clusters: np.ndarray) -> tuple[StatFn, int]:
+    """``(stat over cluster draws, number of clusters)``: a draw of cluster indices becomes the units of
+    the drawn clusters (with repeats), for :func:`bootstrap` to resample clusters instead of units."""
+    _, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+    members = [np.flatnonzero(inverse == c) for c in range(int(inverse.max()) + 1)] if len(inverse) else []
+
+    def f(s: int, drawn: np.ndarray) -> Mapping[str, float | None]:
+        return stat(s, np.concatenate([members[int(c)] for c in drawn]))
+
+    return f, len(members)
 
 
 def weighted_mean(values: np.ndarray, weights: np.ndarray, units: np.ndarray) -> float | None:

@@ -126,7 +126,8 @@ def test_demo_prints_intervals_budgets_and_overlap_words(
     args += ["warmup.epochs=1", "train.batch_size=4"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "95% percentile-bootstrap interval over held-out questions / pool samples only (one seed)" in out
+    assert "95% percentile-bootstrap interval over facts (each with all its held-out questions" in out
+    assert "a cluster bootstrap) only (one seed)" in out
     assert "16 held-out questions" in out  # 4 facts x 4 phrasings
     assert "answer loss: " in out and "overlap" in out  # the overlap sentences
     head = next(ln for ln in out.splitlines() if ln.startswith("method") and "updates" in ln)

@@ -37,6 +37,24 @@ def test_seed_level_widens_the_interval_and_the_point_is_the_seed_mean() -> None
     assert (both.hi - both.lo) > 3 * (units_only.hi - units_only.lo)
 
 
+def test_cluster_bootstrap_widens_for_correlated_units() -> None:
+    from tokenclean.stats import clustered
+
+    rng = np.random.default_rng(2)
+    fact_effect = rng.normal(0, 1, 12)  # 12 facts, 10 near-identical questions each
+    x = np.repeat(fact_effect, 10) + rng.normal(0, 0.05, 120)
+    clusters = np.repeat(np.arange(12), 10)
+
+    def stat(s: int, u: np.ndarray) -> dict[str, float]:
+        return {"m": float(x[u].mean())}
+
+    naive = bootstrap(stat, 1, 120)["m"]
+    g, k = clustered(stat, clusters)
+    by_fact = bootstrap(g, 1, k)["m"]
+    assert k == 12 and by_fact.mean == pytest.approx(naive.mean)  # same point estimate
+    assert (by_fact.hi - by_fact.lo) > 2.5 * (naive.hi - naive.lo)  # ~sqrt(10) wider
+
+
 def test_weighted_mean_is_the_pooled_token_mean() -> None:
     v, w = np.array([1.0, 3.0, 10.0]), np.array([1, 3, 0])
     assert weighted_mean(v, w, np.arange(3)) == pytest.approx((1 + 9) / 4)

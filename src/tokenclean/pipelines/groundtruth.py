@@ -17,7 +17,7 @@ from tokenclean.groundtruth.truth import INFORMATIVE, classes, is_noise_label, p
 from tokenclean.groundtruth.user_truth import TokenTruth
 from tokenclean.pipelines.budget import method_budget
 from tokenclean.pipelines.stages import Run, get_logger
-from tokenclean.stats import Interval, bootstrap, weighted_mean
+from tokenclean.stats import Interval, bootstrap, clustered, weighted_mean
 
 log = get_logger("groundtruth")
 
@@ -104,11 +104,27 @@ def _recovery_stat(truth: Truth, ev: list[dict[str, Any]]) -> Any:
     return f
 
 
-def recovery_intervals(truth: Truth, ev: list[dict[str, Any]]) -> dict[str, Interval]:
+def recovery_intervals(
+    truth: Truth, ev: list[dict[str, Any]], facts: dict[str, Any] | None = None
+) -> dict[str, Interval]:
+    """Intervals over pool samples (and seeds); with ``facts`` ({sample id: fact}) over facts (clusters)."""
     ids = ev[0]["ids"]
     if any(e["ids"] != ids for e in ev):
         raise ValueError("seeds scored different samples; intervals need the same samples in every seed")
+    if facts:
+        g, k = clustered(_recovery_stat(truth, ev), np.asarray([facts[i] for i in ids]))
+        return bootstrap(g, len(ev), k)
     return bootstrap(_recovery_stat(truth, ev), len(ev), len(ids))
+
+
+def _facts(path: Path) -> dict[str, Any]:
+    """{row id: fact} of a generated pool file (empty when the file is absent)."""
+    import json
+
+    if not path.is_file():
+        return {}
+    with open(path) as f:
+        return {str(r["id"]): r.get("fact") for r in map(json.loads, f)}
 
 
 def heldout_questions(model: Any, ds: Any, truth: list[np.ndarray]) -> dict[str, list[float]]:
@@ -126,7 +142,10 @@ def heldout_questions(model: Any, ds: Any, truth: list[np.ndarray]) -> dict[str,
     return out
 
 
-def heldout_intervals(per_seed: list[dict[str, list[float]]]) -> dict[str, Interval]:
+def heldout_intervals(
+    per_seed: list[dict[str, list[float]]], clusters: np.ndarray | None = None
+) -> dict[str, Interval]:
+    """Intervals of the held-out metrics; ``clusters`` (per question, e.g. its fact) resamples clusters."""
     arr = [{k: np.asarray(v, dtype=np.float64) for k, v in q.items()} for q in per_seed]
 
     def f(s: int, u: np.ndarray) -> dict[str, float | None]:
@@ -141,7 +160,27 @@ def heldout_intervals(per_seed: list[dict[str, list[float]]]) -> dict[str, Inter
     n = {len(q["loss"]) for q in arr}
     if len(n) != 1:
         raise ValueError("seeds were evaluated on different held-out sets")
+    if clusters is not None and len(clusters) == next(iter(n)):
+        g, k = clustered(f, clusters)
+        return bootstrap(g, len(arr), k)
     return bootstrap(f, len(arr), n.pop())
+
+
+def _question_facts(run: Run) -> np.ndarray | None:
+    """The fact of every held-out question in prepared order (None when the data names no fact)."""
+    import datasets
+
+    facts = _facts(run.root / "data" / "source" / "test.jsonl")
+    heldout = run.root / "data" / "heldout"
+    if not facts or not heldout.is_dir():
+        return None
+    return np.asarray([facts[i] for i in datasets.load_from_disk(str(heldout))["sample_id"]])
+
+
+def interval_units(run: Run) -> str:
+    """What the intervals resample: ``facts`` (generated pools: clusters of questions and samples) or
+    ``samples`` (one unit per held-out question / pool sample)."""
+    return "facts" if (run.root / "data" / "source" / "pool.jsonl").is_file() else "samples"
 
 
 def load_truth(run: Run) -> Truth:
@@ -196,7 +235,8 @@ def aggregate(runs: list[Run], truth: Truth) -> dict[str, dict[str, Any]]:
         agg: dict[str, Any] = {"seeds": len(runs)}
         ev = [_evidence(truth, r.root, name, m, r.summary.get("rounds", [])) for r, m in zip(runs, ms)]
         if all(e is not None for e in ev):
-            iv = recovery_intervals(truth, ev)  # type: ignore[arg-type]
+            facts = _facts(runs[0].root / "data" / "source" / "pool.jsonl")
+            iv = recovery_intervals(truth, ev, facts or None)  # type: ignore[arg-type]
             flat = {k: v for k, v in iv.items() if "|" not in k}
             agg["recovery"] = {k: v.mean for k, v in flat.items()}
             agg["recovery_ci"] = {k: v.as_list() for k, v in flat.items()}
@@ -207,7 +247,7 @@ def aggregate(runs: list[Run], truth: Truth) -> dict[str, dict[str, Any]]:
                     agg["classes"].setdefault(label, {})[key] = v.mean
                     agg["classes_ci"].setdefault(label, {})[key] = v.as_list()
         if all(m.get("heldout_questions") for m in ms):
-            hv = heldout_intervals([m["heldout_questions"] for m in ms])
+            hv = heldout_intervals([m["heldout_questions"] for m in ms], _question_facts(runs[0]))
             agg["heldout"] = {k: v.mean for k, v in hv.items()}
             agg["heldout_ci"] = {k: v.as_list() for k, v in hv.items()}
             agg["heldout"]["questions"] = len(ms[0]["heldout_questions"]["loss"])
@@ -232,6 +272,7 @@ def evaluate_ground_truth(run: Run) -> None:
         m.update({k: v for k, v in agg.items() if k != "seeds"})
         log.info("%s: recovery: %s; held-out: %s", name, _brief(m.get("recovery")), _brief(m.get("heldout")))
     run.summary["seeds_used"] = [run.cfg.train.seed]
+    run.summary["interval_units"] = interval_units(run)
     run.save_summary()
 
 

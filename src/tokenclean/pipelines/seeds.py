@@ -59,8 +59,9 @@ def aggregate_seeds(cfg: RunConfig, runs: list[Run]) -> dict[str, Any]:
         "per_seed": {str(s): str(r.root) for s, r in zip(cfg.seeds, runs)},
     }
     if cfg.data.synthetic is not None or cfg.data.truth is not None:
-        from tokenclean.pipelines.groundtruth import aggregate, load_truth
+        from tokenclean.pipelines.groundtruth import aggregate, interval_units, load_truth
 
         summary["methods"] = aggregate(runs, load_truth(runs[0]))
+        summary["interval_units"] = interval_units(runs[0])
     write_json_atomic(root / "summary.json", summary)
     return summary

@@ -176,7 +176,10 @@ def interval_note(summary: dict[str, Any]) -> str:
     )
     what = f"{len(seeds)} seed(s) {list(seeds)}"
     q = f", {n_q} held-out questions" if n_q else ""
-    level = "held-out questions / pool samples" + (" and seeds" if len(seeds) > 1 else " only (one seed)")
+    units = {
+        "facts": "facts (each with all its held-out questions / pool samples: a cluster bootstrap)",
+    }.get(summary.get("interval_units", ""), "held-out questions / pool samples")
+    level = units + (" and seeds" if len(seeds) > 1 else " only (one seed)")
     return f"[lo, hi] = 95% percentile-bootstrap interval over {level}; {what}{q}."
 
 
