@@ -255,3 +255,28 @@ def test_peer_settings_are_strict(tmp_path: Path, tiny_model_dir: Path) -> None:
         tiny_cfg(tmp_path, tiny_model_dir, "peers.dft.floor=0.1")
     with pytest.raises(ConfigError, match=r"methods\[0\]: unknown method 'ssttoken'"):
         tiny_cfg(tmp_path, tiny_model_dir, "methods=[ssttoken]")
+
+
+def test_ground_truth_recovery_of_peer_methods(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Peer methods join the ground-truth tables: online methods are measured on the tokens they counted
+    (ProFit with a threshold that drops some), offline ones on their cleaned data."""
+    require("skimage")
+    cfg = tiny_cfg(
+        tmp_path,
+        tiny_model_dir,
+        "methods=[full,profit,dft,xtf,soft_token_cleaning]",
+        "data.synthetic={n_facts: 4, repeats: 3, noise_rate: 0.5, seed: 0}",
+        "selection.sweep=[]",
+        "peers.profit.prob_threshold=0.004",
+        "peers.xtf.novelty_min=0.002",
+    )
+    summary = run(cfg)
+    rec = {
+        n: summary["methods"][n]["recovery"] for n in ("full", "profit", "dft", "xtf", "soft_token_cleaning")
+    }
+    total = rec["full"]["response_tokens"]
+    assert all(r["response_tokens"] == total for r in rec.values())
+    assert rec["dft"]["kept_tokens"] == rec["full"]["kept_tokens"]  # DFT weights every token it sees
+    assert 0 < rec["profit"]["kept_tokens"] < total  # ProFit counted only some of them
+    assert 0 < rec["xtf"]["kept_tokens"] < total
+    assert rec["soft_token_cleaning"]["auroc"] is not None  # ranked by the fixed-model score

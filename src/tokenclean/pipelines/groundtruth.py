@@ -51,18 +51,36 @@ def _sources(root: Path, name: str, m: dict[str, Any], rounds: list[dict[str, An
         return [root / r["cleaned"] for r in rounds], [root / r["scores"] for r in rounds]
     if name in ("fixed_model", "rho"):
         return [root / m["cleaned"]], [root / m["scores"]]
-    if name in ("random", "full"):
+    if name in ("random", "full", "xtf"):
         return [root / m["cleaned"]], []
+    if name == "soft_token_cleaning":  # every scored token is kept, with a weight; the score ranks them
+        return [root / m["cleaned"]], [root / m["scores"]]
     return [], []
+
+
+def _counted_keep(train_dir: Path, data_dir: Path, truth: Truth) -> dict[str, np.ndarray]:
+    """Online methods: the tokens their policy counted in the last epoch, as keep masks by sample id."""
+    from tokenclean.training.loop import counted_tokens
+
+    counted = counted_tokens(train_dir, data_dir)
+    out = {}
+    for sid, pos in counted.items():
+        if sid in truth.tt.samples:
+            k = np.zeros(len(truth.tt.samples[sid].labels), dtype=bool)
+            k[np.fromiter(pos, dtype=np.int64)] = True
+            out[sid] = k
+    return out
 
 
 def _evidence(truth: Truth, root: Path, name: str, m: dict[str, Any], rounds: list) -> dict[str, Any] | None:
     """Per-sample truth, keep and score arrays of one method in one run (ids sorted)."""
     cleaned, scores = _sources(root, name, m, rounds)
-    if not cleaned:
-        return None
     keep: dict[str, np.ndarray] = {}
-    for c in cleaned:
+    if m.get("counted"):  # online policies: recovery on the tokens they counted
+        keep, scores = _counted_keep(root / m["counted"], root / m["cleaned"], truth), []
+    elif not cleaned:
+        return None
+    for c in cleaned if not m.get("counted") else []:
         keep.update(_keep_by_id(c))
     score: dict[str, np.ndarray] = {}
     for s in scores:
