@@ -107,6 +107,12 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # OpenMP threads that wait for work sleep instead of spinning (set before torch loads its OpenMP
+    # runtime; OMP_WAIT_POLICY set by the user wins). Beside another busy job, spinning waits made scoring
+    # 6.4x slower instead of 2.2x (benchmarks/README.md, "Scoring under CPU contention").
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _load_extensions()
     args = build_parser().parse_args(argv)
     try:
