@@ -58,14 +58,6 @@ def setup(work: Path, n: int) -> Path:
     return work / "clean"
 
 
-def proc_status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def worker_tokenclean(work: Path, steps: int, bf16: bool, threads: int, ckpt: bool) -> dict[str, Any]:
     import shutil
 
@@ -126,6 +118,8 @@ def worker_trl(work: Path, steps: int, bf16: bool, threads: int, ckpt: bool) -> 
 
 
 def run_worker(a: argparse.Namespace) -> None:
+    from bench_scoring import proc_status_mb
+
     load0 = os.getloadavg()[0]
     fn = worker_tokenclean if a.worker.startswith("tokenclean") else worker_trl
     res = fn(a.work, a.steps, a.worker.endswith("bf16"), a.threads, a.checkpointing)

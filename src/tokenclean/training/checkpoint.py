@@ -44,8 +44,18 @@ def _set_rng_state(s: dict[str, Any]) -> None:
     np.random.set_state(np_state)
 
 
-def _sharded(acc: Any) -> bool:
+def is_sharded(acc: Any) -> bool:
+    """Whether parameters are sharded across ranks (FSDP / DeepSpeed): saving needs every rank."""
     return str(acc.distributed_type).split(".")[-1] in ("FSDP", "DEEPSPEED")
+
+
+def _write_states(d: Path, scheduler: Any, rng: list, policy_state: Any, state: dict[str, Any]) -> None:
+    """The small per-run files of a checkpoint; ``state.json`` last (a checkpoint counts once it exists)."""
+    torch.save(scheduler.state_dict(), d / "scheduler.pt")
+    torch.save(rng, d / "rng.pt")
+    if policy_state is not None:
+        torch.save(policy_state, d / "policy.pt")
+    write_json_atomic(d / "state.json", state)
 
 
 def save_checkpoint(
@@ -65,29 +75,21 @@ def save_checkpoint(
     from accelerate.utils import gather_object
 
     rng = gather_object([_rng_state()]) if acc.num_processes > 1 else [_rng_state()]
-    if _sharded(acc):
+    if is_sharded(acc):
         d = out / CHECKPOINT
         if acc.is_main_process:
             (d / "state.json").unlink(missing_ok=True)
         acc.wait_for_everyone()
         acc.save_state(str(d / "accelerate"))
         if acc.is_main_process:
-            torch.save(scheduler.state_dict(), d / "scheduler.pt")
-            torch.save(rng, d / "rng.pt")
-            if policy_state is not None:
-                torch.save(policy_state, d / "policy.pt")
-            write_json_atomic(d / "state.json", state)
+            _write_states(d, scheduler, rng, policy_state, state)
         acc.wait_for_everyone()
         return
     if acc.is_main_process:
         with atomic_dir(out / CHECKPOINT) as tmp:
             net.save_pretrained(str(tmp / "adapter"), save_embedding_layers=False)
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save(rng, tmp / "rng.pt")
-            if policy_state is not None:
-                torch.save(policy_state, tmp / "policy.pt")
-            write_json_atomic(tmp / "state.json", state)
+            _write_states(tmp, scheduler, rng, policy_state, state)
     acc.wait_for_everyone()
 
 
@@ -121,7 +123,7 @@ def load_checkpoint(
     from safetensors.torch import load_file
 
     d = out / CHECKPOINT
-    if _sharded(acc):
+    if is_sharded(acc):
         acc.load_state(str(d / "accelerate"))
     else:
         weights = load_file(str(d / "adapter" / "adapter_model.safetensors"))

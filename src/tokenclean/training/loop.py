@@ -50,6 +50,7 @@ from tokenclean.signals import signal_model
 from tokenclean.training.checkpoint import (
     CHECKPOINT,
     check_same_run,
+    is_sharded,
     load_checkpoint,
     read_checkpoint_state,
     save_checkpoint,
@@ -476,7 +477,7 @@ def _finish(
     resumed_from: int | None,
 ) -> dict[str, Any]:
     """Save the adapter, then done.json (last), then remove the checkpoint (rank 0; the others wait)."""
-    full = acc.get_state_dict(model) if _sharded(acc) else None  # every rank takes part in the gather
+    full = acc.get_state_dict(model) if is_sharded(acc) else None  # every rank takes part in the gather
     done = _done_record(acc, net, data, cfg, spec, init_adapter, data_dir, out, n_steps, state, resumed_from)
     if acc.is_main_process:
         lm_state = None if full is None else {k.removeprefix("lm."): v for k, v in full.items()}
@@ -510,11 +511,6 @@ def counted_tokens(train_dir: str | Path, data_dir: str | Path) -> dict[str, dic
             for (i, pos), w in zip(z["keys"], z["weights"]):
                 out.setdefault(data.sample_ids[int(i)], {})[int(pos)] = float(w)
     return out
-
-
-def _sharded(acc: Any) -> bool:
-    """Whether parameters are sharded across ranks (FSDP / DeepSpeed): saving needs a gather."""
-    return str(acc.distributed_type).split(".")[-1] in ("FSDP", "DEEPSPEED")
 
 
 def _done_record(
