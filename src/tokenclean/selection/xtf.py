@@ -182,13 +182,14 @@ def xtf_select(
         expert = input_ids[labels == -100]
     rel = relevance(model, resp_ids, expert)
     scored = ~np.isnan(sig["novelty"])
+    low_relevance, otsu_thresholds = otsu_low_class(rel, settings.otsu_classes)
     noise = {
         "novelty": scored & (sig["novelty"] < settings.novelty_min),
         "attention": scored
         & iqr_fence_noise(
             np.nan_to_num(sig["attention"], nan=np.inf), table.response_offsets, settings.iqr_k
         ),
-        "relevance": otsu_low_class(rel, settings.otsu_classes)[0],
+        "relevance": low_relevance,
     }
     union = np.zeros(len(rel), dtype=bool)
     for f in settings.filters:
@@ -202,7 +203,7 @@ def xtf_select(
         "settings": asdict(settings),
         "noise_tokens": {f: int(noise[f].sum()) for f in noise},
         "union": int(union.sum()),
-        "otsu_thresholds": otsu_low_class(rel, settings.otsu_classes)[1],
+        "otsu_thresholds": otsu_thresholds,
     }
     manifest = {
         "stage": "select",
