@@ -74,8 +74,10 @@ def test_position_zero_and_unknown_signals_are_refused(eager_model) -> None:
         token_signals(eager_model, _batch(), ("loss", "surprise"))
 
 
-def test_groundtruth_heldout_metrics_equal_full_logits(eager_model) -> None:
-    """The ground-truth held-out metrics (now on the primitive) equal a full-logits computation."""
+@pytest.mark.parametrize("batch_tokens", [1, 28, 4096])
+def test_groundtruth_heldout_metrics_equal_full_logits(eager_model, batch_tokens: int) -> None:
+    """The ground-truth held-out metrics (batched by length on the primitive) equal a one-sample-at-a-time
+    full-logits computation, for one sample per forward, two, and all in one forward."""
     from tokenclean.groundtruth.metrics import heldout_metrics
     from tokenclean.groundtruth.truth import INFORMATIVE, NOT_RESPONSE, UNINFORMATIVE
 
@@ -91,7 +93,7 @@ def test_groundtruth_heldout_metrics_equal_full_logits(eager_model) -> None:
         ids.append(x)
         labels.append(lab)
         truth.append(tr)
-    got = heldout_metrics(eager_model, ids, labels, truth)
+    got = heldout_metrics(eager_model, ids, labels, truth, batch_tokens=batch_tokens)
     resp, ans, exact = [], [], []
     with torch.no_grad():
         for x, lab, tr in zip(ids, labels, truth):

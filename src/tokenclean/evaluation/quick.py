@@ -29,7 +29,7 @@ from tokenclean.errors import DataError, ModelError
 from tokenclean.utils import read_json
 
 
-def _batches(lengths: np.ndarray, batch_tokens: int) -> Iterator[list[int]]:
+def length_batches(lengths: np.ndarray, batch_tokens: int) -> Iterator[list[int]]:
     """Indices grouped so that ``len(batch) * max_length <= batch_tokens`` (a longer sample goes alone)."""
     order = np.argsort(lengths, kind="stable")[::-1]
     batch: list[int] = []
@@ -114,7 +114,7 @@ def heldout_metrics(
     lengths = np.array([len(x) for x, _ in samples])
     tot = {"loss_sum": 0.0, "tokens": 0, "hits": 0, "all_hit": 0}
     bar = tqdm(total=int(lengths.sum()), unit="tok", desc="held-out loss", disable=not progress)
-    for batch in _batches(lengths, batch_tokens):
+    for batch in length_batches(lengths, batch_tokens):
         s = _batch_stats(model, [samples[i] for i in batch], device)
         for k in ("loss_sum", "tokens", "hits"):
             tot[k] += s[k]

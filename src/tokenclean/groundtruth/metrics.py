@@ -120,37 +120,78 @@ def _auroc_vs(s: np.ndarray | None, pos: np.ndarray, neg: np.ndarray) -> float |
     return auroc(s[both], pos[both])
 
 
+def heldout_per_sample(
+    model: Any,
+    input_ids: Sequence[Sequence[int]],
+    labels: Sequence[Sequence[int]],
+    truth: Sequence[np.ndarray],
+    batch_tokens: int = 4096,
+) -> dict[str, np.ndarray]:
+    """Per held-out sample: summed response loss and its token count, summed answer (informative) loss and
+    its token count, and whether every answer token is the model's greedy (argmax) prediction given the
+    correct prefix (teacher forcing; equal to greedy decoding of the answer span).
+
+    Samples are sorted by length and right-padded into forwards of at most ``batch_tokens`` padded tokens
+    (a longer sample goes alone) through :func:`tokenclean.signals.token_signals`; right padding does not
+    change a causal model's outputs at real positions, so results equal one sample per forward up to float
+    rounding (tested)."""
+    import torch
+
+    from tokenclean.alignment import trained_positions
+    from tokenclean.evaluation.quick import length_batches
+    from tokenclean.signals import make_token_batch, token_signals
+
+    n = len(input_ids)
+    out = {
+        "loss_sum": np.zeros(n),
+        "tokens": np.zeros(n, dtype=np.int64),
+        "answer_loss_sum": np.zeros(n),
+        "answer_tokens": np.zeros(n, dtype=np.int64),
+        "exact": np.zeros(n, dtype=bool),
+    }
+    model.eval()
+    device = next(model.parameters()).device
+    pos_of, resp_of, ans_of = [], [], []
+    for labs, tr in zip(labels, truth):
+        resp = trained_positions(np.asarray(labs))  # (n,) response positions j >= 1
+        ans = np.flatnonzero(np.asarray(tr) == INFORMATIVE)
+        ans = ans[ans >= 1]  # (a,) answer positions
+        pos = np.union1d(resp, ans)  # (m,) every position asked about, ascending
+        pos_of.append(pos)
+        resp_of.append(np.isin(pos, resp))
+        ans_of.append(np.isin(pos, ans))
+    lengths = np.array([len(x) for x in input_ids])
+    with torch.no_grad():
+        for idx in length_batches(lengths, batch_tokens):
+            batch = make_token_batch([np.asarray(input_ids[i], dtype=np.int64) for i in idx], [pos_of[i] for i in idx])
+            sig = token_signals(model, batch.to(device), ("loss", "hit"))
+            nll, hit = sig["loss"].double().cpu().numpy(), sig["hit"].cpu().numpy()  # (N,), (N,)
+            rows = batch.rows.numpy()  # (N,)
+            for r, i in enumerate(idx):
+                at = rows == r
+                l_i, h_i, resp_i, ans_i = nll[at], hit[at], resp_of[i], ans_of[i]
+                out["loss_sum"][i] = l_i[resp_i].sum()
+                out["tokens"][i] = int(resp_i.sum())
+                out["answer_loss_sum"][i] = l_i[ans_i].sum()
+                out["answer_tokens"][i] = int(ans_i.sum())
+                out["exact"][i] = bool(ans_i.any() and h_i[ans_i].all())
+    return out
+
+
 def heldout_metrics(
     model: Any,
     input_ids: Sequence[Sequence[int]],
     labels: Sequence[Sequence[int]],
     truth: Sequence[np.ndarray],
+    batch_tokens: int = 4096,
 ) -> dict[str, float]:
-    """On clean held-out samples: mean response loss, mean loss on the answer (informative) tokens, and
-    exact match = share of samples whose every answer token is the model's greedy (argmax) prediction
-    given the correct prefix (teacher forcing; equal to greedy decoding of the answer span). Per-token
-    losses and greedy hits come from :func:`tokenclean.signals.token_signals`, one sample at a time."""
-    from tokenclean.alignment import trained_positions
-    from tokenclean.signals import make_token_batch, token_signals
-
-    resp_losses, ans_losses, exact = [], [], []
-    model.eval()
-    device = next(model.parameters()).device
-    for ids, labs, tr in zip(input_ids, labels, truth):
-        resp = trained_positions(np.asarray(labs))  # (n,) response positions j >= 1
-        ans = np.flatnonzero(np.asarray(tr) == INFORMATIVE)
-        ans = ans[ans >= 1]  # (a,) answer positions
-        pos = np.union1d(resp, ans)  # (m,) every position asked about, ascending
-        batch = make_token_batch([np.asarray(ids, dtype=np.int64)], [pos])
-        sig = token_signals(model, batch.to(device), ("loss", "hit"))
-        nll, hit = sig["loss"].cpu().numpy(), sig["hit"].cpu().numpy()  # (m,), (m,)
-        resp_losses.extend(nll[np.isin(pos, resp)].tolist())
-        is_ans = np.isin(pos, ans)
-        ans_losses.extend(nll[is_ans].tolist())
-        if is_ans.any():
-            exact.append(bool(hit[is_ans].all()))
+    """On clean held-out samples: mean response loss (token-weighted), mean loss on the answer (informative)
+    tokens, and exact match = share of samples with an answer whose every answer token is predicted greedily
+    (see :func:`heldout_per_sample`)."""
+    p = heldout_per_sample(model, input_ids, labels, truth, batch_tokens)
+    has = p["answer_tokens"] > 0
     return {
-        "loss": float(np.mean(resp_losses)),
-        "answer_loss": float(np.mean(ans_losses)) if ans_losses else float("nan"),
-        "exact_match": float(np.mean(exact)) if exact else float("nan"),
+        "loss": float(p["loss_sum"].sum() / max(int(p["tokens"].sum()), 1)),
+        "answer_loss": float(p["answer_loss_sum"].sum() / p["answer_tokens"].sum()) if has.any() else float("nan"),
+        "exact_match": float(p["exact"][has].mean()) if has.any() else float("nan"),
     }

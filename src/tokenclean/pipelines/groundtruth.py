@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from tokenclean import IGNORE_INDEX
-from tokenclean.groundtruth.metrics import heldout_metrics, label_breakdown, recovery_metrics
+from tokenclean.groundtruth.metrics import heldout_per_sample, label_breakdown, recovery_metrics
 from tokenclean.groundtruth.truth import INFORMATIVE, classes, is_noise_label, pool_truth
 from tokenclean.groundtruth.user_truth import TokenTruth
 from tokenclean.pipelines.budget import method_budget
@@ -146,18 +146,17 @@ def _facts(path: Path) -> dict[str, Any]:
 
 
 def heldout_questions(model: Any, ds: Any, truth: list[np.ndarray]) -> dict[str, list[float]]:
-    """Per held-out question: its metrics (one question at a time through ``heldout_metrics``) and the
-    token counts that make their means token-weighted, so the mean over questions equals the pooled one."""
-    out: dict[str, list[float]] = {k: [] for k in ("loss", "tokens", "answer_loss", "answer_tokens", "exact")}
-    for ids, labs, tr in zip(ds["input_ids"], ds["labels"], truth):
-        h = heldout_metrics(model, [ids], [labs], [tr])
-        n_ans = int((np.asarray(tr)[1:] == INFORMATIVE).sum())
-        out["loss"].append(h["loss"])
-        out["tokens"].append(int((np.asarray(labs)[1:] != IGNORE_INDEX).sum()))
-        out["answer_loss"].append(h["answer_loss"] if n_ans else 0.0)
-        out["answer_tokens"].append(n_ans)
-        out["exact"].append(h["exact_match"] if n_ans else 0.0)
-    return out
+    """Per held-out question: its metrics (batched by length through ``heldout_per_sample``) and the token
+    counts that make their means token-weighted, so the mean over questions equals the pooled one."""
+    p = heldout_per_sample(model, ds["input_ids"], ds["labels"], truth)
+    tok, ans = p["tokens"], p["answer_tokens"]
+    return {
+        "loss": (p["loss_sum"] / np.maximum(tok, 1)).tolist(),
+        "tokens": tok.tolist(),
+        "answer_loss": np.where(ans > 0, p["answer_loss_sum"] / np.maximum(ans, 1), 0.0).tolist(),
+        "answer_tokens": ans.tolist(),
+        "exact": np.where(ans > 0, p["exact"], False).astype(np.float64).tolist(),
+    }
 
 
 def heldout_intervals(
