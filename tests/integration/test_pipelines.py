@@ -257,9 +257,11 @@ def test_peer_settings_are_strict(tmp_path: Path, tiny_model_dir: Path) -> None:
         tiny_cfg(tmp_path, tiny_model_dir, "methods=[ssttoken]")
 
 
+@pytest.mark.requires("matplotlib")  # the report
 def test_ground_truth_recovery_of_peer_methods(tmp_path: Path, tiny_model_dir: Path) -> None:
     """Peer methods join the ground-truth tables: online methods are measured on the tokens they counted
-    (ProFit with a threshold that drops some), offline ones on their cleaned data."""
+    (ProFit with a threshold that drops some), offline ones on their cleaned data; the report draws every
+    method's per-label bars and shows the tokens online methods counted and soft methods' weights."""
     require("skimage")
     cfg = tiny_cfg(
         tmp_path,
@@ -269,8 +271,10 @@ def test_ground_truth_recovery_of_peer_methods(tmp_path: Path, tiny_model_dir: P
         "selection.sweep=[]",
         "peers.profit.prob_threshold=0.004",
         "peers.xtf.novelty_min=0.002",
+        "report=true",
     )
     summary = run(cfg)
+    _check_peer_report(tmp_path / "run", summary)
     rec = {
         n: summary["methods"][n]["recovery"] for n in ("full", "profit", "dft", "xtf", "soft_token_cleaning")
     }
@@ -280,3 +284,34 @@ def test_ground_truth_recovery_of_peer_methods(tmp_path: Path, tiny_model_dir: P
     assert 0 < rec["profit"]["kept_tokens"] < total  # ProFit counted only some of them
     assert 0 < rec["xtf"]["kept_tokens"] < total
     assert rec["soft_token_cleaning"]["auroc"] is not None  # ranked by the fixed-model score
+
+
+def _check_peer_report(root: Path, summary: dict) -> None:
+    """The report of a peer run: the per-label figure, ProFit's samples show exactly the tokens it counted
+    in its last epoch, DFT's and soft Token Cleaning's tokens carry their weights (shaded)."""
+    import re
+    from html import unescape
+
+    from tokenclean.training.loop import counted_tokens
+
+    report = root / "report"
+    assert (report / "figures" / "classes.png").is_file()
+    page = (report / "index.html").read_text()
+    articles = re.findall(r'<article class="sample filterable" data-method="([^"]+)" data-round="[^"]*" '
+                          r'data-sample-id="([^"]+)">(.*?)</article>', page, re.S)  # fmt: skip
+    by_method: dict[str, list[tuple[str, str]]] = {}
+    for method, sid, body in articles:
+        by_method.setdefault(method, []).append((unescape(sid), body))
+    assert {"profit", "dft", "soft_token_cleaning", "xtf"} <= set(by_method)
+    m = summary["methods"]["profit"]
+    counted = counted_tokens(root / m["counted"], root / m["cleaned"])
+    for sid, body in by_method["profit"]:
+        spans = re.findall(r'<span class="t (\w+)[^"]*"', body)
+        got = {j for j, c in enumerate(spans) if c == "kept"}
+        assert got == set(counted.get(sid, {})), sid
+        assert "counted " in body and "(last epoch)" in body
+    for name in ("dft", "soft_token_cleaning"):
+        weights = [float(w) for _, body in by_method[name] for w in re.findall(r'data-weight="([^"]+)"', body)]
+        assert weights and all(0.0 <= w <= 1.0 for w in weights), name
+        assert any(0 < w < 1 for w in weights), name
+        assert any(re.search(r'class="t kept[^"]*\bw"[^>]*style="--w:', b) for _, b in by_method[name]), name

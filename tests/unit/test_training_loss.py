@@ -197,3 +197,7 @@ def test_multiplier_scales_token_losses(lora_model) -> None:
         lp = logp[tb.rows, tb.pos - 1].gather(1, tb.targets[:, None])[:, 0]
     assert halved.loss == pytest.approx(plain.loss / 2, rel=1e-6)
     assert with_p.loss == pytest.approx(float((lp.exp() * -lp).sum() / len(lp)), rel=1e-5)
+    # the multipliers of the counted tokens come back (recorded as DFT's effective weights)
+    assert plain.multipliers == {} and set(with_p.multipliers) == {0}
+    np.testing.assert_allclose(with_p.multipliers[0], lp.exp().numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(halved.multipliers[0], np.full(len(lp), 0.5, dtype=np.float32))

@@ -7,7 +7,9 @@ Every piece of text goes through :func:`esc`: tokens can hold ``<``, ``&``, quot
 characters.
 
 Token classes are the CSS classes ``t kept``, ``t dropped`` and ``t prompt`` (see
-:mod:`tokenclean.report.inspect`); a preset filter can be given in the URL: ``index.html#method=rho&round=2``.
+:mod:`tokenclean.report.inspect`). Soft methods (a ``weights`` column; DFT's counted weights) add ``w`` with
+``--w`` = the token's training weight, which sets the strength of its green; online methods show the tokens
+they counted in their last epoch as kept ("counted") and the rest as dropped; ``data-weight`` holds the weight; a preset filter can be given in the URL: ``index.html#method=rho&round=2``.
 """
 
 from __future__ import annotations
@@ -94,8 +96,17 @@ def _truth_class(label: str) -> str:
 
 
 def token_span(
-    piece: str, cls: int, base: float | None, ref: float | None, score: float | None, truth: str | None = None
+    piece: str,
+    cls: int,
+    base: float | None,
+    ref: float | None,
+    score: float | None,
+    truth: str | None = None,
+    weight: float | None = None,
+    shade: bool = False,
 ) -> str:
+    """One token as a span: its class (kept/dropped/prompt), truth label, and for soft methods (``shade``)
+    a green background whose strength is the token's training weight (``--w``)."""
     names = ["t", CLASS_NAMES[cls]]
     if truth is not None:
         names.append(_truth_class(truth))
@@ -104,25 +115,44 @@ def token_span(
     attrs = ""
     if cls != PROMPT or score is not None:
         attrs = f' data-base="{_num(base)}" data-ref="{_num(ref)}" data-score="{_num(score, True)}"'
+    if weight is not None:
+        attrs += f' data-weight="{weight:.3f}"'
+        if shade:
+            names.append("w")
+            attrs += f' style="--w:{min(max(weight, 0.0), 1.0):.3f}"'
     if truth is not None:
         attrs += f' data-truth="{esc(truth)}" title="truth: {esc(truth)}"'
     return f'<span class="{" ".join(names)}"{attrs}>{esc(piece)}</span>'
 
 
+def _soft(s: SampleTokens) -> bool:
+    """Shade by weight when some weight lies strictly between 0 and 1 (soft Token Cleaning, DFT)."""
+    return s.weight is not None and any(w is not None and 0.0 < w < 1.0 for w in s.weight)
+
+
 def sample_html(s: SampleTokens) -> str:
     truth = s.truth or [None] * len(s.pieces)
+    weight = s.weight or [None] * len(s.pieces)
+    shade = _soft(s)
     spans = "".join(
-        token_span(p, c, b, r, sc, tr)
-        for p, c, b, r, sc, tr in zip(s.pieces, s.classes, s.base, s.ref, s.score, truth)
+        token_span(p, c, b, r, sc, tr, w, shade)
+        for p, c, b, r, sc, tr, w in zip(s.pieces, s.classes, s.base, s.ref, s.score, truth, weight)
     )
     n_k, n_d, n_p = (s.classes.count(c) for c in (KEPT, DROPPED, PROMPT))
     rnd = "" if s.view.round is None else str(s.view.round)
     where = method_label(s.view.key) + (f", round {rnd}" if rnd else "")
     more = f'<span class="more">… {s.n_hidden} more tokens not shown</span>' if s.n_hidden else ""
+    if s.weighting == "counted":
+        counts = f"counted {n_k} · not counted {n_d} · prompt {n_p} (last epoch)"
+    else:
+        counts = f"kept {n_k} · dropped {n_d} · prompt {n_p}"
+    if shade:
+        ws = [w for w in weight if w is not None]
+        counts += f" · mean weight {sum(ws) / max(len(ws), 1):.2f} (shade = weight)"
     return (
         f'<article class="sample filterable" data-method="{esc(s.view.key)}" data-round="{esc(rnd)}" '
         f'data-sample-id="{esc(s.sample_id)}"><h3>{esc(where)} <span class="sid">{esc(s.sample_id)}</span>'
-        f'<span class="counts">kept {n_k} · dropped {n_d} · prompt {n_p}</span></h3>'
+        f'<span class="counts">{counts}</span></h3>'
         f'<div class="tokens">{spans}{more}</div></article>'
     )
 
@@ -151,6 +181,7 @@ def render_page(
         + _select("f-round", "Round", "all rounds", [(str(r), f"round {r}") for r in rounds])
         + '<span id="f-count"></span><span class="legend"><span class="t kept">kept</span> '
         '<span class="t dropped">dropped</span> <span class="t prompt">prompt</span> '
+        '<span class="t kept w" style="--w:.3">weight 0.3</span> <span class="t kept w" style="--w:.9">0.9</span> '
         '<i class="tr-info">truth: informative</i> <i class="tr-noise">truth: noise</i></span></div>'
     )
     meta_html = "".join(
@@ -224,6 +255,7 @@ main{padding:10px 28px 40px;max-width:1400px}section{margin-top:18px}h2{font-siz
 .t.prompt{color:var(--prompt)}.t.kept{background:var(--kept);border-bottom:2px solid var(--kept-b)}
 .t.dropped{background:var(--drop);color:var(--drop-t);text-decoration:line-through}
 .t.kept+.t.kept,.t.dropped+.t.dropped{box-shadow:inset 1px 0 0 rgba(255,255,255,.9)}
+.t.w{background:rgba(26,152,80,calc(.08 + .62 * var(--w)));border-bottom:2px solid rgba(26,152,80,var(--w))}
 .tr-noise{border-top:2px dotted #c0392b}.tr-info{border-top:2px solid #2e86c1}i.tr-info,i.tr-noise{font-style:normal}
 .t.nl::before{content:"\\21B5";opacity:.6}.t[data-score]:hover{outline:1px solid #333}.more{color:#5b6470;font-style:italic}
 #tip{position:fixed;z-index:10;background:#1d2b3a;color:#fff;font:12.5px/1.45 ui-monospace,"DejaVu Sans Mono",monospace;
@@ -264,7 +296,8 @@ JS = """
     if(!t||!t.closest(".tokens")){tip.hidden=true;return;}
     var kind=t.classList.contains("kept")?"kept":(t.classList.contains("dropped")?"dropped":"prompt");
     tip.textContent="token      "+JSON.stringify(t.textContent)+"\\n"+kind+"\\nbase loss  "+t.dataset.base+
-      "\\nref loss   "+t.dataset.ref+"\\nscore      "+t.dataset.score;
+      "\\nref loss   "+t.dataset.ref+"\\nscore      "+t.dataset.score+
+      (t.dataset.weight!==undefined?"\\nweight     "+t.dataset.weight:"");
     var b=t.getBoundingClientRect();tip.hidden=false;
     var x=Math.min(b.left,window.innerWidth-tip.offsetWidth-8),y=b.bottom+6;
     if(y+tip.offsetHeight>window.innerHeight)y=b.top-tip.offsetHeight-6;

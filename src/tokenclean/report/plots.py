@@ -212,3 +212,46 @@ def plot_hist(
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, stem, formats)
+
+
+def plot_classes(
+    methods: Mapping[str, Mapping[str, Any]],
+    stem: Path,
+    title: str = "Share of each truth label's tokens kept (counted, for online methods)",
+    formats: Sequence[str] = ("png", "svg"),
+) -> list[Path]:
+    """Grouped bars: per truth label (x), the share of its tokens each method kept, with the 95% interval
+    as an error bar where the summary has one (``classes``/``classes_ci`` of ground-truth runs). Online
+    methods' entries are measured on the tokens they counted; every method with a breakdown is drawn."""
+    from tokenclean.report.tables import method_label, method_order
+    from tokenclean.report.truth_tables import CLASS_LABELS, class_labels
+
+    names = [m for m in method_order(list(methods)) if methods[m].get("classes")]
+    labels = class_labels(methods)
+    if not names or not labels:
+        return []
+    fig, axes = _figure(1, 1, (max(5.4, 1.1 * len(labels) * max(len(names), 4) / 4), 3.4), top=0.4, bottom=1.1)
+    ax = axes[0, 0]
+    width = 0.8 / len(names)
+    x = np.arange(len(labels))
+    for k, name in enumerate(names):
+        classes, ci = methods[name]["classes"], methods[name].get("classes_ci") or {}
+        v = np.array([100 * classes[lab]["kept"] if lab in classes else np.nan for lab in labels])
+        lo_hi = [(ci.get(lab) or {}).get("kept") for lab in labels]
+        err = np.array([[v[i] - 100 * b[0], 100 * b[1] - v[i]] if b else [0.0, 0.0] for i, b in enumerate(lo_hi)]).T
+        ax.bar(
+            x + (k - (len(names) - 1) / 2) * width,
+            v,
+            width,
+            yerr=np.clip(err, 0, None),
+            color=PALETTE[k % len(PALETTE)],
+            label=method_label(name),
+            error_kw={"elinewidth": 0.8, "capsize": 1.5},
+        )
+    ax.set_xticks(x, [CLASS_LABELS.get(lab, lab) for lab in labels])
+    ax.set_ylabel("% of the label's tokens kept")
+    ax.set_ylim(0, 105)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, ncol=min(len(names), 6), loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, stem, formats)

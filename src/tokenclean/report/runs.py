@@ -3,7 +3,8 @@
 A run's ``summary.json`` (written by the pipelines)::
 
     {"pipeline": str, "name": str, "model": str, "ratio": float,
-     "methods": {METHOD: {"adapter", "cleaned", "scores": rel path|null, "round": int|null,
+     "methods": {METHOD: {"adapter", "cleaned", "scores", "counted": rel path|null, "round": int|null,
+                          "policy": {"name", "settings"}|null,
                           "eval": {"tasks": {TASK: {"metric", "value", "n", "shots"}}, "average"}|null,
                           "recovery": {"precision", "recall", "auroc", "noise_rate_kept", "noise_rate_all"}|null,
                           "heldout": {"loss", "exact_match"}|null}},
@@ -36,6 +37,8 @@ class View:
     scores: Path | None
     cleaned: Path | None
     model: str | None = None
+    counted: Path | None = None  # online token policies: the training directory with counted/ (last epoch)
+    policy: str | None = None  # the training policy of the method (labels, weights, rho1, dft, ...)
 
     @property
     def label(self) -> str:
@@ -94,7 +97,7 @@ def _check_flat(d: Any, where: str) -> None:
 def _check_entry(e: Any, where: str) -> None:
     if not isinstance(e, dict):
         raise DataError(where, f"expected a mapping, got {e!r}")
-    for k in ("adapter", "cleaned", "scores"):
+    for k in ("adapter", "cleaned", "scores", "counted"):
         if e.get(k) is not None and not isinstance(e[k], str):
             raise DataError(f"{where}.{k}", f"expected a path or null, got {e[k]!r}")
     _check_eval(e.get("eval"), f"{where}.eval")
@@ -181,9 +184,9 @@ def merge(runs: list[Run]) -> Merged:
             merged.methods[k] = dict(e, run=r.name, method=m)
             cleaned = resolve(r.dir, e.get("cleaned"))
             if cleaned is not None or e.get("scores"):
-                merged.views.append(
-                    View(k, e.get("round"), r.name, r.dir, resolve(r.dir, e.get("scores")), cleaned, model)
-                )
+                policy = (e.get("policy") or {}).get("name") if isinstance(e.get("policy"), dict) else None
+                scores, counted = resolve(r.dir, e.get("scores")), resolve(r.dir, e.get("counted"))
+                merged.views.append(View(k, e.get("round"), r.name, r.dir, scores, cleaned, model, counted, policy))
                 if cleaned is not None:
                     seen_cleaned.add(cleaned)
         round_key = _round_key(s, {m: keys[(i, m)] for m in s.get("methods", {})}, r.name, len(runs) > 1)

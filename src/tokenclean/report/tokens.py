@@ -16,7 +16,7 @@ import numpy as np
 
 from tokenclean import IGNORE_INDEX
 from tokenclean.errors import DataError
-from tokenclean.report.inspect import token_classes, token_pieces
+from tokenclean.report.inspect import DROPPED, KEPT, PROMPT, token_classes, token_pieces
 from tokenclean.report.runs import View
 from tokenclean.utils import read_json
 
@@ -42,6 +42,8 @@ class SampleTokens:
     score: list[float | None]
     n_hidden: int = 0  # tokens past the display limit
     truth: list[str | None] | None = None  # (L,) truth label per response token, when the run has truth
+    weight: list[float | None] | None = None  # (L,) training weight per response token (soft/online methods)
+    weighting: str | None = None  # "weights" (soft: the weights column) or "counted" (online: last epoch)
 
 
 def _load(path: Path) -> Any:
@@ -141,22 +143,50 @@ def _nan_to_none(xs: Sequence[float] | None, length: int) -> list[float | None]:
     return [None if x is None or x != x else float(x) for x in xs]
 
 
+def _counted(view: View) -> dict[str, dict[int, float]] | None:
+    """An online method's counted tokens (sample_id -> {position: weight}, last epoch), or None."""
+    if view.counted is None or view.cleaned is None or not (view.counted / "counted").is_dir():
+        return None
+    from tokenclean.training.loop import counted_tokens
+
+    return counted_tokens(view.counted, view.cleaned)
+
+
+def _weights(
+    row: dict[str, Any], L: int, counted: dict[str, dict[int, float]] | None, classes: list[int]
+) -> tuple[list[float | None] | None, list[int]]:
+    """Per-token training weight of a row (None on prompt tokens) and its classes: for an online method the
+    counted tokens are kept and the other response tokens dropped; a soft method keeps its classes."""
+    if counted is not None:
+        got = counted.get(str(row["sample_id"]), {})
+        w = [None if c == PROMPT else got.get(j, 0.0) for j, c in enumerate(classes)]
+        return w, [c if c == PROMPT else (KEPT if j in got else DROPPED) for j, c in enumerate(classes)]
+    if row.get("weights") is not None:
+        ws = row["weights"][:L]
+        return [None if c == PROMPT else float(x) for c, x in zip(classes, ws)], classes
+    return None, classes
+
+
 def load_samples(
     view: View, tokenizer: Any, n: int, preferred: Sequence[str] = (), max_tokens: int = 2048
 ) -> list[SampleTokens]:
-    """``n`` samples of a view's cleaned dataset with token texts, classes and per-token losses/scores."""
+    """``n`` samples of a view's cleaned dataset with token texts, classes and per-token losses/scores; for
+    soft methods (a ``weights`` column) and online methods (counted tokens) also each token's weight."""
     if view.cleaned is None:
         return []
     cleaned = _load(view.cleaned)
     rows = pick_rows(cleaned["sample_id"], n, preferred)
     store: Any = _load(view.scores) if view.scores is not None else None
     s_pos = {s: i for i, s in enumerate(store["sample_id"])} if store is not None else {}
+    counted = _counted(view)
+    weighting = "counted" if counted is not None else "weights" if "weights" in cleaned.column_names else None
     out = []
     for i in rows:
         row = cleaned[i]
         ids = row["input_ids"][:max_tokens]
         L = len(ids)
         classes = token_classes(row["labels"][:L], (row.get("response_labels") or row["labels"])[:L])
+        weight, classes = _weights(row, L, counted, classes)
         srow = store[s_pos[row["sample_id"]]] if row["sample_id"] in s_pos else {}
         out.append(
             SampleTokens(
@@ -168,6 +198,8 @@ def load_samples(
                 ref=_nan_to_none((srow.get("ref_loss") or [None] * L)[:L], L),
                 score=_nan_to_none((srow.get("score") or row.get("score") or [None] * L)[:L], L),
                 n_hidden=len(row["input_ids"]) - L,
+                weight=weight,
+                weighting=weighting,
             )
         )
     return out

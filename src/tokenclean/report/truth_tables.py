@@ -80,7 +80,8 @@ CLASS_LABELS = {
 }
 
 
-def _labels(methods: dict[str, Any]) -> list[str]:
+def class_labels(methods: dict[str, Any]) -> list[str]:
+    """The truth labels of the methods' ``classes`` breakdowns: the known ones in order, then the rest."""
     seen: list[str] = []
     for m in methods.values():
         for k in m.get("classes") or {}:
@@ -93,7 +94,7 @@ def _labels(methods: dict[str, Any]) -> list[str]:
 def class_table(summary: dict[str, Any]) -> str:
     """Per method and truth label: the share of the label's tokens kept [95% interval] / its mean score."""
     methods = summary.get("methods", {})
-    labels = _labels(methods)
+    labels = class_labels(methods)
     cols = ["method", *(CLASS_LABELS.get(k, k) for k in labels)]
     rows = []
     for name in method_order(methods):
@@ -120,7 +121,7 @@ def decisive_table(summary: dict[str, Any]) -> str:
     methods = summary.get("methods", {})
     noise = [
         k
-        for k in _labels(methods)
+        for k in class_labels(methods)
         if any("decisive_dropped" in ((m.get("classes") or {}).get(k) or {}) for m in methods.values())
     ]
     cols = ["method"]

@@ -334,7 +334,7 @@ class _Loop:
                 self.policy.multiplier,
                 self.policy.forward_signals,
             )
-            self.record_counted(step, n_steps, mbs, weights)
+            self.record_counted(step, n_steps, mbs, weights, res.multipliers)
             grad_norm = self.optimizer_step(res.loss, state)
             self.policy.on_step_end(self.net)
             self.scheduler.step()
@@ -363,8 +363,11 @@ class _Loop:
         state["session_kept"] = state["tokens_kept"] - kept0
         return state
 
-    def record_counted(self, step: int, n_steps: int, mbs: list[MicroBatch], weights: list[Any]) -> None:
-        """Online policies: which tokens counted (and their weights) in each step of the last epoch, gathered
+    def record_counted(
+        self, step: int, n_steps: int, mbs: list[MicroBatch], weights: list[Any], mults: dict[int, Any]
+    ) -> None:
+        """Online policies: which tokens counted (and their effective weights: the policy's weight times an
+        in-forward multiplier such as DFT's ``sg(p)``) in each step of the last epoch, gathered
         from every rank into OUT/counted/step-NNNNN.npz by rank 0 (a resumed step overwrites its file);
         :func:`counted_tokens` assembles them. Offline policies count what the dataset says: nothing kept."""
         if self.cfg.policy in ("labels", "weights"):
@@ -373,7 +376,8 @@ class _Loop:
         if step < n_steps - spe:
             return
         keys = np.concatenate([mb.keys[w > 0] for mb, w in zip(mbs, weights)] or [np.zeros((0, 2), np.int64)])
-        ws = np.concatenate([w[w > 0] for w in weights] or [np.zeros(0, np.float32)]).astype(np.float32)
+        eff = [w[w > 0] * mults[k] if k in mults else w[w > 0] for k, w in enumerate(weights)]
+        ws = np.concatenate(eff or [np.zeros(0, np.float32)]).astype(np.float32)
         all_keys = np.concatenate([k.reshape(-1, 2) for k in self.dist.gather(keys.reshape(-1))])
         all_w = np.concatenate(self.dist.gather(ws))
         if self.acc.is_main_process:

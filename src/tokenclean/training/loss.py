@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -69,6 +69,9 @@ class StepResult:
     n_kept: int  # tokens counted (weight > 0) over all ranks
     n_tokens: int  # non-padding input tokens processed over all ranks (gradient pass)
     weight_sum: float = 0.0  # W_step, the loss denominator
+    # this rank's in-forward multipliers (e.g. DFT's sg(p)) of the counted tokens, per micro-batch index in
+    # the order of its counted candidates; empty without a multiplier
+    multipliers: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def accumulate_step(
@@ -85,12 +88,14 @@ def accumulate_step(
 
     With several ranks every rank takes part in the gradient all-reduce of the step even when it counts no
     token (its last micro-batch runs with weight 0), so no rank waits forever."""
+    import torch
+
     ws = [mb.data_weights for mb in batches] if weights is None else list(weights)
     w_step = dist.sum(sum(float(np.sum(w, dtype=np.float64)) for w in ws))
     n_kept = int(dist.sum(sum(int((w > 0).sum()) for w in ws)))
     n_tokens = int(dist.sum(sum(mb.n_tokens for mb in batches)))
     if w_step <= 0:
-        return StepResult(None, 0, n_tokens, 0.0)
+        return StepResult(None, 0, n_tokens, 0.0, {})
     work = [(mb, w) for mb, w in zip(batches, ws) if (w > 0).any()]
     if dist.world > 1 and not work and batches:
         mb = batches[-1]  # takes part in the all-reduce with a zero contribution
@@ -99,6 +104,8 @@ def accumulate_step(
     else:
         zero = False
     total = 0.0
+    mults: dict[int, np.ndarray] = {}
+    index = {id(mb): k for k, mb in enumerate(batches)}
     for i, (mb, w) in enumerate(work):
         ctx = contextlib.nullcontext() if i == len(work) - 1 else dist.no_sync()
         with ctx:
@@ -106,12 +113,15 @@ def accumulate_step(
             with autocast():
                 sig = token_signals(model, tb, ("loss", *forward_signals), grad=True)
             m = multiplier(sig) if multiplier is not None else None
+            if m is not None and not zero:
+                n = len(wt)
+                mults[index[id(mb)]] = np.broadcast_to(torch.as_tensor(m).detach().float().cpu().numpy(), (n,))
             contrib = (wt * sig["loss"] * (1.0 if m is None else m)).sum()
             if zero:
                 contrib = contrib * 0.0
             dist.backward(contrib * (dist.world / w_step))
         total += float(contrib.detach())
-    return StepResult(dist.sum(total) / w_step, n_kept, n_tokens, w_step)
+    return StepResult(dist.sum(total) / w_step, n_kept, n_tokens, w_step, mults)
 
 
 __all__ = [
