@@ -152,6 +152,24 @@ def _head_signals(head: Any, inner: Any, h: Any, tgt: Any, want: frozenset[str],
     return out
 
 
+def attention_unavailable(model: Any) -> str | None:
+    """Why the ``attn`` signal cannot be computed for ``model`` (None when it can): the last decoder layer
+    needs a Llama-style attention module (``q_proj``, ``k_proj``, ``head_dim``; Llama, Mistral, Qwen2/3,
+    SmolLM2). A structural check only (no forward), for callers that want to fail before any work."""
+    try:
+        decoder = model_parts(model)[0]
+    except TypeError as e:
+        return str(e)
+    layers = getattr(decoder, "layers", None)
+    attn = getattr(layers[-1], "self_attn", None) if layers else None
+    if attn is None or not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "head_dim")):
+        return (
+            f"the attention signal needs a Llama-style last attention module (q_proj, k_proj, head_dim); "
+            f"{type(decoder).__name__} has none"
+        )
+    return None
+
+
 class _LastLayerAttention:
     """Captures the last attention module's inputs (a forward pre-hook) and recomputes, for the asked
     tokens only, their softmax attention row; returns the mass on prompt positions, averaged over heads.

@@ -107,3 +107,23 @@ def test_groundtruth_heldout_metrics_equal_full_logits(eager_model, batch_tokens
     assert got["loss"] == pytest.approx(np.mean(resp), rel=1e-5)
     assert got["answer_loss"] == pytest.approx(np.mean(ans), rel=1e-5)
     assert got["exact_match"] == pytest.approx(np.mean(exact))
+
+
+def test_attention_methods_name_the_setting_on_models_without_llama_attention(eager_model) -> None:
+    """ssToken (and XTF's attention filter) need a Llama-style last attention module; a model without one
+    (GPT-2's fused c_attn) fails before any work with the setting to change; the loss-only setting runs."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tokenclean.errors import ConfigError
+    from tokenclean.signals import attention_unavailable
+    from tokenclean.training.policies import build_policy
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=32, n_embd=16, n_layer=1, n_head=2))
+    assert attention_unavailable(eager_model) is None
+    assert attention_unavailable(gpt2)
+    with pytest.raises(ConfigError, match=r"peers\.sstoken\.gamma .*set gamma: 1 and attention_warmup_steps: 0"):
+        build_policy("sstoken", {}, None).check_model(gpt2)
+    build_policy("sstoken", {"gamma": 1.0}, None).check_model(gpt2)  # loss signal only: no attention needed
+    build_policy("sstoken", {}, None).check_model(eager_model)
+    with pytest.raises(ConfigError, match="attention_warmup_steps"):
+        build_policy("sstoken", {"gamma": 1.0, "attention_warmup_steps": 2}, None).check_model(gpt2)

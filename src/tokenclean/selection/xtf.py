@@ -100,8 +100,15 @@ def relevance(model: Any, token_ids: np.ndarray, expert_ids: np.ndarray) -> np.n
     return torch.nn.functional.cosine_similarity(e, centre[None], dim=-1).cpu().numpy()
 
 
-def xtf_signals(model: Any, table: Any, prompt_masks: list[np.ndarray], batch_tokens: int = 1024) -> dict:
-    """Novelty and attention of every response token (CSR order of ``table``), batched by length."""
+def xtf_signals(
+    model: Any,
+    table: Any,
+    prompt_masks: list[np.ndarray],
+    batch_tokens: int = 1024,
+    with_attention: bool = True,
+) -> dict:
+    """Novelty and attention (NaN without ``with_attention``) of every response token (CSR order of
+    ``table``), batched by length."""
     from tokenclean.alignment import trained_positions
     from tokenclean.scoring.engine import make_batches
     from tokenclean.signals import make_token_batch, token_signals
@@ -122,8 +129,9 @@ def xtf_signals(model: Any, table: Any, prompt_masks: list[np.ndarray], batch_to
         batch = make_token_batch(
             [rows[i][0].astype(np.int64) for i in idx], pos, prompt_mask=[prompt_masks[i] for i in idx]
         )
-        sig = token_signals(model, batch.to(device), ("prob", "attn"))
-        p, a = sig["prob"].float().cpu().numpy(), sig["attn"].float().cpu().numpy()
+        sig = token_signals(model, batch.to(device), ("prob", "attn") if with_attention else ("prob",))
+        p = sig["prob"].float().cpu().numpy()
+        a = sig["attn"].float().cpu().numpy() if with_attention else np.full_like(p, np.nan)
         start = 0
         for i, ps in zip(idx, pos):
             lab = rows[i][1]
@@ -169,9 +177,16 @@ def xtf_select(
         np.asarray(pt.column("sample_id").to_pylist(), dtype=object), offsets, input_ids, labels, np.zeros(0)
     )
     prompts = [labels[a:b] == -100 for a, b in itertools.pairwise(offsets)]
+    from tokenclean.signals import attention_unavailable
+
     model = load_model(base, dtype=dtype, device=resolve_device(device))
     model.eval()
-    sig = xtf_signals(model, table, prompts)
+    if "attention" in settings.filters and (why := attention_unavailable(model)):
+        raise ConfigError(
+            f"peers.xtf.filters: the attention filter cannot run on {base}: {why}; "
+            "leave 'attention' out of the filters (e.g. filters: [novelty, relevance])"
+        )
+    sig = xtf_signals(model, table, prompts, with_attention="attention" in settings.filters)
     resp_ids = table.input_ids[table.response_positions]
     if settings.expert_words:
         tok = load_tokenizer(base)

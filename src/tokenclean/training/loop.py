@@ -163,6 +163,7 @@ def train(
         torch.manual_seed(cfg.seed + acc.process_index)  # per-rank dropout streams (docs/training.md)
     _check_vocab(data, net, data_dir)
     policy = build_policy(cfg.policy, cfg.policy_settings, data)
+    policy.check_model(net)
     if policy.uses_data_weights and data.weights is None:
         raise DataError(
             str(data_dir), "policy 'weights' needs a weights column (tokenclean select --weights)"

@@ -68,6 +68,9 @@ class Policy:
         (e.g. DFT's ``sg(p)``), or None for ``m = 1``."""
         return None
 
+    def check_model(self, model: Any) -> None:
+        """Fail before training when the policy cannot work with ``model`` (a ConfigError naming the setting)."""
+
     def on_step_end(self, net: Any) -> None:
         """Called after every optimizer step (all ranks), e.g. to update an EMA of the adapter."""
 
@@ -396,6 +399,16 @@ class SsTokenPolicy(Policy):
     def __init__(self, settings: SsTokenSettings, train_data: Any = None) -> None:
         super().__init__(settings)
         self.ema: dict[str, Any] | None = None
+
+    def check_model(self, model: Any) -> None:
+        from tokenclean.signals import attention_unavailable
+
+        s = self.settings
+        if (s.gamma < 1 or s.attention_warmup_steps > 0) and (why := attention_unavailable(model)):
+            raise ConfigError(
+                f"peers.sstoken.gamma (train.policy_settings.gamma): {why}; ssToken's attention signal is "
+                "unavailable for this model: set gamma: 1 and attention_warmup_steps: 0 (loss signal only)"
+            )
 
     def _lora(self, net: Any) -> dict[str, Any]:
         return {n: p for n, p in net.named_parameters() if p.requires_grad}
