@@ -311,7 +311,9 @@ def _check_peer_report(root: Path, summary: dict) -> None:
         assert got == set(counted.get(sid, {})), sid
         assert "counted " in body and "(last epoch)" in body
     for name in ("dft", "soft_token_cleaning"):
-        weights = [float(w) for _, body in by_method[name] for w in re.findall(r'data-weight="([^"]+)"', body)]
+        weights = [
+            float(w) for _, body in by_method[name] for w in re.findall(r'data-weight="([^"]+)"', body)
+        ]
         assert weights and all(0.0 <= w <= 1.0 for w in weights), name
         assert any(0 < w < 1 for w in weights), name
         assert any(re.search(r'class="t kept[^"]*\bw"[^>]*style="--w:', b) for _, b in by_method[name]), name

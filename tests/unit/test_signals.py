@@ -121,7 +121,9 @@ def test_attention_methods_name_the_setting_on_models_without_llama_attention(ea
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=32, n_embd=16, n_layer=1, n_head=2))
     assert attention_unavailable(eager_model) is None
     assert attention_unavailable(gpt2)
-    with pytest.raises(ConfigError, match=r"peers\.sstoken\.gamma .*set gamma: 1 and attention_warmup_steps: 0"):
+    with pytest.raises(
+        ConfigError, match=r"peers\.sstoken\.gamma .*set gamma: 1 and attention_warmup_steps: 0"
+    ):
         build_policy("sstoken", {}, None).check_model(gpt2)
     build_policy("sstoken", {"gamma": 1.0}, None).check_model(gpt2)  # loss signal only: no attention needed
     build_policy("sstoken", {}, None).check_model(eager_model)

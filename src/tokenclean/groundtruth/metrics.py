@@ -163,7 +163,9 @@ def heldout_per_sample(
     lengths = np.array([len(x) for x in input_ids])
     with torch.no_grad():
         for idx in length_batches(lengths, batch_tokens):
-            batch = make_token_batch([np.asarray(input_ids[i], dtype=np.int64) for i in idx], [pos_of[i] for i in idx])
+            batch = make_token_batch(
+                [np.asarray(input_ids[i], dtype=np.int64) for i in idx], [pos_of[i] for i in idx]
+            )
             sig = token_signals(model, batch.to(device), ("loss", "hit"))
             nll, hit = sig["loss"].double().cpu().numpy(), sig["hit"].cpu().numpy()  # (N,), (N,)
             rows = batch.rows.numpy()  # (N,)
@@ -192,6 +194,8 @@ def heldout_metrics(
     has = p["answer_tokens"] > 0
     return {
         "loss": float(p["loss_sum"].sum() / max(int(p["tokens"].sum()), 1)),
-        "answer_loss": float(p["answer_loss_sum"].sum() / p["answer_tokens"].sum()) if has.any() else float("nan"),
+        "answer_loss": float(p["answer_loss_sum"].sum() / p["answer_tokens"].sum())
+        if has.any()
+        else float("nan"),
         "exact_match": float(p["exact"][has].mean()) if has.any() else float("nan"),
     }

@@ -13,7 +13,7 @@ import numpy as np
 
 from tokenclean import IGNORE_INDEX
 from tokenclean.groundtruth.metrics import heldout_per_sample, label_breakdown, recovery_metrics
-from tokenclean.groundtruth.truth import INFORMATIVE, classes, is_noise_label, pool_truth
+from tokenclean.groundtruth.truth import classes, is_noise_label, pool_truth
 from tokenclean.groundtruth.user_truth import TokenTruth
 from tokenclean.pipelines.budget import method_budget
 from tokenclean.pipelines.stages import Run, get_logger

@@ -85,7 +85,9 @@ def _line_figures(m: Merged, d: Path, cfg: ReportConfig) -> list[page.Figure]:
             figs.append(page.Figure(d / "figures" / f"{name}.png", title))
     stem = d / "figures" / "classes"
     if plots.plot_classes(m.methods, stem, formats=cfg.formats):
-        figs.append(page.Figure(stem.with_suffix(".png"), "Share of each truth label's tokens kept, per method"))
+        figs.append(
+            page.Figure(stem.with_suffix(".png"), "Share of each truth label's tokens kept, per method")
+        )
     return figs
 
 

@@ -230,7 +230,9 @@ def plot_classes(
     labels = class_labels(methods)
     if not names or not labels:
         return []
-    fig, axes = _figure(1, 1, (max(5.4, 1.1 * len(labels) * max(len(names), 4) / 4), 3.4), top=0.4, bottom=1.1)
+    fig, axes = _figure(
+        1, 1, (max(5.4, 1.1 * len(labels) * max(len(names), 4) / 4), 3.4), top=0.4, bottom=1.1
+    )
     ax = axes[0, 0]
     width = 0.8 / len(names)
     x = np.arange(len(labels))
@@ -238,7 +240,9 @@ def plot_classes(
         classes, ci = methods[name]["classes"], methods[name].get("classes_ci") or {}
         v = np.array([100 * classes[lab]["kept"] if lab in classes else np.nan for lab in labels])
         lo_hi = [(ci.get(lab) or {}).get("kept") for lab in labels]
-        err = np.array([[v[i] - 100 * b[0], 100 * b[1] - v[i]] if b else [0.0, 0.0] for i, b in enumerate(lo_hi)]).T
+        err = np.array(
+            [[v[i] - 100 * b[0], 100 * b[1] - v[i]] if b else [0.0, 0.0] for i, b in enumerate(lo_hi)]
+        ).T
         ax.bar(
             x + (k - (len(names) - 1) / 2) * width,
             v,

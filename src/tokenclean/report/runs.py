@@ -186,7 +186,9 @@ def merge(runs: list[Run]) -> Merged:
             if cleaned is not None or e.get("scores"):
                 policy = (e.get("policy") or {}).get("name") if isinstance(e.get("policy"), dict) else None
                 scores, counted = resolve(r.dir, e.get("scores")), resolve(r.dir, e.get("counted"))
-                merged.views.append(View(k, e.get("round"), r.name, r.dir, scores, cleaned, model, counted, policy))
+                merged.views.append(
+                    View(k, e.get("round"), r.name, r.dir, scores, cleaned, model, counted, policy)
+                )
                 if cleaned is not None:
                     seen_cleaned.add(cleaned)
         round_key = _round_key(s, {m: keys[(i, m)] for m in s.get("methods", {})}, r.name, len(runs) > 1)

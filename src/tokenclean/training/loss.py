@@ -115,7 +115,9 @@ def accumulate_step(
             m = multiplier(sig) if multiplier is not None else None
             if m is not None and not zero:
                 n = len(wt)
-                mults[index[id(mb)]] = np.broadcast_to(torch.as_tensor(m).detach().float().cpu().numpy(), (n,))
+                mults[index[id(mb)]] = np.broadcast_to(
+                    torch.as_tensor(m).detach().float().cpu().numpy(), (n,)
+                )
             contrib = (wt * sig["loss"] * (1.0 if m is None else m)).sum()
             if zero:
                 contrib = contrib * 0.0
