@@ -227,7 +227,7 @@ def plot_classes(
     from tokenclean.report.truth_tables import CLASS_LABELS, class_labels
 
     names = [m for m in method_order(list(methods)) if methods[m].get("classes")]
-    labels = class_labels(methods)
+    labels = class_labels(dict(methods))
     if not names or not labels:
         return []
     fig, axes = _figure(
