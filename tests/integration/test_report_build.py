@@ -15,7 +15,7 @@ from tokenclean.errors import ConfigError
 from tokenclean.report import ReportConfig, build_report
 from tokenclean.report.inspect import token_classes, token_pieces
 from tokenclean.report.runs import View
-from tokenclean.report.synthetic import make_synthetic_run, write_records
+from tokenclean.testing.runs import make_synthetic_run, write_records
 from tokenclean.report.tokens import load_token_arrays, tokenizer_name
 
 pytestmark = pytest.mark.requires("matplotlib")  # every report has figures

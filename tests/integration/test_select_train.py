@@ -10,7 +10,7 @@ import pytest
 
 from tokenclean import IGNORE_INDEX
 from tokenclean.selection import select
-from tokenclean.selection.synthetic import write_score_store
+from tokenclean.testing.stores import write_score_store
 from tokenclean.testing import require
 
 

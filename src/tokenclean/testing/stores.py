@@ -1,12 +1,22 @@
-"""Synthetic prepared datasets and score stores built from arrays (tests, benchmarks, examples).
+"""Prepared datasets and score stores from token ids and scores, written by the stages' own writers.
 
-They follow the stage contracts (same columns and manifest keys as ``prepare`` and ``score`` write) but hold
-made-up data; their manifests say so (``"synthetic": true``).
+- :func:`write_prepared`: the columns ``prepare`` writes, through its writer
+  (:func:`tokenclean.data.prepare.write_prepared_dir`): same schema, fingerprint rule, ``dropped.jsonl`` and
+  manifest keys (``files`` included), with a cache key of the ids and labels instead of a source file.
+- :func:`write_score_store`: losses go through the scoring stage's own path: chunk parts
+  (:func:`tokenclean.scoring.store.write_part`), assembly with the registered scorer and the manifest of
+  :func:`tokenclean.scoring.run.merge_parts`, so the store is what ``tokenclean score`` writes for the same
+  losses. Give ``scores`` (stored as ``base_loss = score``, ``ref_loss = 0`` where scored, so the
+  ``token_cleaning`` score ``base - ref`` is exactly ``score``), or ``base_loss`` and ``ref_loss``.
+- :func:`write_arrays`: both at once from flat arrays (benchmarks at millions of tokens).
+
+The data are made up; the manifests say so (``"synthetic": true``, model names ``synthetic``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,22 +24,90 @@ from typing import Any
 import numpy as np
 
 from tokenclean import IGNORE_INDEX
-from tokenclean.data.prepare import prepared_features
-from tokenclean.outputs import file_digests
-from tokenclean.utils import atomic_dir, read_json, sha256_json, write_json_atomic
+
+SYNTHETIC = "synthetic (tokenclean.testing)"
 
 
-def _save(out: str | Path, cols: dict[str, list[Any]], features: Any, manifest: dict[str, Any]) -> None:
-    import datasets
+def digest(ids: Sequence[str], arrays: Sequence[np.ndarray]) -> str:
+    """SHA-256 of sample ids and arrays (their sizes and bytes): the content key of made-up data."""
+    h = hashlib.sha256("\x00".join(ids).encode())
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(np.int64(a.size).tobytes())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _flat(rows: Sequence[Sequence[Any]], dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(values, offsets) of a list of rows: (sum n,) ``dtype`` and (S+1,) int64."""
+    arrays = [np.asarray(r, dtype=dtype) for r in rows]
+    lengths = np.array([a.size for a in arrays], dtype=np.int64)
+    values = np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
+    return values, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
+def per_sample_sums(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Number of True ``flags`` of each sample: (S,) int64 (empty samples give 0)."""
+    c = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
+    return c[offsets[1:]] - c[offsets[:-1]]
+
+
+def prepared_from_arrays(
+    out: str | Path,
+    sample_ids: Sequence[str],
+    offsets: np.ndarray,
+    input_ids: np.ndarray,
+    labels: np.ndarray,
+    locations: Sequence[str] | None = None,
+    tokenizer: dict[str, Any] | None = None,
+) -> Path:
+    """A prepared dataset from flat (T,) ``input_ids``/``labels`` and (S+1,) ``offsets``, through the
+    ``prepare`` stage's writer."""
     import pyarrow as pa
 
-    table = pa.Table.from_pydict(cols, schema=features.arrow_schema)
-    ds = datasets.Dataset(
-        table, info=datasets.DatasetInfo(features=features), fingerprint=manifest["cache_key"][:32]
-    )
-    with atomic_dir(out) as tmp:
-        ds.save_to_disk(str(tmp))
-        write_json_atomic(tmp / "manifest.json", dict(manifest, files=file_digests(tmp)))
+    from tokenclean.data.prepare import PREPARE_VERSION, write_prepared_dir
+    from tokenclean.selection.cleaned import list_array
+    from tokenclean.utils import package_versions, sha256_json
+
+    off = np.asarray(offsets, dtype=np.int64)
+    lengths = np.diff(off)  # (S,)
+    ids, lab = np.asarray(input_ids, dtype=np.int32), np.asarray(labels, dtype=np.int32)
+    trained = per_sample_sums(lab != IGNORE_INDEX, off)  # (S,)
+    n = len(sample_ids)
+    identity = {"v": PREPARE_VERSION, "synthetic": digest(list(sample_ids), [off, ids, lab])}
+    cols = {
+        "sample_id": pa.array(list(sample_ids), pa.string()),
+        "input_ids": list_array(ids, lengths),
+        "labels": list_array(lab, lengths),
+        "n_trained": pa.array(trained.astype(np.int32)),
+        "length": pa.array(lengths.astype(np.int32)),
+        "truncated": pa.array(np.zeros(n, dtype=bool)),
+        "location": pa.array(list(locations or (f"synthetic:{i + 1}" for i in range(n))), pa.string()),
+    }
+    manifest = {
+        "stage": "prepare",
+        "synthetic": True,
+        "cache_key": sha256_json(identity),
+        "identity": identity,
+        "input": {"path": "synthetic", "sha256": identity["synthetic"], "kind": "synthetic"},
+        "format": "synthetic",
+        "tokenizer": tokenizer or {"name": "none"},
+        "template": "none",
+        "max_length": int(lengths.max(initial=0)),
+        "counts": {
+            "read": n,
+            "written": n,
+            "truncated": 0,
+            "dropped_no_trained_tokens": 0,
+            "skipped_invalid": 0,
+            "special_text_in_content": 0,
+        },
+        "tokens": {"total": int(off[-1]), "trained": int(trained.sum())},
+        "versions": package_versions(),
+        "seconds": 0.0,
+    }
+    write_prepared_dir(out, cols, manifest)
+    return Path(out)
 
 
 def write_prepared(
@@ -38,42 +116,16 @@ def write_prepared(
     labels: Sequence[Sequence[int]],
     sample_ids: Sequence[str] | None = None,
     tokenizer: dict[str, Any] | None = None,
+    locations: Sequence[str] | None = None,
 ) -> Path:
-    """A prepared dataset (contract columns + manifest) from token id and label lists."""
+    """A prepared dataset (the ``prepare`` stage's columns, manifest and writer) from token id and label
+    lists; ``sample_ids`` default to ``s000000``, ``s000001``, ..."""
     ids = list(sample_ids) if sample_ids is not None else [f"s{i:06d}" for i in range(len(input_ids))]
-    feats = prepared_features()
-    lab = [list(map(int, x)) for x in labels]
-    cols: dict[str, list[Any]] = {
-        "sample_id": ids,
-        "input_ids": [list(map(int, x)) for x in input_ids],
-        "labels": lab,
-        "n_trained": [sum(1 for v in x if v != IGNORE_INDEX) for x in lab],
-        "length": [len(x) for x in lab],
-        "truncated": [False] * len(ids),
-        "location": [f"synthetic:{i + 1}" for i in range(len(ids))],
-    }
-    key = sha256_json({"synthetic": [ids, cols["input_ids"], lab]})
-    manifest = {
-        "stage": "prepare",
-        "synthetic": True,
-        "cache_key": key,
-        "input": {"path": "synthetic", "sha256": key, "kind": "synthetic"},
-        "tokenizer": tokenizer or {"name": "none"},
-        "template": "none",
-        "max_length": max((len(x) for x in lab), default=0),
-        "counts": {"written": len(ids)},
-        "tokens": {"total": sum(cols["length"]), "trained": sum(cols["n_trained"])},
-    }
-    _save(out, cols, feats, manifest)
-    return Path(out)
-
-
-def _digest(ids: Sequence[str], arrays: Sequence[np.ndarray]) -> str:
-    h = hashlib.sha256("\x00".join(ids).encode())
-    for a in arrays:
-        h.update(np.int64(a.size).tobytes())
-        h.update(a.tobytes())
-    return h.hexdigest()
+    flat_ids, off = _flat(input_ids, np.int32)
+    flat_lab, off_lab = _flat(labels, np.int32)
+    if not np.array_equal(off, off_lab):
+        raise ValueError("input_ids and labels differ in length")
+    return prepared_from_arrays(out, ids, off, flat_ids, flat_lab, locations, tokenizer)
 
 
 def random_scores(labels: Sequence[Sequence[int]], seed: int = 0) -> list[np.ndarray]:
@@ -89,51 +141,85 @@ def random_scores(labels: Sequence[Sequence[int]], seed: int = 0) -> list[np.nda
     return out
 
 
+def store_from_arrays(
+    out: str | Path,
+    prepared_dir: str | Path,
+    offsets: np.ndarray,
+    base_loss: np.ndarray,
+    ref_loss: np.ndarray | None,
+    scorer: str = "token_cleaning",
+    sample_ids: Sequence[str] | None = None,
+    shard_size: int | None = None,
+) -> Path:
+    """A score store for ``prepared_dir`` from flat (T,) float32 losses (NaN where not scored) and (S+1,)
+    ``offsets``, through the scoring stage's parts, assembly and manifest. ``ref_loss`` None scores base
+    only (a scorer without a reference); ``sample_ids`` (default: the prepared ids) and the row lengths in
+    ``offsets`` are written as given, so a store that disagrees with its prepared data can be built."""
+    from tokenclean.scoring import store
+    from tokenclean.scoring.run import (
+        DEFAULT_SHARD_SIZE,
+        PreparedData,
+        merge_parts,
+        scoring_plan,
+        store_manifest,
+        store_settings,
+    )
+
+    t0 = time.time()
+    out = Path(out).resolve()
+    data = PreparedData(prepared_dir)
+    ids = list(sample_ids) if sample_ids is not None else data.sample_ids
+    off = np.asarray(offsets, dtype=np.int64)
+    shard = shard_size or DEFAULT_SHARD_SIZE
+    phases = {"base": np.asarray(base_loss, dtype=np.float32)}
+    if ref_loss is not None:
+        phases["ref"] = np.asarray(ref_loss, dtype=np.float32)
+    models = {
+        "base": {"name": SYNTHETIC, "losses": digest(ids, [off, phases["base"]])},
+        "reference": {"name": SYNTHETIC, "losses": digest(ids, [off, phases["ref"]])} if "ref" in phases else None,
+        "mode": "one_model" if "ref" in phases else "base_only",
+    }
+    plan = scoring_plan(models, **store_settings(data, shard, scorer, "fp32", "cpu"))
+    store.prepare_out(out, plan, force=True)
+    total = store.n_chunks(len(ids), shard)
+    for k in range(total):
+        a, b = k * shard, min((k + 1) * shard, len(ids))
+        for phase, values in phases.items():
+            part = store.Part(k, phase, a, off[a : b + 1] - off[a], values[off[a] : off[b]])
+            info = {"n": b - a, "tokens": int(off[b] - off[a]), "seconds": 0.0, "cpu_seconds": 0.0}
+            store.write_part(out, part, info)
+    manifest = store_manifest(plan, data, "cpu", 0, 1, None, False)
+    manifest["synthetic"] = True
+    merge_parts(out, ids, np.diff(off), manifest, total, t0)
+    return out
+
+
 def write_score_store(
     out: str | Path,
     prepared_dir: str | Path,
     scores: Sequence[Sequence[float]] | None = None,
     seed: int = 0,
     sample_ids: Sequence[str] | None = None,
+    base_loss: Sequence[Sequence[float]] | None = None,
+    ref_loss: Sequence[Sequence[float]] | None = None,
+    scorer: str = "token_cleaning",
 ) -> Path:
-    """A score store for ``prepared_dir`` (contract columns + manifest) holding ``scores`` (per-position lists,
-    NaN where not scored) or, when None, :func:`random_scores` drawn from ``seed``. ``sample_ids`` overrides
-    the prepared ids (to build a mismatching store in tests)."""
+    """A score store for ``prepared_dir`` written by the scoring stage's own code (see the module doc).
+
+    ``scores``: per-position lists (NaN where not scored), stored exactly; ``base_loss``/``ref_loss``:
+    per-position losses scored by ``scorer`` (as ``tokenclean score`` would); neither: :func:`random_scores`
+    drawn from ``seed``. ``sample_ids`` overrides the prepared ids (to build a mismatching store in tests)."""
     import datasets
 
-    prep = datasets.load_from_disk(str(prepared_dir))
-    ids = list(sample_ids) if sample_ids is not None else list(prep["sample_id"])
-    sc = [
-        np.asarray(s, dtype=np.float32)
-        for s in (scores if scores is not None else random_scores(prep["labels"], seed))
-    ]
-    ref = [np.where(np.isnan(s), np.nan, 1.0).astype(np.float32) for s in sc]
-    from tokenclean.scoring.store import score_features
-
-    feats = score_features()
-    cols = {
-        "sample_id": ids,
-        "base_loss": [(r + s).tolist() for r, s in zip(ref, sc)],
-        "ref_loss": [r.tolist() for r in ref],
-        "score": [s.tolist() for s in sc],
-    }
-    pm = read_json(Path(prepared_dir) / "manifest.json")
-    manifest = {
-        "stage": "score",
-        "synthetic": True,
-        "scorer": "synthetic",
-        "cache_key": _digest(ids, sc),
-        "prepared_dir": str(Path(prepared_dir).resolve()),
-        "prepared_cache_key": pm.get("cache_key"),
-        "base": {"name": "synthetic", "hash": None},
-        "reference": {"name": "synthetic", "hash": None, "adapter": None},
-        "dtype": "fp32",
-        "device": "cpu",
-        "versions": {},
-        "counts": {"samples": len(ids), "scored_tokens": int(sum(int((~np.isnan(s)).sum()) for s in sc))},
-    }
-    _save(out, cols, feats, manifest)
-    return Path(out)
+    if base_loss is not None:
+        base, off = _flat(base_loss, np.float32)
+        ref = _flat(ref_loss, np.float32)[0] if ref_loss is not None else None
+    else:
+        if scores is None:
+            scores = random_scores(datasets.load_from_disk(str(prepared_dir))["labels"], seed)
+        base, off = _flat(scores, np.float32)
+        ref = np.where(np.isnan(base), np.float32(np.nan), np.float32(0.0)).astype(np.float32)
+    return store_from_arrays(out, prepared_dir, off, base, ref, scorer, sample_ids)
 
 
 def write_arrays(
@@ -146,55 +232,10 @@ def write_arrays(
 ) -> tuple[Path, Path]:
     """A prepared dataset and its score store from flat (T,) arrays and (S+1,) offsets, without Python lists
     of tokens (for benchmarks at millions of tokens). Returns (score store dir, prepared dir)."""
-    import datasets
-    import pyarrow as pa
-
-    from tokenclean.selection.cleaned import list_array
-
     off = np.asarray(offsets, dtype=np.int64)
-    lengths = np.diff(off)  # (S,)
-    ids = [f"s{i:08d}" for i in range(lengths.size)]
-    trained = (
-        np.add.reduceat((labels != IGNORE_INDEX).astype(np.int64), off[:-1]) if lengths.size else lengths
-    )
-    i32, f32 = datasets.Sequence(datasets.Value("int32")), datasets.Sequence(datasets.Value("float32"))
-    pkey = _digest(ids, [input_ids, labels])
-    prep_feats = datasets.Features(
-        {
-            "sample_id": datasets.Value("string"),
-            "input_ids": i32,
-            "labels": i32,
-            "n_trained": datasets.Value("int32"),
-        }
-    )
-    prep_cols = {
-        "sample_id": pa.array(ids, pa.string()),
-        "input_ids": list_array(input_ids.astype(np.int32), lengths),
-        "labels": list_array(labels.astype(np.int32), lengths),
-        "n_trained": pa.array(trained.astype(np.int32)),
-    }
-    prep_manifest = {"stage": "prepare", "synthetic": True, "cache_key": pkey, "tokenizer": {"name": "none"}}
-    score_feats = datasets.Features({"sample_id": datasets.Value("string"), "score": f32})
-    score_cols = {
-        "sample_id": prep_cols["sample_id"],
-        "score": list_array(scores.astype(np.float32), lengths),
-    }
-    score_manifest = {
-        "stage": "score",
-        "synthetic": True,
-        "scorer": "synthetic",
-        "cache_key": _digest(ids, [scores]),
-        "prepared_dir": str(Path(prepared_out).resolve()),
-        "prepared_cache_key": pkey,
-    }
-    for d, cols, feats, man in (
-        (prepared_out, prep_cols, prep_feats, prep_manifest),
-        (out, score_cols, score_feats, score_manifest),
-    ):
-        ds = datasets.Dataset(
-            pa.table(cols, schema=feats.arrow_schema), info=datasets.DatasetInfo(features=feats)
-        )
-        with atomic_dir(d) as tmp:
-            ds.save_to_disk(str(tmp))
-            write_json_atomic(tmp / "manifest.json", man)
+    ids = [f"s{i:08d}" for i in range(off.size - 1)]
+    prepared_from_arrays(prepared_out, ids, off, input_ids, labels)
+    base = np.asarray(scores, dtype=np.float32)
+    ref = np.where(np.isnan(base), np.float32(np.nan), np.float32(0.0)).astype(np.float32)
+    store_from_arrays(out, prepared_out, off, base, ref)
     return Path(out), Path(prepared_out)
