@@ -176,7 +176,9 @@ def store_from_arrays(
         phases["ref"] = np.asarray(ref_loss, dtype=np.float32)
     models = {
         "base": {"name": SYNTHETIC, "losses": digest(ids, [off, phases["base"]])},
-        "reference": {"name": SYNTHETIC, "losses": digest(ids, [off, phases["ref"]])} if "ref" in phases else None,
+        "reference": {"name": SYNTHETIC, "losses": digest(ids, [off, phases["ref"]])}
+        if "ref" in phases
+        else None,
         "mode": "one_model" if "ref" in phases else "base_only",
     }
     plan = scoring_plan(models, **store_settings(data, shard, scorer, "fp32", "cpu"))
