@@ -304,12 +304,13 @@ def check_summary(s: Any, where: str, strict: bool = False) -> Summary:
 
 
 def write_summary(root: str | Path, summary: dict[str, Any]) -> Path:
-    """Write ``root/summary.json`` with ``schema_version``, after checking strictly what the file will hold
-    (an undeclared key or a wrong type raises :class:`DataError` before anything is written)."""
-    out = dict(summary, schema_version=SCHEMA_VERSION)
+    """Set ``summary["schema_version"]`` and write ``root/summary.json``, after checking strictly what the
+    file will hold (an undeclared key or a wrong type raises :class:`DataError` before anything is
+    written). The dict is updated in place so that it stays equal to the file."""
+    summary["schema_version"] = SCHEMA_VERSION
     path = Path(root) / FILE
-    check_summary(json.loads(json.dumps(out, default=str)), f"{path} (being written)", strict=True)
-    write_json_atomic(path, out)
+    check_summary(json.loads(json.dumps(summary, default=str)), f"{path} (being written)", strict=True)
+    write_json_atomic(path, summary)
     return path
 
 

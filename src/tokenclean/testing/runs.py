@@ -1,17 +1,20 @@
 """A synthetic run directory in the pipelines' layout, for tests and for previewing the report without
-training anything. Its numbers are made up (seeded); its name says so.
+training anything. Its losses and evaluation numbers are made up (seeded); its name says so.
 
-It prepares a real dataset with :func:`tokenclean.data.prepare.prepare`, draws per-token base/reference
-losses, writes score stores and cleaned datasets in the stage contracts (global top-k for
-``fixed_model``, per-sample top-k for ``rho``, seeded uniform for ``random``, two self-evolving rounds on
-separate splits) and a ``summary.json`` with evaluation, token recovery, held-out results and a ratio
-sweep. Usage: ``python -m tokenclean.report.synthetic OUT_DIR [--data FILE] [--tokenizer NAME]``.
+Every stage output is written by the stage's own code: the dataset by ``prepare``, the score stores by the
+scoring stage's writer (:func:`tokenclean.testing.stores.write_score_store`, from drawn base/reference
+losses), the cleaned datasets by ``select`` (global top-k for ``fixed_model``, per sample for ``rho``,
+seeded uniform for ``random``; two self-evolving rounds on :func:`~tokenclean.pipelines.stages.subset`
+splits), token recovery by :func:`~tokenclean.groundtruth.metrics.recovery_metrics` against the drawn
+truth, and ``summary.json`` by :func:`~tokenclean.pipelines.summary.write_summary` (with made-up
+evaluation, held-out and sweep numbers). Usage: ``python -m tokenclean.testing.runs OUT_DIR [--data FILE]
+[--tokenizer NAME]``.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,18 @@ from typing import Any
 import numpy as np
 
 from tokenclean import IGNORE_INDEX
+from tokenclean.groundtruth.metrics import recovery_metrics
+from tokenclean.groundtruth.truth import INFORMATIVE, NOISE, NOT_RESPONSE
+from tokenclean.pipelines.summary import (
+    EvalResult,
+    MethodEntry,
+    Recovery,
+    Round,
+    Summary,
+    SweepEntry,
+    TaskResult,
+)
+from tokenclean.testing.stores import write_score_store
 
 TASKS = {
     "mmlu": ("acc", 5),
@@ -79,35 +94,8 @@ def draw_losses(labels: Sequence[int], rng: np.random.Generator) -> tuple[np.nda
     return base, ref, informative & scored
 
 
-def keep_global(scores: list[np.ndarray], ratio: float) -> list[np.ndarray]:
-    """Top ``floor(ratio * N)`` scored tokens over all samples (ties by position order)."""
-    flat = np.concatenate(scores)
-    ok = np.flatnonzero(np.isfinite(flat))
-    k = math.floor(ratio * len(ok))
-    order = ok[np.argsort(-flat[ok], kind="stable")][:k]
-    keep = np.zeros(len(flat), dtype=bool)
-    keep[order] = True
-    return np.split(keep, np.cumsum([len(s) for s in scores])[:-1])
-
-
-def keep_per_sample(scores: list[np.ndarray], ratio: float) -> list[np.ndarray]:
-    return [keep_global([s], ratio)[0] for s in scores]
-
-
-def keep_random(scores: list[np.ndarray], ratio: float, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return keep_global([np.where(np.isfinite(s), rng.random(len(s)), np.nan) for s in scores], ratio)
-
-
-def _write(ds_dict: dict[str, Any], features: Any, out: Path, manifest: dict[str, Any]) -> None:
-    import datasets
-
-    datasets.Dataset.from_dict(ds_dict, features=features).save_to_disk(str(out))
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def _eval(level: float, rng: np.random.Generator, noise: float = 0.04) -> dict[str, Any]:
-    tasks: dict[str, dict[str, Any]] = {
+def _eval(level: float, rng: np.random.Generator, noise: float = 0.04) -> EvalResult:
+    tasks: dict[str, TaskResult] = {
         t: {
             "metric": m,
             "value": round(float(np.clip(level + rng.normal(0, noise), 0, 1)), 4),
@@ -132,67 +120,27 @@ def make_synthetic_run(
     import datasets
 
     from tokenclean.data.prepare import prepare
-    from tokenclean.scoring.store import score_features
-    from tokenclean.selection.cleaned import cleaned_features
+    from tokenclean.pipelines.stages import subset
+    from tokenclean.pipelines.summary import write_summary
+    from tokenclean.selection import select
 
     datasets.disable_progress_bars()
-
     out = Path(out)
     rng = np.random.default_rng(seed)
     prepare(data, tokenizer, out / "prepared", tokenizer_name=tokenizer_name, progress=False)
-    ds = datasets.load_from_disk(str(out / "prepared"))
-    rows = [ds[i] for i in range(len(ds))]
-    drawn = [draw_losses(r["labels"], rng) for r in rows]
+    labels = datasets.load_from_disk(str(out / "prepared"))["labels"]
+    drawn = [draw_losses(lab, rng) for lab in labels]
 
-    def write_scores(rel: str, idx: Sequence[int], ref_scale: float = 1.0) -> list[np.ndarray]:
+    def scores(prepared: Path, rel: str, idx: Sequence[int], ref_scale: float = 1.0) -> Path:
         base = [drawn[i][0] for i in idx]
         ref = [(drawn[i][1] * ref_scale).astype(np.float32) for i in idx]
-        score = [b - r for b, r in zip(base, ref)]
-        cols = {
-            "sample_id": [rows[i]["sample_id"] for i in idx],
-            "base_loss": base,
-            "ref_loss": ref,
-            "score": score,
-        }
-        man = {
-            "stage": "score",
-            "scorer": "token_cleaning",
-            "prepared_dir": str((out / "prepared").resolve()),
-            "synthetic": True,
-        }
-        _write(cols, score_features(), out / rel, man)
-        return score
+        return write_score_store(out / rel, prepared, base_loss=base, ref_loss=ref)
 
-    def write_cleaned(
-        rel: str, idx: Sequence[int], keep: list[np.ndarray], score: list[np.ndarray], scores_rel: str | None
-    ) -> None:
-        labels = [np.where(k, rows[i]["labels"], IGNORE_INDEX) for i, k in zip(idx, keep)]
-        cols = {
-            "sample_id": [rows[i]["sample_id"] for i in idx],
-            "input_ids": [rows[i]["input_ids"] for i in idx],
-            "attention_mask": [[1] * len(rows[i]["input_ids"]) for i in idx],
-            "labels": labels,
-            "response_labels": [rows[i]["labels"] for i in idx],
-            "score": score,
-            "completion_mask": [(lab != IGNORE_INDEX).astype(np.int8) for lab in labels],
-        }
-        man = {
-            "stage": "select",
-            "prepared_dir": str((out / "prepared").resolve()),
-            "ratio": ratio,
-            "synthetic": True,
-        }
-        if scores_rel:
-            man["scores_dir"] = str((out / scores_rel).resolve())
-        _write(cols, cleaned_features(), out / rel, man)
-
-    allidx = list(range(len(rows)))
-    score = write_scores("scores/fixed_model", allidx)
-    write_cleaned("cleaned/fixed_model", allidx, keep_global(score, ratio), score, "scores/fixed_model")
-    write_cleaned("cleaned/rho", allidx, keep_per_sample(score, ratio), score, "scores/fixed_model")
-    write_cleaned("cleaned/random", allidx, keep_random(score, ratio, seed), score, None)
-    parts = np.array_split(np.arange(len(rows)), 3)
-    rounds: list[dict[str, Any]] = [
+    everything = list(range(len(drawn)))
+    store = scores(out / "prepared", "scores/fixed_model", everything)
+    for method, level in (("fixed_model", "global"), ("rho", "sample"), ("random", "random")):
+        select(store, ratio, level, out / "cleaned" / method, seed=seed)
+    rounds: list[Round] = [
         {
             "round": 0,
             "scores": None,
@@ -202,66 +150,66 @@ def make_synthetic_run(
             "heldout": {"loss": 1.25, "exact_match": 0.31},
         }
     ]
+    parts = np.array_split(np.arange(len(drawn)), 3)
     for t in (1, 2):
         idx = [int(i) for i in parts[t]]
-        sc = write_scores(f"rounds/{t}/scores", idx, ref_scale=1.0 - 0.08 * t)
-        write_cleaned(f"rounds/{t}/cleaned", idx, keep_global(sc, ratio), sc, f"rounds/{t}/scores")
-        lvl = LEVEL["fixed_model"] + 0.003 * t
+        split = subset(out / "prepared", idx, out / "rounds" / str(t) / "data", f"split {t} of 3")
+        store_t = scores(split, f"rounds/{t}/scores", idx, ref_scale=1.0 - 0.08 * t)
+        select(store_t, ratio, "global", out / "rounds" / str(t) / "cleaned", seed=seed)
         rounds.append(
             {
                 "round": t,
                 "scores": f"rounds/{t}/scores",
                 "cleaned": f"rounds/{t}/cleaned",
                 "adapter": f"rounds/{t}/adapter",
-                "eval": _eval(lvl, rng),
+                "eval": _eval(LEVEL["fixed_model"] + 0.003 * t, rng),
                 "heldout": {"loss": 1.2 - 0.04 * t, "exact_match": 0.33 + 0.02 * t},
             }
         )
-    summary = _summary(
-        name, tokenizer_name or str(getattr(tokenizer, "name_or_path", "")), ratio, rounds, drawn, rows, rng
-    )
+    model = tokenizer_name or str(getattr(tokenizer, "name_or_path", ""))
+    summary = _summary(out, name, model, ratio, rounds, drawn, rng)
     (out / "config.yaml").write_text(
         f"# synthetic run (made-up numbers)\npipeline: fixed_model\nratio: {ratio}\nseed: {seed}\n"
     )
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_summary(out, dict(summary))
     return out
 
 
-def _recovery(kept: np.ndarray, truth: np.ndarray, noise_all: float) -> dict[str, float]:
-    tp = float((kept & truth).sum())
-    return {
-        "precision": tp / max(kept.sum(), 1),
-        "recall": tp / max(truth.sum(), 1),
-        "auroc": 0.5 + 0.4 * tp / max(truth.sum(), 1),
-        "noise_rate_kept": float((kept & ~truth).sum()) / max(kept.sum(), 1),
-        "noise_rate_all": noise_all,
-    }
+def _truth(drawn: list[Any]) -> list[np.ndarray]:
+    """The token truth of the drawn losses: informative, noise (scored, not informative) or not response."""
+    return [
+        np.where(inf, INFORMATIVE, np.where(np.isfinite(base), NOISE, NOT_RESPONSE)).astype(np.int8)
+        for base, _, inf in drawn
+    ]
+
+
+def _recovery(cleaned: Path, ids: list[str], truth: list[np.ndarray], scores: list[np.ndarray]) -> Recovery:
+    """Recovery of the tokens a cleaned dataset kept (its emptied samples keep nothing)."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(cleaned))
+    kept = {sid: np.asarray(lab) != IGNORE_INDEX for sid, lab in zip(ds["sample_id"], ds["labels"])}
+    keep = [kept.get(sid, np.zeros(len(t), dtype=bool)) for sid, t in zip(ids, truth)]
+    return typing.cast(Recovery, recovery_metrics(truth, keep, scores))
 
 
 def _summary(
+    out: Path,
     name: str,
     model: str,
     ratio: float,
-    rounds: list[dict[str, Any]],
+    rounds: list[Round],
     drawn: list[Any],
-    rows: list[Any],
     rng: np.random.Generator,
-) -> dict[str, Any]:
-    truth = np.concatenate([d[2] for d in drawn])
-    scored = np.concatenate([np.isfinite(d[0]) for d in drawn])
-    score = [d[0] - d[1] for d in drawn]
-    noise_all = float((~truth & scored).sum() / max(scored.sum(), 1))
-    rec = {
-        "fixed_model": _recovery(np.concatenate(keep_global(score, ratio)), truth, noise_all),
-        "rho": _recovery(np.concatenate(keep_per_sample(score, ratio)), truth, noise_all),
-        "random": _recovery(np.concatenate(keep_random(score, ratio, 0)), truth, noise_all),
-    }
-    paths = {
-        "fixed_model": ("scores/fixed_model", "cleaned/fixed_model"),
-        "rho": ("scores/fixed_model", "cleaned/rho"),
-        "random": (None, "cleaned/random"),
-    }
-    methods: dict[str, Any] = {}
+) -> Summary:
+    import datasets
+
+    ids = datasets.load_from_disk(str(out / "prepared"))["sample_id"]
+    truth, score = _truth(drawn), [d[0] - d[1] for d in drawn]
+    rec = {m: _recovery(out / "cleaned" / m, ids, truth, score) for m in ("fixed_model", "rho", "random")}
+    paths = {m: ("scores/fixed_model", f"cleaned/{m}") for m in rec}
+    paths["random"] = (None, "cleaned/random")  # as a method without a store (the pipeline records its store)
+    methods: dict[str, MethodEntry] = {}
     for m, lvl in LEVEL.items():
         s, c = paths.get(m, (None, None))
         if m == "self_evolving":
@@ -278,7 +226,7 @@ def _summary(
                 "exact_match": round(0.2 + 5 * (lvl - 0.5), 4),
             },
         }
-    sweep = [
+    sweep: list[SweepEntry] = [
         {
             "ratio": k,
             "method": "fixed_model",
@@ -305,7 +253,7 @@ def _summary(
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m tokenclean.report.synthetic", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m tokenclean.testing.runs", description=__doc__)
     p.add_argument("out")
     p.add_argument("--data", default="builtin:sample")
     p.add_argument("--tokenizer", default="smollm2")
