@@ -204,6 +204,7 @@ NOT_SHOWN: dict[str, str] = {
     "details": "every harness metric; the table shows the headline one",
     "adapter": "a path to weights, for loading the model, not a result",
     "policy": "the method name identifies the policy; its settings are in config.yaml",
+    "settings": "a policy's settings, as in config.yaml",
     "counted": "read by the ground-truth step (its recovery is shown), not the report",
     "heldout_questions": "raw per-question values; the report shows their means and intervals",
     "heldout_adapter": "cache key of heldout_questions",
@@ -211,6 +212,8 @@ NOT_SHOWN: dict[str, str] = {
     "response_tokens": "a count behind precision and recall",
     "kept_tokens": "a count behind precision and recall",
     "informative_rate_all": "one minus the noise rate shown",
+    "spans": "a count behind decisive_dropped",
+    "spans_removed": "a count behind decisive_dropped",
     "answer_tokens": "a count behind answer_loss",
     "exact": "per-question values behind exact_match",
 }
