@@ -1,5 +1,5 @@
-"""The report builds from a tiny run directory in the pipelines' layout (real prepared dataset with a tiny
-tokenizer, score stores and cleaned datasets written with datasets.Dataset.from_dict + save_to_disk)."""
+"""The report builds from a tiny synthetic run directory (tokenclean.testing.runs: a prepared dataset with a
+tiny tokenizer, score stores and cleaned datasets written by the stages' own code, made-up numbers)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from tokenclean.errors import ConfigError
 from tokenclean.report import ReportConfig, build_report
 from tokenclean.report.inspect import token_classes, token_pieces
 from tokenclean.report.runs import View
-from tokenclean.testing.runs import make_synthetic_run, write_records
 from tokenclean.report.tokens import load_token_arrays, tokenizer_name
+from tokenclean.testing.runs import make_synthetic_run, write_records
 
 pytestmark = pytest.mark.requires("matplotlib")  # every report has figures
 

@@ -95,16 +95,11 @@ def draw_losses(labels: Sequence[int], rng: np.random.Generator) -> tuple[np.nda
 
 
 def _eval(level: float, rng: np.random.Generator, noise: float = 0.04) -> EvalResult:
+    values = {t: round(float(np.clip(level + rng.normal(0, noise), 0, 1)), 4) for t in TASKS}
     tasks: dict[str, TaskResult] = {
-        t: {
-            "metric": m,
-            "value": round(float(np.clip(level + rng.normal(0, noise), 0, 1)), 4),
-            "n": 500,
-            "shots": s,
-        }
-        for t, (m, s) in TASKS.items()
+        t: {"metric": m, "value": values[t], "n": 500, "shots": s} for t, (m, s) in TASKS.items()
     }
-    return {"tasks": tasks, "average": sum(t["value"] for t in tasks.values()) / len(tasks)}
+    return {"tasks": tasks, "average": sum(values.values()) / len(values)}
 
 
 def make_synthetic_run(
@@ -207,7 +202,7 @@ def _summary(
     ids = datasets.load_from_disk(str(out / "prepared"))["sample_id"]
     truth, score = _truth(drawn), [d[0] - d[1] for d in drawn]
     rec = {m: _recovery(out / "cleaned" / m, ids, truth, score) for m in ("fixed_model", "rho", "random")}
-    paths = {m: ("scores/fixed_model", f"cleaned/{m}") for m in rec}
+    paths: dict[str, tuple[str | None, str | None]] = {m: ("scores/fixed_model", f"cleaned/{m}") for m in rec}
     paths["random"] = (None, "cleaned/random")  # as a method without a store (the pipeline records its store)
     methods: dict[str, MethodEntry] = {}
     for m, lvl in LEVEL.items():

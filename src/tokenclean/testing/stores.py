@@ -38,7 +38,7 @@ def digest(ids: Sequence[str], arrays: Sequence[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _flat(rows: Sequence[Sequence[Any]], dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+def _flat(rows: Sequence[Any], dtype: Any) -> tuple[np.ndarray, np.ndarray]:
     """(values, offsets) of a list of rows: (sum n,) ``dtype`` and (S+1,) int64."""
     arrays = [np.asarray(r, dtype=dtype) for r in rows]
     lengths = np.array([a.size for a in arrays], dtype=np.int64)
@@ -199,11 +199,11 @@ def store_from_arrays(
 def write_score_store(
     out: str | Path,
     prepared_dir: str | Path,
-    scores: Sequence[Sequence[float]] | None = None,
+    scores: Sequence[Sequence[float] | np.ndarray] | None = None,
     seed: int = 0,
     sample_ids: Sequence[str] | None = None,
-    base_loss: Sequence[Sequence[float]] | None = None,
-    ref_loss: Sequence[Sequence[float]] | None = None,
+    base_loss: Sequence[Sequence[float] | np.ndarray] | None = None,
+    ref_loss: Sequence[Sequence[float] | np.ndarray] | None = None,
     scorer: str = "token_cleaning",
 ) -> Path:
     """A score store for ``prepared_dir`` written by the scoring stage's own code (see the module doc).
@@ -217,9 +217,10 @@ def write_score_store(
         base, off = _flat(base_loss, np.float32)
         ref = _flat(ref_loss, np.float32)[0] if ref_loss is not None else None
     else:
-        if scores is None:
-            scores = random_scores(datasets.load_from_disk(str(prepared_dir))["labels"], seed)
-        base, off = _flat(scores, np.float32)
+        rows = scores
+        if rows is None:
+            rows = random_scores(datasets.load_from_disk(str(prepared_dir))["labels"], seed)
+        base, off = _flat(rows, np.float32)
         ref = np.where(np.isnan(base), np.float32(np.nan), np.float32(0.0)).astype(np.float32)
     return store_from_arrays(out, prepared_dir, off, base, ref, scorer, sample_ids)
 
