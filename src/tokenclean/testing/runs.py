@@ -1,5 +1,6 @@
-"""A synthetic run directory in the pipelines' layout, for tests and for previewing the report without
-training anything. Its losses and evaluation numbers are made up (seeded); its name says so.
+"""A synthetic run directory laid out like the pipelines' (the report reads it the same way), for tests and
+for previewing the report without training anything. Its losses and evaluation numbers are made up
+(seeded); its name says so.
 
 Every stage output is written by the stage's own code: the dataset by ``prepare``, the score stores by the
 scoring stage's writer (:func:`tokenclean.testing.stores.write_score_store`, from drawn base/reference
