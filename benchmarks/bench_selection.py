@@ -120,7 +120,7 @@ def bench_python(scores: np.ndarray, offsets: np.ndarray, ratio: float, repeats:
 def bench_e2e(n_tokens: int, n_samples: int, ratio: float, seed: int) -> dict[str, float]:
     """tokenclean.selection.select on a synthetic score store on disk: read, check, select, write."""
     from tokenclean.selection import select
-    from tokenclean.selection.synthetic import write_arrays
+    from tokenclean.testing.stores import write_arrays
 
     scores, offsets = make_scores(n_tokens, n_samples, seed)
     labels = np.arange(n_tokens, dtype=np.int32) % 30000  # every position a response token ...

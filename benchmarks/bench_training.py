@@ -44,7 +44,7 @@ def setup(work: Path, n: int) -> Path:
     from tokenclean.data.prepare import prepare
     from tokenclean.models.loader import load_tokenizer
     from tokenclean.selection import select
-    from tokenclean.selection.synthetic import write_score_store
+    from tokenclean.testing.stores import write_score_store
 
     work.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer("smollm2")

@@ -22,7 +22,7 @@ import pytest
 from tokenclean.report import ReportConfig, build_report
 from tokenclean.report.browser import Chromium, find_chromium, screenshot
 from tokenclean.report.inspect import token_classes, token_pieces
-from tokenclean.report.synthetic import make_synthetic_run, write_records
+from tokenclean.testing.runs import make_synthetic_run, write_records
 
 pytestmark = pytest.mark.browser
 INSTALL = "apt-get update && apt-get install -y --no-install-recommends chromium"

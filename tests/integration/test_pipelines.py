@@ -24,6 +24,17 @@ def adapter_state(path: Path) -> dict:
     return load_file(str(path / "adapter_model.safetensors"))
 
 
+def assert_schema(root: Path) -> None:
+    """The run's summary.json holds only keys its schema declares, of their types, and the report reads it."""
+    from tokenclean.pipelines.summary import SCHEMA_VERSION, check_summary
+    from tokenclean.report.runs import load_run
+
+    written = json.loads((root / "summary.json").read_text())
+    assert written["schema_version"] == SCHEMA_VERSION
+    check_summary(written, str(root), strict=True)
+    assert load_run(root).summary == written
+
+
 def tiny_cfg(tmp_path: Path, model_dir: Path, *extra: str):
     return load_run_config(TINY, [f"run_dir={tmp_path / 'run'}", f"model.base={model_dir}", *extra])
 
@@ -38,6 +49,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
 def test_every_pipeline_writes_its_artifacts(tiny_run: tuple[Path, dict]) -> None:
     root, summary = tiny_run
     assert json.loads((root / "summary.json").read_text()) == summary
+    assert_schema(root)
     assert (root / "config.yaml").exists()
     assert set(summary["methods"]) == {
         "base",
@@ -189,6 +201,7 @@ def test_ground_truth_demo_logic(tmp_path: Path, tiny_model_dir: Path) -> None:
     # the run's report: tables and highlighted tokens of the cleaning methods
     html = (tmp_path / "run" / "report" / "index.html").read_text()
     assert 'class="t kept"' in html and "fixed_model" in html
+    assert_schema(tmp_path / "run")  # recovery, classes, intervals, budgets, held-out questions
 
 
 @pytest.mark.requires("matplotlib")  # the report
@@ -244,6 +257,7 @@ def test_peer_methods_run_from_a_config(tmp_path: Path, tiny_model_dir: Path) ->
     assert "weights" in soft.column_names
     counted = list((root / summary["methods"]["profit"]["counted"] / "counted").glob("step-*.npz"))
     assert counted  # online methods record what they counted
+    assert_schema(root)  # policy, counted
 
 
 def test_peer_settings_are_strict(tmp_path: Path, tiny_model_dir: Path) -> None:

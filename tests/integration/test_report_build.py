@@ -1,5 +1,5 @@
-"""The report builds from a tiny run directory in the pipelines' layout (real prepared dataset with a tiny
-tokenizer, score stores and cleaned datasets written with datasets.Dataset.from_dict + save_to_disk)."""
+"""The report builds from a tiny synthetic run directory (tokenclean.testing.runs: a prepared dataset with a
+tiny tokenizer, score stores and cleaned datasets written by the stages' own code, made-up numbers)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from tokenclean.errors import ConfigError
 from tokenclean.report import ReportConfig, build_report
 from tokenclean.report.inspect import token_classes, token_pieces
 from tokenclean.report.runs import View
-from tokenclean.report.synthetic import make_synthetic_run, write_records
 from tokenclean.report.tokens import load_token_arrays, tokenizer_name
+from tokenclean.testing.runs import make_synthetic_run, write_records
 
 pytestmark = pytest.mark.requires("matplotlib")  # every report has figures
 
@@ -72,7 +72,17 @@ def test_report_files_and_tables(tiny_run: Path, built: dict[str, Path]):
         assert built[name] == out / name and (out / name).is_file(), name
     summary = json.loads((tiny_run / "summary.json").read_text())
     res = json.loads((out / "tables/results.json").read_text())
-    assert [r["key"] for r in res["rows"]] == list(summary["methods"])  # synthetic summary is in paper order
+    # paper order, whatever the file's (sorted) key order
+    assert [r["key"] for r in res["rows"]] == [
+        "base",
+        "warmup",
+        "full",
+        "random",
+        "rho",
+        "fixed_model",
+        "self_evolving",
+    ]
+    assert sorted(summary["methods"]) == sorted(r["key"] for r in res["rows"])
     for r in res["rows"]:
         tasks = summary["methods"][r["key"]]["eval"]["tasks"]
         assert r["values"]["average"] == pytest.approx(np.mean([t["value"] for t in tasks.values()]))

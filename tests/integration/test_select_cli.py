@@ -10,7 +10,7 @@ import pytest
 
 from tokenclean import IGNORE_INDEX
 from tokenclean.cli import main
-from tokenclean.selection.synthetic import write_score_store
+from tokenclean.testing.stores import write_score_store
 
 
 @pytest.fixture()

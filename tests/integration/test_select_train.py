@@ -10,8 +10,8 @@ import pytest
 
 from tokenclean import IGNORE_INDEX
 from tokenclean.selection import select
-from tokenclean.selection.synthetic import write_score_store
 from tokenclean.testing import require
+from tokenclean.testing.stores import write_score_store
 
 
 @pytest.fixture()

@@ -18,7 +18,7 @@ from tokenclean import IGNORE_INDEX
 from tokenclean.data.prepare import prepare
 from tokenclean.errors import DataError, TokencleanError
 from tokenclean.selection import select
-from tokenclean.selection.synthetic import write_prepared, write_score_store
+from tokenclean.testing.stores import write_prepared, write_score_store
 
 X = IGNORE_INDEX
 IDS = [[1, 2, 3, 4, 5], [6, 7, 8], [9, 10, 11, 12]]

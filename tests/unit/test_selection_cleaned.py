@@ -12,7 +12,7 @@ from tokenclean import IGNORE_INDEX
 from tokenclean.errors import DataError
 from tokenclean.outputs import OutputError
 from tokenclean.selection import select, select_many
-from tokenclean.selection.synthetic import write_prepared, write_score_store
+from tokenclean.testing.stores import write_prepared, write_score_store
 
 NAN = float("nan")
 X = IGNORE_INDEX

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +87,6 @@ def prepare(
     ``out`` follows :mod:`tokenclean.outputs`: reused when it holds this identity (files verified),
     refused when it is not a prepared dataset, when it holds other inputs or settings (unless ``force``,
     or ``replace_stale`` for a pipeline's own stage directory) or while another process writes it."""
-    import datasets
-    import pyarrow as pa
     from tqdm.auto import tqdm
 
     from tokenclean.models.loader import tokenizer_identity
@@ -182,9 +181,6 @@ def prepare(
             "tokenised as the special token, as the HF stack does",
             counts["special_text_in_content"],
         )
-    features = prepared_features()
-    table = pa.Table.from_pydict(cols, schema=features.arrow_schema)
-    ds = datasets.Dataset(table, info=datasets.DatasetInfo(features=features), fingerprint=key[:32])
     manifest = {
         "stage": "prepare",
         "cache_key": key,
@@ -199,14 +195,7 @@ def prepare(
         "versions": package_versions(),
         "seconds": round(time.time() - t0, 3),
     }
-    with atomic_dir(out) as tmp:
-        ds.save_to_disk(str(tmp))
-        if skipped:
-            with open(tmp / "dropped.jsonl", "w") as f:
-                for s in skipped:
-                    f.write(json.dumps(s, ensure_ascii=False, default=str) + "\n")
-        manifest["files"] = file_digests(tmp)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_prepared_dir(out, cols, manifest, skipped)
     log.info(
         "prepared %d samples (%d read, %d truncated, %d dropped with no trained token, %d invalid skipped) "
         "-> %s in %.1fs",
@@ -219,3 +208,27 @@ def prepare(
         manifest["seconds"],
     )
     return manifest
+
+
+def write_prepared_dir(
+    out: str | Path, cols: dict[str, Any], manifest: dict[str, Any], skipped: Sequence[dict[str, Any]] = ()
+) -> None:
+    """Write a prepared dataset atomically: ``cols`` (the :func:`prepared_features` columns, lists or
+    Arrow arrays), ``dropped.jsonl`` when ``skipped`` is not empty, and ``manifest.json`` last with the
+    size and SHA-256 of every file (``files``, added to ``manifest``). The dataset fingerprint is the
+    manifest's ``cache_key``, so the same inputs give byte-identical files."""
+    import datasets
+    import pyarrow as pa
+
+    features = prepared_features()
+    table = pa.table(cols, schema=features.arrow_schema)
+    key = manifest["cache_key"]
+    ds = datasets.Dataset(table, info=datasets.DatasetInfo(features=features), fingerprint=key[:32])
+    with atomic_dir(out) as tmp:
+        ds.save_to_disk(str(tmp))
+        if skipped:
+            with open(tmp / "dropped.jsonl", "w") as f:
+                for s in skipped:
+                    f.write(json.dumps(s, ensure_ascii=False, default=str) + "\n")
+        manifest["files"] = file_digests(tmp)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

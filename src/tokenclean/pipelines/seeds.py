@@ -17,7 +17,7 @@ from typing import Any
 
 from tokenclean.pipelines.config import RunConfig
 from tokenclean.pipelines.stages import Run, get_logger, open_run
-from tokenclean.utils import write_json_atomic
+from tokenclean.pipelines.summary import write_summary
 
 log = get_logger("seeds")
 
@@ -63,5 +63,5 @@ def aggregate_seeds(cfg: RunConfig, runs: list[Run]) -> dict[str, Any]:
 
         summary["methods"] = aggregate(runs, load_truth(runs[0]))
         summary["interval_units"] = interval_units(runs[0])
-    write_json_atomic(root / "summary.json", summary)
+    write_summary(root, summary)
     return summary

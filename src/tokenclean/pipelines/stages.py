@@ -31,6 +31,7 @@ from tokenclean.outputs import (
     verify_input,
 )
 from tokenclean.pipelines.config import RunConfig
+from tokenclean.pipelines.summary import write_summary
 from tokenclean.training.distributed import rank_zero_first, rank_zero_only
 from tokenclean.utils import (
     atomic_dir,
@@ -83,7 +84,8 @@ class Run:
 
     @rank_zero_only
     def save_summary(self) -> None:
-        write_json_atomic(self.root / "summary.json", self.summary)
+        """Write ``summary.json`` through its schema (:mod:`tokenclean.pipelines.summary`)."""
+        write_summary(self.root, self.summary)
 
 
 @rank_zero_first

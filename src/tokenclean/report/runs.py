@@ -1,18 +1,10 @@
 """Reading run directories (``RUN_DIR/summary.json``) and merging several runs into one report's data.
 
-A run's ``summary.json`` (written by the pipelines)::
-
-    {"pipeline": str, "name": str, "model": str, "ratio": float,
-     "methods": {METHOD: {"adapter", "cleaned", "scores", "counted": rel path|null, "round": int|null,
-                          "policy": {"name", "settings"}|null,
-                          "eval": {"tasks": {TASK: {"metric", "value", "n", "shots"}}, "average"}|null,
-                          "recovery": {"precision", "recall", "auroc", "noise_rate_kept", "noise_rate_all"}|null,
-                          "heldout": {"loss", "exact_match"}|null}},
-     "rounds": [{"round", "scores", "cleaned", "adapter", "eval"|null, "heldout"|null}],
-     "sweep": [{"ratio", "method", "eval"|null, "heldout"|null}]}
-
-Paths are relative to the run directory (absolute paths are accepted). Merging several runs keeps every
-method; a method name that occurs in more than one run is prefixed with its run's name (``runA/full``).
+A run's ``summary.json`` is written and read through one schema, :mod:`tokenclean.pipelines.summary`
+(its TypedDicts declare every key and type; :data:`~tokenclean.pipelines.summary.NOT_SHOWN` lists the
+keys the report does not show). Paths are relative to the run directory (absolute paths are accepted).
+Merging several runs keeps every method; a method name that occurs in more than one run is prefixed with
+its run's name (``runA/full``).
 """
 
 from __future__ import annotations
@@ -21,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokenclean.errors import DataError
+from tokenclean.pipelines.summary import read_summary
 from tokenclean.report.tables import method_order
-from tokenclean.utils import read_json
 
 
 @dataclass(frozen=True)
@@ -68,76 +59,11 @@ class Merged:
     views: list[View] = field(default_factory=list)
 
 
-def _check_number(v: Any, where: str) -> None:
-    if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
-        raise DataError(where, f"expected a number or null, got {v!r}")
-
-
-def _check_eval(ev: Any, where: str) -> None:
-    if ev is None:
-        return
-    if not isinstance(ev, dict) or not isinstance(ev.get("tasks", {}), dict):
-        raise DataError(where, "expected {'tasks': {TASK: {...}}, 'average': float} or null")
-    for task, t in ev.get("tasks", {}).items():
-        if not isinstance(t, dict) or "value" not in t:
-            raise DataError(f"{where}.tasks.{task}", "expected {'metric', 'value', 'n', 'shots'}")
-        _check_number(t["value"], f"{where}.tasks.{task}.value")
-    _check_number(ev.get("average"), f"{where}.average")
-
-
-def _check_flat(d: Any, where: str) -> None:
-    if d is None:
-        return
-    if not isinstance(d, dict):
-        raise DataError(where, f"expected a mapping or null, got {d!r}")
-    for k, v in d.items():
-        _check_number(v, f"{where}.{k}")
-
-
-def _check_entry(e: Any, where: str) -> None:
-    if not isinstance(e, dict):
-        raise DataError(where, f"expected a mapping, got {e!r}")
-    for k in ("adapter", "cleaned", "scores", "counted"):
-        if e.get(k) is not None and not isinstance(e[k], str):
-            raise DataError(f"{where}.{k}", f"expected a path or null, got {e[k]!r}")
-    _check_eval(e.get("eval"), f"{where}.eval")
-    _check_flat(e.get("recovery"), f"{where}.recovery")
-    _check_flat(e.get("heldout"), f"{where}.heldout")
-
-
-def validate_summary(s: Any, path: str) -> dict[str, Any]:
-    """Check the parts of ``summary.json`` the report reads; errors name ``FILE: key.path``."""
-    if not isinstance(s, dict):
-        raise DataError(path, "expected a JSON object")
-    methods = s.get("methods", {})
-    if not isinstance(methods, dict):
-        raise DataError(f"{path}: methods", "expected a mapping METHOD -> entry")
-    for m, e in methods.items():
-        _check_entry(e, f"{path}: methods.{m}")
-    for name in ("rounds", "sweep"):
-        items = s.get(name) or []
-        if not isinstance(items, list):
-            raise DataError(f"{path}: {name}", "expected a list")
-        for i, e in enumerate(items):
-            _check_entry(e, f"{path}: {name}[{i}]")
-            key = "round" if name == "rounds" else "ratio"
-            _check_number(e.get(key), f"{path}: {name}[{i}].{key}")
-    return s
-
-
 def load_run(run_dir: str | Path) -> Run:
+    """A run directory's summary, read and checked through its schema (errors name ``FILE: key.path``)."""
     d = Path(run_dir)
-    path = d / "summary.json"
-    if not path.is_file():
-        raise DataError(
-            str(path), "no summary.json: not a tokenclean run directory (or the run has not finished)"
-        )
-    try:
-        s = read_json(path)
-    except ValueError as e:
-        raise DataError(str(path), f"invalid JSON: {e}") from None
-    s = validate_summary(s, str(path))
-    return Run(name=str(s.get("name") or d.resolve().name), dir=d, summary=s)
+    s = read_summary(d / "summary.json")
+    return Run(name=str(s.get("name") or d.resolve().name), dir=d, summary=dict(s))
 
 
 def resolve(run_dir: Path, rel: str | None) -> Path | None:

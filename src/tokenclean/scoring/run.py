@@ -70,7 +70,7 @@ class PreparedData:
         ]
 
 
-def _plan(models: dict[str, Any], **settings: Any) -> dict[str, Any]:
+def scoring_plan(models: dict[str, Any], **settings: Any) -> dict[str, Any]:
     """What a run computes, plus ``run_key``, its hash: equal keys give bit-identical stores."""
     plan = dict(models, **settings)
     return dict(plan, run_key=sha256_json(plan))
@@ -190,24 +190,16 @@ def score_dataset(
     device = resolve_device(device)
     batch_tokens = batch_tokens or default_batch_tokens(device)
     mode, base_spec, ref_spec = resolve_pair(base, reference, adapter)
-    settings = {
-        "prepared_cache_key": data.manifest.get("cache_key"),
-        "prepared_content": data.content,
-        "n_samples": len(data),
-        "shard_size": shard_size,
-        "scorer": scorer,
-        "dtype": dtype,
-        "device_type": device.split(":")[0],
-    }
+    settings = store_settings(data, shard_size, scorer, dtype, device)
     base_id, ref_id = pair_identities(mode, base_spec, ref_spec)
-    plan = _plan({"base": base_id, "reference": ref_id, "mode": mode}, **settings)
+    plan = scoring_plan({"base": base_id, "reference": ref_id, "mode": mode}, **settings)
     done = store.complete_manifest(out, plan) if not force else None
     if done is not None:
         log.info("reusing %s (same data, models, dtype and scorer)", out)
         return dict(done, reused=True)
     pair = load_pair(base, reference, adapter, dtype, device, data.manifest.get("tokenizer"))
     base_id, ref_id = pair.identities()  # a Hub model downloaded just now has a commit hash only from here
-    plan = _plan({"base": base_id, "reference": ref_id, "mode": mode}, **settings)
+    plan = scoring_plan({"base": base_id, "reference": ref_id, "mode": mode}, **settings)
     if launched is None:
         store.prepare_out(out, plan, force, replace_stale)
     else:
@@ -231,12 +223,8 @@ def score_dataset(
     if missing:
         log.info("shard %d/%d done; %d chunks of other shards missing", shard_index, num_shards, len(missing))
         return dict(plan, stage="score", complete=False, missing_chunks=missing)
-    manifest = dict(plan, stage="score", prepared_dir=str(data.dir), prepared=data.manifest)
-    manifest.update(
-        device=device, batch_tokens=batch_tokens, num_shards=num_shards, self_check_max_diff=check
-    )
-    manifest.update(reference_merged_in_place=pair.merge_reference)
-    manifest = _merge(out, data, manifest, total, t0)
+    manifest = store_manifest(plan, data, device, batch_tokens, num_shards, check, pair.merge_reference)
+    manifest = merge_parts(out, data.sample_ids, data.lengths, manifest, total, t0)
     warn_if_reference_is_base(out, pair.mode, adapter or reference)
     return manifest
 
@@ -274,12 +262,10 @@ def _assemble_on_rank0(
     gathered = gather_object([check])  # the worst self-check over ranks goes in the manifest
     worst = max((c for c in gathered if c is not None), default=None)
     if group.is_main_process:
-        manifest = dict(plan, stage="score", prepared_dir=str(data.dir), prepared=data.manifest)
-        manifest.update(
-            device=device, batch_tokens=batch_tokens, num_shards=num_shards, self_check_max_diff=worst
-        )
-        manifest.update(reference_merged_in_place=pair.merge_reference, processes=group.num_processes)
-        _merge(out, data, manifest, store.n_chunks(len(data), plan["shard_size"]), t0)
+        manifest = store_manifest(plan, data, device, batch_tokens, num_shards, worst, pair.merge_reference)
+        manifest.update(processes=group.num_processes)
+        total = store.n_chunks(len(data), plan["shard_size"])
+        merge_parts(out, data.sample_ids, data.lengths, manifest, total, t0)
         warn_if_reference_is_base(out, pair.mode, pair.ref_spec.adapter if pair.ref_spec else None)
     group.wait_for_everyone()
     done = store.complete_manifest(out, plan)
@@ -319,7 +305,55 @@ def _run_parts(
     return check
 
 
-def _merge(out: Path, data: PreparedData, manifest: dict[str, Any], total: int, t0: float) -> dict[str, Any]:
+def store_settings(
+    data: PreparedData, shard_size: int, scorer: str, dtype: str, device: str
+) -> dict[str, Any]:
+    """The settings part of a scoring plan (what, besides the two models, the scores depend on)."""
+    return {
+        "prepared_cache_key": data.manifest.get("cache_key"),
+        "prepared_content": data.content,
+        "n_samples": len(data),
+        "shard_size": shard_size,
+        "scorer": scorer,
+        "dtype": dtype,
+        "device_type": device.split(":")[0],
+    }
+
+
+def store_manifest(
+    plan: dict[str, Any],
+    data: PreparedData,
+    device: str,
+    batch_tokens: int,
+    num_shards: int,
+    check: float | None,
+    merged: bool,
+) -> dict[str, Any]:
+    """The manifest of a store before assembly (:func:`merge_parts` adds counts, timings and versions)."""
+    return dict(
+        plan,
+        stage="score",
+        prepared_dir=str(data.dir),
+        prepared=data.manifest,
+        device=device,
+        batch_tokens=batch_tokens,
+        num_shards=num_shards,
+        self_check_max_diff=check,
+        reference_merged_in_place=merged,
+    )
+
+
+def merge_parts(
+    out: Path,
+    sample_ids: list[str],
+    lengths: np.ndarray,
+    manifest: dict[str, Any],
+    total: int,
+    t0: float,
+) -> dict[str, Any]:
+    """Assemble the ``total`` chunks of every phase in ``out/.work`` into the store (rows ``sample_ids``
+    of ``lengths`` positions), then write ``manifest`` with counts, timings and versions (under the merge
+    lock; a store of the same ``run_key`` already there is returned as it is)."""
     with store.merge_lock(out):
         if (out / "manifest.json").exists():
             old = read_json(out / "manifest.json")
@@ -327,15 +361,13 @@ def _merge(out: Path, data: PreparedData, manifest: dict[str, Any], total: int, 
                 return dict(old, reused=True)
         phases = store.PHASES if manifest["mode"] != "base_only" else ("base",)
         markers = store.read_markers(out, total, phases)
-        counts = store.assemble(
-            out, data.sample_ids, data.lengths, manifest["scorer"], total, len(phases) == 2
-        )
+        counts = store.assemble(out, sample_ids, lengths, manifest["scorer"], total, len(phases) == 2)
         compute_s = sum(m["seconds"] for m in markers)
         cpu_s = sum(m.get("cpu_seconds", 0.0) for m in markers)
         tokens = sum(m["tokens"] for m in markers if m["phase"] == "base")
         manifest.update(
             complete=True,
-            counts=dict(counts, samples=len(data), tokens=tokens, chunks=total),
+            counts=dict(counts, samples=len(sample_ids), tokens=tokens, chunks=total),
             timings={
                 "compute_seconds": round(compute_s, 3),
                 "compute_cpu_seconds": round(cpu_s, 3),
@@ -347,7 +379,7 @@ def _merge(out: Path, data: PreparedData, manifest: dict[str, Any], total: int, 
         store.finish(out, manifest)
     log.info(
         "scored %d samples (%d positions) -> %s at %s tok/s",
-        len(data),
+        len(sample_ids),
         counts["scored_positions"],
         out,
         manifest["timings"]["tokens_per_s"],

@@ -4,8 +4,9 @@
   flat score array with CSR offsets; one global sort for many ratios);
 - :mod:`tokenclean.selection.stats`: what a selection did (requested vs achieved ratio, histogram, ...);
 - :mod:`tokenclean.selection.table`: a score store joined row by row with its prepared dataset;
-- :mod:`tokenclean.selection.cleaned`: the ``select`` stage writing the cleaned dataset;
-- :mod:`tokenclean.selection.synthetic`: contract-shaped synthetic data for tests and benchmarks.
+- :mod:`tokenclean.selection.cleaned`: the ``select`` stage writing the cleaned dataset.
+
+Synthetic stores and prepared data for tests and benchmarks: :mod:`tokenclean.testing.stores`.
 """
 
 from tokenclean.selection.cleaned import select, select_many
