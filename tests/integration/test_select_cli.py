@@ -103,7 +103,7 @@ def test_user_errors_exit_2(store: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_cli_levels_match_the_library() -> None:
-    from tokenclean.cli_selection import LEVELS as CLI_LEVELS
+    from tokenclean.cli.selection import LEVELS as CLI_LEVELS
     from tokenclean.selection import LEVELS
 
     assert CLI_LEVELS == LEVELS
