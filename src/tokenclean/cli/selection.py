@@ -27,14 +27,14 @@ def parse_ratios(text: str | float | None) -> list[float | None]:
     if text is None:
         return [None]
     try:
-        ratios: list[float] = [float(x) for x in str(text).split(",") if x.strip()]
+        ratios: list[float | None] = [float(x) for x in str(text).split(",") if x.strip()]
     except ValueError:
         raise ConfigError(f"--ratio: expected a number or a comma-separated list, got '{text}'") from None
     if not ratios:
         raise ConfigError(f"--ratio: empty ('{text}'); give K in (0, 1], e.g. --ratio 0.6, or a list 0.5,0.6")
     for r in ratios:
         check_bounds(SelectionConfig, "ratio", r, "--ratio")
-    return list(ratios)
+    return ratios
 
 
 def sweep_outs(out: str, ratios: list[float | None]) -> list[str]:
@@ -46,7 +46,7 @@ def sweep_outs(out: str, ratios: list[float | None]) -> list[str]:
 
 
 def _select(a: argparse.Namespace) -> int:
-    ratios = [None] if a.level == "threshold" else parse_ratios(a.ratio)
+    ratios: list[float | None] = [None] if a.level == "threshold" else parse_ratios(a.ratio)
     settings_from_args(SelectionConfig, a, "selection", only=["seed"])
     settings_from_args(SoftWeightsConfig, a, "peers.soft_weights")
     outs = sweep_outs(a.out, ratios)
