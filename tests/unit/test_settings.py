@@ -192,12 +192,9 @@ def test_docs_settings_md_is_the_generated_text() -> None:
 
 def test_a_typo_fails_while_parsing_with_the_path_named(tmp_path: Path, capsys) -> None:
     missing = str(tmp_path / "missing.jsonl")
-    with pytest.raises(SystemExit) as e:
-        main(["prepare", "--data", missing, "--tokenizer", "smollm2", "--out", str(tmp_path / "o")])
-    assert e.value.code == 2
+    assert main(["prepare", "--data", missing, "--tokenizer", "smollm2", "--out", str(tmp_path / "o")]) == 2
     assert f"argument --data: {missing}: no such file or directory" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["train", "--data", missing, "--model", "m", "--out", str(tmp_path / "o")])
+    assert main(["train", "--data", missing, "--model", "m", "--out", str(tmp_path / "o")]) == 2
     assert "no such prepared or cleaned dataset" in capsys.readouterr().err
 
 
@@ -205,10 +202,7 @@ def test_cli_import_and_a_typo_load_no_heavy_library(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from tokenclean.cli import main\n"
-        "try:\n"
-        f"    main(['prepare', '--data', {str(tmp_path / 'x.jsonl')!r}, '--tokenizer', 't', '--out', 'o'])\n"
-        "except SystemExit as e:\n"
-        "    assert e.code == 2\n"
+        f"assert main(['prepare', '--data', {str(tmp_path / 'x.jsonl')!r}, '--tokenizer', 't', '--out', 'o']) == 2\n"
         "heavy = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

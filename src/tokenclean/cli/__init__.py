@@ -54,7 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import os
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error already printed (a missing path: 2)
+        return e.code if isinstance(e.code, int) else 2
     try:
         return int(args.handler(args))
     except TokencleanError as e:

@@ -9,7 +9,7 @@ from tokenclean.cli.args import Command, add_runtime, apply_runtime, existing
 
 
 def _resource(name: str) -> Path:
-    return Path(__file__).resolve().parent / "resources" / name
+    return Path(__file__).resolve().parents[1] / "resources" / name  # tokenclean/resources
 
 
 def _print_report(summary: dict) -> None:

@@ -50,7 +50,7 @@ def _report_args(s: argparse.ArgumentParser) -> None:
         "run_dirs",
         nargs="+",
         metavar="RUN_DIR",
-        type=existing("run directory"),
+        type=existing("run directory (one with summary.json)"),
         help="run directories (with summary.json)",
     )
     s.add_argument(
