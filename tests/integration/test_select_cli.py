@@ -90,8 +90,9 @@ def test_sweep_and_levels(store: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_user_errors_exit_2(store: Path, tmp_path: Path, capsys) -> None:
-    assert main(["select", "--scores", str(store), "--level", "sample", "--out", str(tmp_path / "o")]) == 2
-    assert "--ratio: level 'sample' needs --ratio" in capsys.readouterr().err
+    out = str(tmp_path / "o")
+    assert main(["select", "--scores", str(store), "--level", "sample", "--ratio", "1.5", "--out", out]) == 2
+    assert "--ratio: must be in (0, 1], got 1.5" in capsys.readouterr().err
     assert main(["select", "--scores", str(store), "--ratio", "0.3,0.6", "--out", str(tmp_path / "o")]) == 2
     assert "'{ratio}' in the output path" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
@@ -103,7 +104,7 @@ def test_user_errors_exit_2(store: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_cli_levels_match_the_library() -> None:
-    from tokenclean.cli_selection import LEVELS as CLI_LEVELS
+    from tokenclean.cli.selection import LEVELS as CLI_LEVELS
     from tokenclean.selection import LEVELS
 
     assert CLI_LEVELS == LEVELS

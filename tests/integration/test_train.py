@@ -332,7 +332,7 @@ def test_cli_train_and_merge(tmp_path: Path, prepared: Path, tiny_model_dir: Pat
     assert main(args + small) == 0
     assert "already trained" in capsys.readouterr().out
     assert main([*args[:-1], str(tmp_path / "bad"), "--lr", "-1"]) == 2
-    assert "train.lr: expected a positive float" in capsys.readouterr().err
+    assert "train.lr: must be > 0, got -1" in capsys.readouterr().err
     merge_args = ["merge", "--model", str(tiny_model_dir), "--adapter", str(tmp_path / "r" / "adapter")]
     assert main([*merge_args, "--out", str(tmp_path / "m")]) == 0
     assert "(fp32) ->" in capsys.readouterr().out and (tmp_path / "m" / "model.safetensors").exists()

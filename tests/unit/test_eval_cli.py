@@ -48,7 +48,7 @@ def test_eval_data_convert_and_list(tmp_path: Path, capsys) -> None:
 
 
 def test_format_table() -> None:
-    from tokenclean.cli_eval import format_table
+    from tokenclean.cli.evaluation import format_table
 
     r = {
         "suite": "paper",

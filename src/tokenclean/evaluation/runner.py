@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tokenclean.config import DEFAULT_DEVICE
 from tokenclean.errors import ConfigError, ModelError
 from tokenclean.evaluation import harness
 from tokenclean.evaluation.local_data import resolve_data_dir
@@ -90,7 +91,7 @@ def evaluate(
     *,
     tokenizer: Any = None,
     batch_size: int = 8,
-    device: str = "cpu",
+    device: str = DEFAULT_DEVICE,
     dtype: str = "fp32",
     batch_tokens: int = 2048,
     progress: bool = True,

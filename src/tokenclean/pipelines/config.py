@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tokenclean.config import apply_overrides, from_dict, load_yaml
+from tokenclean.config import DEFAULT_DEVICE, DEVICE_HELP, apply_overrides, from_dict, load_yaml, setting
 from tokenclean.errors import ConfigError
 from tokenclean.groundtruth.generator import PoolConfig
 from tokenclean.selection.xtf import XtfSettings
@@ -44,7 +44,7 @@ class DataConfig:
         default="auto", metadata=_h("record format (auto-detected)")
     )
     template: Literal["tulu", "chat", "plain"] = field(default="tulu", metadata=_h("conversation template"))
-    max_length: int = field(default=2048, metadata=_h("tokens per sample after truncation"))
+    max_length: int = setting(2048, "tokens per sample after truncation", bounds=">= 2")
     heldout: str | None = field(default=None, metadata=_h("held-out SFT file for the quick evaluation"))
     synthetic: PoolConfig | None = field(
         default=None, metadata=_h("generate a ground-truth pool instead of reading data.path")
@@ -67,28 +67,32 @@ class ModelConfig:
     reference: str | None = field(
         default=None, metadata=_h("external reference model (same tokenizer); null = warm-up reference")
     )
-    device: str = field(default="auto", metadata=_h("cpu, cuda or auto"))
+    device: str = setting(DEFAULT_DEVICE, DEVICE_HELP)
 
 
 @dataclass(frozen=True)
 class ScoringConfig:
     dtype: Literal["fp32", "bf16", "fp16", "auto"] = field(default="fp32", metadata=_h("scoring dtype"))
-    batch_tokens: int = field(default=8192, metadata=_h("token budget of a scoring batch"))
+    batch_tokens: int | None = setting(
+        None,
+        "padded tokens per scoring batch (null: 1024 on CPU, 16384 on CUDA; scores do not depend on it)",
+        bounds=">= 16",
+    )
 
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    ratio: float = field(default=0.6, metadata=_h("fraction k of response tokens kept (paper: 0.6)"))
-    seed: int = field(default=42, metadata=_h("seed of the random baseline and of the data splits"))
+    ratio: float = setting(0.6, "fraction K of response tokens kept (paper: 0.6)", bounds="(0, 1]")
+    seed: int = setting(42, "seed of the random baseline and of the data splits", bounds=">= 0")
     split_seed: int | None = field(
         default=None, metadata=_h("seed of the pool splits and cross-fit folds (null: selection.seed)")
     )
-    sweep: tuple[float, ...] = field(default=(), metadata=_h("extra ratios for a token-proportion sweep"))
+    sweep: tuple[float, ...] = setting((), "extra ratios for a token-proportion sweep", bounds="(0, 1]")
 
 
 @dataclass(frozen=True)
 class SelfEvolvingConfig:
-    rounds: int = field(default=4, metadata=_h("T: the pool is split into T+1 parts (paper: 4 -> 5 x 10k)"))
+    rounds: int = setting(4, "T: the pool is split into T+1 parts (paper: 4 -> 5 x 10k)", bounds=">= 1")
     base: Literal["fixed", "previous"] = field(
         default="fixed", metadata=_h("score against the original base (paper text) or the previous round")
     )
@@ -96,9 +100,7 @@ class SelfEvolvingConfig:
 
 @dataclass(frozen=True)
 class WarmupConfig:
-    epochs: int | None = field(
-        default=None, metadata=_h("epochs of the warm-up reference (null: train.epochs)")
-    )
+    epochs: int | None = setting(None, "epochs of the warm-up reference (null: train.epochs)", bounds=">= 1")
     data: str | None = field(
         default=None,
         metadata=_h(
@@ -106,12 +108,11 @@ class WarmupConfig:
             "the generated pool's clean.jsonl"
         ),
     )
-    cross_fit: int = field(
-        default=0,
-        metadata=_h(
-            "K >= 2: cut the pool into K folds; fold k is scored by a reference warmed up on the "
-            "other folds only (fixed_model, rho)"
-        ),
+    cross_fit: int = setting(
+        0,
+        "K >= 2: cut the pool into K folds; fold k is scored by a reference warmed up on the other folds only "
+        "(fixed_model, rho); 0: off",
+        bounds=">= 0",
     )
 
 
@@ -132,7 +133,7 @@ class EvalConfig:
         default="quick", metadata=_h("evaluation after training")
     )
     tasks: tuple[str, ...] = field(default=(), metadata=_h("restrict the suite to these tasks"))
-    limit: int | None = field(default=None, metadata=_h("samples per task (null: all)"))
+    limit: int | None = setting(None, "samples per task (null: all)", bounds=">= 1")
     data_dir: str | None = field(default=None, metadata=_h("local benchmark copies (see docs/evaluation.md)"))
     dtype: Literal["fp32", "bf16", "fp16", "auto"] = field(
         default="fp32", metadata=_h("dtype of the evaluated model (on model.device)")
@@ -141,7 +142,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class OnlineRho1Config:
-    ratio: float = field(default=0.6, metadata=_h("share of each step's tokens that count (top excess loss)"))
+    ratio: float = setting(0.6, "share of each step's tokens that count (top excess loss)", bounds="(0, 1]")
     reference: Literal["warmup", "base"] = field(
         default="warmup", metadata=_h("warmup: the pool's stored reference losses; base: the adapter off")
     )
@@ -149,7 +150,7 @@ class OnlineRho1Config:
 
 @dataclass(frozen=True)
 class SoftWeightsConfig:
-    temperature: float = field(default=1.0, metadata=_h("T of w = sigmoid((score - tau) / T), nats"))
+    temperature: float = setting(1.0, "T of w = sigmoid((score - tau) / T), nats of score", bounds="> 0")
 
 
 @dataclass(frozen=True)
@@ -202,21 +203,7 @@ class RunConfig:
         for i, m in enumerate(self.methods):
             if m not in METHODS:
                 raise ConfigError(f"methods[{i}]: unknown method '{m}' (valid: {', '.join(METHODS)})")
-        for key, v in [("selection.ratio", self.selection.ratio)] + [
-            (f"selection.sweep[{i}]", r) for i, r in enumerate(self.selection.sweep)
-        ]:
-            if not 0.0 < v <= 1.0:
-                raise ConfigError(f"{key}: must be in (0, 1], got {v}")
-        if self.self_evolving.rounds < 1:
-            raise ConfigError(f"self_evolving.rounds: must be >= 1, got {self.self_evolving.rounds}")
-        o = self.peers.online_rho1
-        if not 0.0 < o.ratio <= 1.0:
-            raise ConfigError(f"peers.online_rho1.ratio: must be in (0, 1], got {o.ratio}")
-        if not self.peers.soft_weights.temperature > 0:
-            raise ConfigError(
-                f"peers.soft_weights.temperature: must be > 0, got {self.peers.soft_weights.temperature}"
-            )
-        if self.warmup.cross_fit == 1 or self.warmup.cross_fit < 0:
+        if self.warmup.cross_fit == 1:
             raise ConfigError(f"warmup.cross_fit: must be 0 (off) or >= 2, got {self.warmup.cross_fit}")
         if self.warmup.cross_fit and (self.warmup.data or self.model.reference):
             raise ConfigError("warmup.cross_fit: cannot be combined with warmup.data or model.reference")
@@ -228,8 +215,6 @@ class RunConfig:
             self.data.synthetic is None or self.data.synthetic.clean_repeats < 1
         ):
             raise ConfigError("warmup.data: synthetic:clean needs data.synthetic.clean_repeats >= 1")
-        if self.scoring.batch_tokens < 16:
-            raise ConfigError(f"scoring.batch_tokens: must be >= 16, got {self.scoring.batch_tokens}")
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

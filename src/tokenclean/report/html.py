@@ -181,7 +181,7 @@ def render_page(
         + _select("f-round", "Round", "all rounds", [(str(r), f"round {r}") for r in rounds])
         + '<span id="f-count"></span><span class="legend"><span class="t kept">kept</span> '
         '<span class="t dropped">dropped</span> <span class="t prompt">prompt</span> '
-        '<span class="t kept w" style="--w:.3">weight 0.3</span> <span class="t kept w" style="--w:.9">0.9</span> '
+        '<span class="w" style="--w:.3">weight 0.3</span> <span class="w" style="--w:.9">0.9</span> '
         '<i class="tr-info">truth: informative</i> <i class="tr-noise">truth: noise</i></span></div>'
     )
     meta_html = "".join(
@@ -247,7 +247,7 @@ main{padding:10px 28px 40px;max-width:1400px}section{margin-top:18px}h2{font-siz
 .grid{display:flex;flex-wrap:wrap;gap:14px}.plot{margin:0;background:#fff;padding:8px;box-shadow:0 1px 2px rgba(0,0,0,.08)}
 .plot img{max-width:100%;height:auto;display:block}.plot figcaption{font-size:12.5px;color:#5b6470}
 .filters{display:flex;gap:18px;align-items:center;flex-wrap:wrap;margin:8px 0 12px;font-size:14px}
-.filters select{font:inherit;padding:2px 6px}#f-count,#s-count{color:#5b6470;font-size:13px}.legend .t{padding:1px 6px}
+.filters select{font:inherit;padding:2px 6px}#f-count,#s-count{color:#5b6470;font-size:13px}.legend .t,.legend .w{padding:1px 6px}
 .sample{background:#fff;margin:0 0 12px;padding:10px 14px;box-shadow:0 1px 2px rgba(0,0,0,.08)}
 .sample h3{font-size:14px;margin:0 0 6px;display:flex;gap:12px;align-items:baseline}
 .sid{font:12px ui-monospace,"DejaVu Sans Mono",monospace;color:#5b6470}.counts{font-weight:400;font-size:12.5px;color:#5b6470;margin-left:auto}
@@ -255,7 +255,7 @@ main{padding:10px 28px 40px;max-width:1400px}section{margin-top:18px}h2{font-siz
 .t.prompt{color:var(--prompt)}.t.kept{background:var(--kept);border-bottom:2px solid var(--kept-b)}
 .t.dropped{background:var(--drop);color:var(--drop-t);text-decoration:line-through}
 .t.kept+.t.kept,.t.dropped+.t.dropped{box-shadow:inset 1px 0 0 rgba(255,255,255,.9)}
-.t.w{background:rgba(26,152,80,calc(.08 + .62 * var(--w)));border-bottom:2px solid rgba(26,152,80,var(--w))}
+.t.w,.legend .w{background:rgba(26,152,80,calc(.08 + .62 * var(--w)));border-bottom:2px solid rgba(26,152,80,var(--w))}
 .tr-noise{border-top:2px dotted #c0392b}.tr-info{border-top:2px solid #2e86c1}i.tr-info,i.tr-noise{font-style:normal}
 .t.nl::before{content:"\\21B5";opacity:.6}.t[data-score]:hover{outline:1px solid #333}.more{color:#5b6470;font-style:italic}
 #tip{position:fixed;z-index:10;background:#1d2b3a;color:#fff;font:12.5px/1.45 ui-monospace,"DejaVu Sans Mono",monospace;

@@ -18,6 +18,7 @@ import numpy as np
 
 from tokenclean import IGNORE_INDEX
 from tokenclean.alignment import scatter_to_positions
+from tokenclean.config import DEFAULT_DEVICE
 from tokenclean.errors import ConfigError, DataError, ModelError
 from tokenclean.outputs import content_id, guarded, load_dataset_dir, verify_input
 from tokenclean.scoring import store
@@ -159,7 +160,7 @@ def score_dataset(
     out: str | Path = "runs/scores",
     scorer: str = "token_cleaning",
     dtype: str = "fp32",
-    device: str = "cpu",
+    device: str = DEFAULT_DEVICE,
     batch_tokens: int | None = None,
     progress: bool = True,
     shard_index: int = 0,

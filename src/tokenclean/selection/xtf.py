@@ -21,14 +21,14 @@ docs/methods.md. The ``score`` column of the output holds the novelty (``1 - P_b
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from tokenclean.config import DEFAULT_DEVICE, check_fields, setting
 from tokenclean.errors import ConfigError
 from tokenclean.outputs import guarded
 from tokenclean.utils import get_logger, package_versions, sha256_json, sha256_tree
@@ -38,35 +38,26 @@ log = get_logger("select")
 
 @dataclass(frozen=True)
 class XtfSettings:
-    novelty_min: float = 0.05
-    """Tokens with ``1 - P_base`` below this are noise (the base already knows them)."""
-    iqr_k: float = 1.5
-    """Attention below ``Q1 - iqr_k * IQR`` of the sample's response tokens is noise."""
-    otsu_classes: int = 3
-    """Multi-Otsu classes of the task relevance; the lowest class is noise."""
-    expert_words: tuple[str, ...] = ()
-    """Words that define the task; empty: every prompt token of the dataset."""
-    filters: tuple[str, ...] = ("novelty", "attention", "relevance")
-    """Which filters take part in the union."""
+    novelty_min: float = setting(
+        0.05, "tokens with 1 - P_base below this are noise (the base already knows them)", bounds="[0, 1)"
+    )
+    iqr_k: float = setting(
+        1.5, "attention below Q1 - iqr_k * IQR of the sample's response tokens is noise", bounds="[0, inf)"
+    )
+    otsu_classes: int = setting(
+        3, "Multi-Otsu classes of the task relevance; the lowest is noise", bounds=">= 2"
+    )
+    expert_words: tuple[str, ...] = setting(
+        (), "words that define the task; empty: every prompt token of the data"
+    )
+    filters: tuple[Literal["novelty", "attention", "relevance"], ...] = setting(
+        ("novelty", "attention", "relevance"), "the filters whose union is noise"
+    )
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.novelty_min, (int, float)) and 0 <= self.novelty_min < 1):
-            raise ConfigError(f"xtf.novelty_min: expected a float in [0, 1), got {self.novelty_min!r}")
-        if not (isinstance(self.iqr_k, (int, float)) and self.iqr_k >= 0 and math.isfinite(self.iqr_k)):
-            raise ConfigError(f"xtf.iqr_k: expected a float >= 0, got {self.iqr_k!r}")
-        if (
-            isinstance(self.otsu_classes, bool)
-            or not isinstance(self.otsu_classes, int)
-            or self.otsu_classes < 2
-        ):
-            raise ConfigError(f"xtf.otsu_classes: expected an integer >= 2, got {self.otsu_classes!r}")
-        bad = set(self.filters) - {"novelty", "attention", "relevance"}
-        if bad or not self.filters:
-            raise ConfigError(
-                f"xtf.filters: expected a subset of novelty, attention, relevance, got {self.filters!r}"
-            )
-        object.__setattr__(self, "expert_words", tuple(self.expert_words))
-        object.__setattr__(self, "filters", tuple(self.filters))
+        check_fields(self, "xtf")
+        if not self.filters:
+            raise ConfigError("xtf.filters: expected at least one of novelty, attention, relevance, got none")
 
 
 def iqr_fence_noise(values: np.ndarray, offsets: np.ndarray, k: float) -> np.ndarray:
@@ -150,7 +141,7 @@ def xtf_select(
     out: str | Path,
     settings: XtfSettings = XtfSettings(),
     dtype: str = "fp32",
-    device: str = "cpu",
+    device: str = DEFAULT_DEVICE,
     force: bool = False,
     replace_stale: bool = False,
 ) -> dict[str, Any]:

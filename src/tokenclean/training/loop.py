@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tokenclean.config import DEFAULT_DEVICE
 from tokenclean.errors import ConfigError, DataError, ModelError, TokencleanError
 from tokenclean.models.loader import (
     ModelSpec,
@@ -120,7 +121,7 @@ def train(
     init_adapter: str | None = None,
     progress: bool = True,
     *,
-    device: str = "auto",
+    device: str = DEFAULT_DEVICE,
     on_step: Callable[[dict[str, Any]], None] | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:

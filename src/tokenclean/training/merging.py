@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tokenclean.config import DEFAULT_DEVICE
 from tokenclean.errors import ConfigError, ModelError
 from tokenclean.models.loader import DTYPES, ModelSpec, load_model, load_tokenizer, resolve_model
 from tokenclean.utils import atomic_dir, get_logger, package_versions, sha256_tree, write_json_atomic
@@ -32,7 +33,7 @@ def model_dtype(spec: ModelSpec) -> str:
 
 
 def merge(
-    model: str, adapter: str | None, out: str | Path, dtype: str = "model", device: str = "cpu"
+    model: str, adapter: str | None, out: str | Path, dtype: str = "model", device: str = DEFAULT_DEVICE
 ) -> dict[str, Any]:
     """Load ``model`` + ``adapter``, ``merge_and_unload()`` and save the merged model and tokenizer to ``out``.
 

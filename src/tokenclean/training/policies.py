@@ -36,10 +36,11 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from tokenclean.config import check_fields, from_dict, setting
 from tokenclean.errors import ConfigError
 
 
@@ -107,7 +108,8 @@ def get_policy_class(name: str, prefix: str = "train.policy") -> type[Policy]:
 
 
 def parse_settings(name: str, values: dict[str, Any] | None, prefix: str) -> Any:
-    """The policy's settings dataclass from a mapping; unknown keys and bad values name the dotted key."""
+    """The policy's settings dataclass from a mapping (:func:`tokenclean.config.from_dict`): unknown keys and
+    bad values name the dotted key."""
     cls = get_policy_class(name).Settings
     values = dict(values or {})
     names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
@@ -115,10 +117,7 @@ def parse_settings(name: str, values: dict[str, Any] | None, prefix: str) -> Any
         if key not in names:
             valid = ", ".join(names) if names else "none"
             raise ConfigError(f"{prefix}.{key}: unknown setting of policy {name!r} (valid: {valid})")
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{prefix}: {e}") from None
+    return from_dict(cls, values, prefix)
 
 
 # ---- labels / weights -------------------------------------------------------------------------------------
@@ -153,19 +152,20 @@ class WeightsPolicy(Policy):
 
 @dataclass(frozen=True)
 class Rho1Settings:
-    ratio: float = 0.6
-    """Share of each step's candidate tokens (over all ranks) that count: the top ``floor(ratio * N)``."""
-    reference: str = "store"
-    """``store``: reference losses from a score store (``scores``); ``base``: the model with its adapter off."""
-    scores: str | None = None
-    """A score store directory (``tokenclean score``) whose ``ref_loss`` is the reference (``reference: store``)."""
+    ratio: float = setting(
+        0.6,
+        "share of each step's candidate tokens (over all ranks) that count: the top floor(ratio * N)",
+        bounds="(0, 1]",
+    )
+    reference: Literal["store", "base"] = setting(
+        "store", "store: reference losses from a score store (scores); base: the model with its adapter off"
+    )
+    scores: str | None = setting(
+        None, "a score store directory (tokenclean score) whose ref_loss is the reference (reference: store)"
+    )
 
     def __post_init__(self) -> None:
-        r = self.ratio
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0 < r <= 1) or math.isnan(r):
-            raise ValueError(f"ratio: expected a float in (0, 1], got {r!r}")
-        if self.reference not in ("store", "base"):
-            raise ValueError(f"reference: expected 'store' or 'base', got {self.reference!r}")
+        check_fields(self)
         if self.reference == "store" and not self.scores:
             raise ValueError("scores: reference 'store' needs a score store directory (scores: DIR)")
 
@@ -256,14 +256,15 @@ class Rho1Policy(Policy):
 
 @dataclass(frozen=True)
 class DftSettings:
-    weight_floor: float = 0.0
-    """Lower bound of the per-token weight ``max(sg(p), floor)`` (0: the published DFT; ~0.1 keeps gradients
-    from vanishing on long, unlikely text)."""
+    weight_floor: float = setting(
+        0.0,
+        "lower bound of the per-token weight max(sg(p), floor) (0: the published DFT; ~0.1 keeps gradients "
+        "from vanishing on long, unlikely text)",
+        bounds="[0, 1]",
+    )
 
     def __post_init__(self) -> None:
-        f = self.weight_floor
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not (0 <= f <= 1):
-            raise ValueError(f"weight_floor: expected a float in [0, 1], got {f!r}")
+        check_fields(self)
 
 
 @register
@@ -288,26 +289,25 @@ class DftPolicy(Policy):
 
 @dataclass(frozen=True)
 class ProfitSettings:
-    prob_threshold: float = 0.1
-    """Probability under the current model that decides whether a token counts (published default 0.1)."""
-    direction: str = "higher"
-    """``higher``: keep p > threshold (published, recommended); ``lower``: keep p < threshold; ``middle``:
-    keep ``prob_range[0] < p < prob_range[1]``."""
-    prob_range: tuple[float, float] = (0.1, 0.9)
-    """The band of ``direction: middle``."""
+    prob_threshold: float = setting(
+        0.1,
+        "probability under the current model that decides whether a token counts (published default 0.1)",
+        bounds="(0, 1)",
+    )
+    direction: Literal["higher", "lower", "middle"] = setting(
+        "higher",
+        "higher: keep p > threshold (published, recommended); lower: keep p < threshold; middle: keep "
+        "prob_range[0] < p < prob_range[1]",
+    )
+    prob_range: tuple[float, float] = setting((0.1, 0.9), "the band [low, high] of direction: middle")
 
     def __post_init__(self) -> None:
-        t = self.prob_threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 < t < 1):
-            raise ValueError(f"prob_threshold: expected a float in (0, 1), got {t!r}")
-        if self.direction not in ("higher", "lower", "middle"):
-            raise ValueError(f"direction: expected higher, lower or middle, got {self.direction!r}")
-        r = tuple(self.prob_range)
-        if len(r) != 2 or not all(isinstance(x, (int, float)) for x in r) or not (0 <= r[0] < r[1] <= 1):
+        check_fields(self)
+        lo, hi = self.prob_range
+        if not 0 <= lo < hi <= 1:
             raise ValueError(
-                f"prob_range: expected [low, high] with 0 <= low < high <= 1, got {self.prob_range!r}"
+                f"prob_range: expected [low, high] with 0 <= low < high <= 1, got {list(self.prob_range)!r}"
             )
-        object.__setattr__(self, "prob_range", (float(r[0]), float(r[1])))
 
 
 @register
@@ -340,29 +340,32 @@ class ProfitPolicy(Policy):
 
 @dataclass(frozen=True)
 class SsTokenSettings:
-    ratio: float = 0.6
-    """rho: the share of each sample's candidate tokens that count, every step (floor(rho * n_i))."""
-    gamma: float = 0.5
-    """g in ``g * minmax_per_sample(REL) + (1 - g) * attn`` (1: loss signal only; 0: attention only)."""
-    history: str = "base"
-    """History model of REL = loss_history - loss_current: ``base`` (the adapter switched off) or ``ema``."""
-    ema_decay: float = 0.99
-    """a in ``h <- a * h + (1 - a) * theta`` (history ``ema``), updated after every optimizer step."""
-    attention_warmup_steps: int = 0
-    """Optimizer steps at the start that select by attention only (the published code's warm-up period)."""
+    ratio: float = setting(
+        0.6,
+        "rho: the share of each sample's candidate tokens that count, every step (floor(rho * n_i))",
+        bounds="(0, 1]",
+    )
+    gamma: float = setting(
+        0.5,
+        "g in g * minmax_per_sample(REL) + (1 - g) * attn (1: loss signal only; 0: attention only)",
+        bounds="[0, 1]",
+    )
+    history: Literal["base", "ema"] = setting(
+        "base", "history model of REL = loss_history - loss_current: base (the adapter switched off) or ema"
+    )
+    ema_decay: float = setting(
+        0.99,
+        "a in h <- a * h + (1 - a) * theta (history ema), updated after every optimizer step",
+        bounds="[0, 1]",
+    )
+    attention_warmup_steps: int = setting(
+        0,
+        "optimizer steps at the start that select by attention only (the published code's warm-up)",
+        bounds=">= 0",
+    )
 
     def __post_init__(self) -> None:
-        for name, lo, hi in (("ratio", 0.0, 1.0), ("gamma", 0.0, 1.0), ("ema_decay", 0.0, 1.0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi):
-                raise ValueError(f"{name}: expected a float in [{lo}, {hi}], got {v!r}")
-        if self.ratio == 0:
-            raise ValueError("ratio: expected a float in (0, 1], got 0")
-        if self.history not in ("base", "ema"):
-            raise ValueError(f"history: expected 'base' or 'ema', got {self.history!r}")
-        w = self.attention_warmup_steps
-        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
-            raise ValueError(f"attention_warmup_steps: expected an integer >= 0, got {w!r}")
+        check_fields(self)
 
 
 def minmax_per_sample(values: np.ndarray, rows: np.ndarray) -> np.ndarray:

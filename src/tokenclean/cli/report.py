@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from tokenclean.cli import _EXTRA_PARSERS, command
+from tokenclean.cli.args import Command, existing
 
 
-@command("report")
 def _report(a: argparse.Namespace) -> int:
     from tokenclean.report.build import ReportConfig, build_report
 
@@ -46,18 +45,21 @@ def _report(a: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("report", help="tables (Markdown/CSV/JSON), figures and an HTML page of runs")
-    s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (with summary.json)")
+def _report_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        type=existing("run directory (one with summary.json)"),
+        help="run directories (with summary.json)",
+    )
     s.add_argument(
         "--out", default=None, help="output directory (default RUN_DIR/report; needed for several)"
     )
     s.add_argument("--tokenizer", default=None, help="tokenizer to decode samples (default: the run's own)")
-    s.add_argument("--samples", type=int, default=8, help="samples shown per method and round (default 8)")
-    s.add_argument("--max-tokens", type=int, default=2048, help="tokens shown per sample (default 2048)")
-    s.add_argument(
-        "--scatter-points", type=int, default=20_000, help="points per loss scatter (default 20000)"
-    )
+    s.add_argument("--samples", type=int, default=8, help="samples shown per method and round")
+    s.add_argument("--max-tokens", type=int, default=2048, help="tokens shown per sample")
+    s.add_argument("--scatter-points", type=int, default=20_000, help="points per loss scatter")
     s.add_argument("--seed", type=int, default=0, help="seed of the scatter subsample")
     s.add_argument("--formats", default="png,svg", help="figure formats, comma-separated ('' for none)")
     s.add_argument("--no-html", action="store_true", help="tables and figures only")
@@ -66,4 +68,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
 
 
-_EXTRA_PARSERS.append(add_parsers)
+COMMANDS = (
+    Command(
+        "report",
+        "tables (Markdown/CSV/JSON), figures and an HTML page of runs",
+        _report_args,
+        _report,
+        example="tokenclean report runs/demo runs/mine --out runs/report",
+    ),
+)

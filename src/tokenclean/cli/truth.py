@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from tokenclean import cli
+from tokenclean.cli.args import Command, existing
 from tokenclean.errors import DataError
 
 
@@ -77,7 +77,6 @@ def truth_summary(
     return {"methods": {"selection": m}, "seeds_used": [], "labels": tt.names, "samples": len(ids)}
 
 
-@cli.command("groundtruth")
 def _groundtruth(a: argparse.Namespace) -> int:
     from tokenclean.models.loader import load_tokenizer
     from tokenclean.report.truth_tables import class_table, decisive_table, results_table
@@ -113,17 +112,38 @@ def _groundtruth(a: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("groundtruth", help="recovery metrics of a selection against annotated token truth")
-    s.add_argument("--data", required=True, help="the SFT file the prepared data came from")
-    s.add_argument("--truth", required=True, help='JSONL: {"id", "spans": [[start, end, label], ...]}')
-    s.add_argument("--selection", default=None, help="a cleaned dataset (tokenclean select --out)")
-    s.add_argument("--scores", default=None, help="a score store (tokenclean score --out)")
-    s.add_argument("--format", default="auto", help="record format of --data (default: auto)")
+def _groundtruth_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--data", required=True, type=existing("file"), help="the SFT file the prepared data came from"
+    )
+    s.add_argument(
+        "--truth",
+        required=True,
+        type=existing("file"),
+        help='JSONL: {"id", "spans": [[start, end, label], ...]}',
+    )
+    s.add_argument(
+        "--selection",
+        default=None,
+        type=existing("cleaned dataset"),
+        help="a cleaned dataset (tokenclean select --out)",
+    )
+    s.add_argument(
+        "--scores", default=None, type=existing("score store"), help="a score store (tokenclean score --out)"
+    )
+    s.add_argument("--format", default="auto", help="record format of --data")
     s.add_argument("--tokenizer", default=None, help="defaults to the one named in the prepared manifest")
     s.add_argument("--positive", default="informative", help="comma list of informative labels")
     s.add_argument("--noise", default="noise,hallucination", help="comma list of noise labels")
     s.add_argument("--out", default=None, help="write the summary JSON here")
 
 
-cli._EXTRA_PARSERS.append(add_parsers)
+COMMANDS = (
+    Command(
+        "groundtruth",
+        "recovery metrics of a selection against annotated token truth",
+        _groundtruth_args,
+        _groundtruth,
+        example="tokenclean groundtruth --data my.jsonl --truth my_truth.jsonl --selection runs/clean",
+    ),
+)

@@ -4,22 +4,36 @@ from __future__ import annotations
 
 import argparse
 
-from tokenclean.cli import _EXTRA_PARSERS, command
+from tokenclean.cli.args import (
+    Command,
+    add_runtime,
+    add_setting,
+    add_settings,
+    apply_runtime,
+    existing,
+    settings_from_args,
+)
+from tokenclean.config import check_bounds
 from tokenclean.errors import ConfigError
+from tokenclean.pipelines.config import SelectionConfig, SoftWeightsConfig
+from tokenclean.selection.xtf import XtfSettings
 
 LEVELS = ("global", "sample", "random", "threshold")  # kept in sync with selection.masks.LEVELS (tested)
 
 
-def parse_ratios(text: str | None) -> list[float | None]:
-    """``"0.6"`` -> [0.6]; ``"0.5,0.6,0.7"`` -> a sweep; None (threshold level) -> [None]."""
+def parse_ratios(text: str | float | None) -> list[float | None]:
+    """``"0.6"`` -> [0.6]; ``"0.5,0.6,0.7"`` -> a sweep; None (threshold level) -> [None]. Each ratio is
+    checked against the bounds of ``selection.ratio``."""
     if text is None:
         return [None]
     try:
-        ratios: list[float | None] = [float(x) for x in text.split(",") if x.strip()]
+        ratios: list[float | None] = [float(x) for x in str(text).split(",") if x.strip()]
     except ValueError:
         raise ConfigError(f"--ratio: expected a number or a comma-separated list, got '{text}'") from None
     if not ratios:
-        raise ConfigError(f"--ratio: empty ('{text}'); give K in [0, 1], e.g. --ratio 0.6, or a list 0.5,0.6")
+        raise ConfigError(f"--ratio: empty ('{text}'); give K in (0, 1], e.g. --ratio 0.6, or a list 0.5,0.6")
+    for r in ratios:
+        check_bounds(SelectionConfig, "ratio", r, "--ratio")
     return ratios
 
 
@@ -31,16 +45,13 @@ def sweep_outs(out: str, ratios: list[float | None]) -> list[str]:
     return [out.replace("{ratio}", str(r)) for r in ratios]
 
 
-@command("select")
 def _select(a: argparse.Namespace) -> int:
+    ratios: list[float | None] = [None] if a.level == "threshold" else parse_ratios(a.ratio)
+    settings_from_args(SelectionConfig, a, "selection", only=["seed"])
+    settings_from_args(SoftWeightsConfig, a, "peers.soft_weights")
+    outs = sweep_outs(a.out, ratios)
     from tokenclean.selection import select_many
 
-    ratios = parse_ratios(a.ratio)
-    if a.level != "threshold" and ratios == [None]:
-        raise ConfigError(f"--ratio: level '{a.level}' needs --ratio K (0 <= K <= 1)")
-    if a.level == "threshold":
-        ratios = [None]
-    outs = sweep_outs(a.out, ratios)
     all_stats = select_many(
         a.scores,
         ratios,
@@ -71,20 +82,12 @@ def _select(a: argparse.Namespace) -> int:
     return 0
 
 
-@command("xtf")
 def _xtf(a: argparse.Namespace) -> int:
-    from tokenclean.selection.xtf import XtfSettings, xtf_select
-    from tokenclean.utils import apply_threads
+    settings = settings_from_args(XtfSettings, a, "xtf")
+    rt = apply_runtime(a)
+    from tokenclean.selection.xtf import xtf_select
 
-    apply_threads(getattr(a, "threads", None))
-    settings = XtfSettings(
-        novelty_min=a.novelty_min,
-        iqr_k=a.iqr_k,
-        otsu_classes=a.otsu_classes,
-        expert_words=tuple(w.strip() for w in (a.expert_words or "").split(",") if w.strip()),
-        filters=tuple(f.strip() for f in a.filters.split(",") if f.strip()),
-    )
-    st = xtf_select(a.data, a.base, a.out, settings, dtype=a.dtype, device=a.device, force=a.force)
+    st = xtf_select(a.data, a.base, a.out, settings, dtype=a.dtype, device=rt.device, force=a.force)
     n = st["xtf"]["noise_tokens"]
     print(
         f"{'reused' if st.get('reused') else 'wrote'} {a.out}: XTF kept {st['kept_tokens']} of "
@@ -94,25 +97,35 @@ def _xtf(a: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("select", help="keep the top-K response tokens by score; write the cleaned dataset")
-    s.add_argument("--scores", required=True, help="score store directory (from `tokenclean score`)")
+def _select_args(s: argparse.ArgumentParser) -> None:
     s.add_argument(
-        "--ratio",
-        default=None,
-        help="K in [0, 1], the share of response tokens kept; a comma list (0.5,0.6) makes a sweep",
+        "--scores",
+        required=True,
+        type=existing("score store"),
+        help="score store directory (tokenclean score)",
+    )
+    s.add_argument("--out", required=True, help="output directory ('{ratio}' is replaced in a sweep)")
+    add_setting(
+        s, SelectionConfig, "ratio", "selection", note="; a comma list 0.5,0.6 makes a sweep", type=str
     )
     s.add_argument(
-        "--level", default="global", choices=LEVELS, help="global (Token Cleaning), sample (RHO), ..."
+        "--level",
+        default="global",
+        choices=LEVELS,
+        help="global: top-K of all tokens (Token Cleaning); sample: top-K within each sample (RHO); random: "
+        "K at random (seeded); threshold: keep tokens with score > --threshold",
     )
     s.add_argument(
         "--threshold", type=float, default=None, help="level threshold: keep tokens with score > V"
     )
-    s.add_argument("--seed", type=int, default=42, help="seed of the random level")
+    add_setting(s, SelectionConfig, "seed", "selection")
     s.add_argument(
-        "--data", default=None, help="prepared dataset (default: prepared_dir in the score manifest)"
+        "--data",
+        default=None,
+        type=existing("prepared dataset"),
+        help="prepared dataset (default: prepared_dir in the score manifest)",
     )
-    s.add_argument("--column", default="score", help="score-store column to rank by (default: score)")
+    s.add_argument("--column", default="score", help="score-store column to rank by")
     s.add_argument(
         "--weights",
         default=None,
@@ -120,36 +133,42 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="soft Token Cleaning: keep every scored token with weight sigmoid((score - tau) / T), tau = the "
         "global top-K cut; writes a weights column for `tokenclean train --policy weights`",
     )
-    s.add_argument(
-        "--temperature", type=float, default=1.0, help="T of --weights sigmoid, in nats of score (1.0)"
-    )
+    add_setting(s, SoftWeightsConfig, "temperature", "peers.soft_weights", note=" (with --weights sigmoid)")
     s.add_argument(
         "--force", action="store_true", help="recompute, or replace an OUT selected from other inputs"
     )
-    s.add_argument("--out", required=True, help="output directory ('{ratio}' is replaced in a sweep)")
 
-    x = sub.add_parser(
-        "xtf", help="XTF: drop tokens flagged by base-model novelty, attention or task relevance"
+
+def _xtf_args(x: argparse.ArgumentParser) -> None:
+    x.add_argument(
+        "--data",
+        required=True,
+        type=existing("prepared dataset"),
+        help="prepared dataset (tokenclean prepare)",
     )
-    x.add_argument("--data", required=True, help="prepared dataset (tokenclean prepare)")
     x.add_argument("--base", required=True, help="base model (Hub id, dir, .gguf or alias smollm2)")
     x.add_argument("--out", required=True, help="cleaned dataset directory")
-    x.add_argument("--novelty-min", type=float, default=0.05, help="noise if 1 - P_base < this (0.05)")
+    add_settings(x, XtfSettings, "xtf")
     x.add_argument(
-        "--iqr-k", type=float, default=1.5, help="attention noise below Q1 - k*IQR per sample (1.5)"
+        "--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="dtype of the base model"
     )
-    x.add_argument("--otsu-classes", type=int, default=3, help="Multi-Otsu classes of task relevance (3)")
-    x.add_argument("--expert-words", default=None, help="comma-separated task words (default: prompt tokens)")
-    x.add_argument("--filters", default="novelty,attention,relevance", help="filters in the union")
-    x.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    x.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    x.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: the cores idle at start; OMP_NUM_THREADS if set)",
-    )
+    add_runtime(x)
     x.add_argument("--force", action="store_true", help="recompute even if OUT holds the same result")
 
 
-_EXTRA_PARSERS.append(add_parsers)
+COMMANDS = (
+    Command(
+        "select",
+        "keep the top-K response tokens by score; write the cleaned dataset",
+        _select_args,
+        _select,
+        example="tokenclean select --scores runs/scores --ratio 0.6 --out runs/clean",
+    ),
+    Command(
+        "xtf",
+        "XTF: drop tokens flagged by base-model novelty, attention or task relevance",
+        _xtf_args,
+        _xtf,
+        example="tokenclean xtf --data runs/prep --base smollm2 --out runs/xtf",
+    ),
+)

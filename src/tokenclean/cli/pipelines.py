@@ -1,15 +1,15 @@
-"""``tokenclean run``, ``tokenclean demo`` and ``tokenclean validate-config``."""
+"""``tokenclean run``, ``tokenclean demo``, ``tokenclean validate-config`` and ``tokenclean settings``."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from tokenclean import cli
+from tokenclean.cli.args import Command, add_runtime, apply_runtime, existing
 
 
 def _resource(name: str) -> Path:
-    return Path(__file__).resolve().parent / "resources" / name
+    return Path(__file__).resolve().parents[1] / "resources" / name  # tokenclean/resources
 
 
 def _print_report(summary: dict) -> None:
@@ -20,26 +20,20 @@ def _print_report(summary: dict) -> None:
         print(f"report: {page}")
 
 
-def _threads(a: argparse.Namespace) -> None:
-    from tokenclean.utils import apply_threads
-
-    apply_threads(getattr(a, "threads", None))
-
-
 def _not_rank0() -> bool:
     from tokenclean.training.distributed import launched_world
 
     return launched_world()[0] != 0  # under a launcher rank 0 prints
 
 
-@cli.command("run")
 def _run(a: argparse.Namespace) -> int:
     from tokenclean.pipelines.config import load_run_config
+
+    cfg = load_run_config(a.config, a.overrides)  # a bad key fails here, before torch loads
+    apply_runtime(a)
     from tokenclean.pipelines.runner import run
     from tokenclean.report.truth_tables import print_all
 
-    cfg = load_run_config(a.config, a.overrides)
-    _threads(a)
     summary = run(cfg)
     if _not_rank0():
         return 0
@@ -50,18 +44,18 @@ def _run(a: argparse.Namespace) -> int:
     return 0
 
 
-@cli.command("demo")
 def _demo(a: argparse.Namespace) -> int:
     import time
 
     from tokenclean.pipelines.config import load_run_config
-    from tokenclean.pipelines.runner import run
-    from tokenclean.report.truth_tables import print_all
 
     overrides = [f"run_dir={a.out}", *a.overrides]
     cfg = load_run_config(_resource("demo.yaml"), overrides)
     t0 = time.time()
-    _threads(a)
+    apply_runtime(a)
+    from tokenclean.pipelines.runner import run
+    from tokenclean.report.truth_tables import print_all
+
     summary = run(cfg)
     if _not_rank0():
         return 0
@@ -80,7 +74,6 @@ def _demo(a: argparse.Namespace) -> int:
     return 0
 
 
-@cli.command("validate-config")
 def _validate(a: argparse.Namespace) -> int:
     from tokenclean.config import to_yaml
     from tokenclean.pipelines.config import load_run_config
@@ -91,33 +84,58 @@ def _validate(a: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser(
-        "run", help="run a pipeline config (fixed_model, self_evolving, baselines) in a run dir"
-    )
-    s.add_argument("config", help="YAML config (see configs/)")
-    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. selection.ratio=0.5")
-    s.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads per process (default: the cores idle at start; OMP_NUM_THREADS if set)",
-    )
+def _settings(a: argparse.Namespace) -> int:
+    from tokenclean.cli.settings_doc import settings_markdown
 
-    s = sub.add_parser("demo", help="offline demo: every method on a ground-truth pool with SmolLM2-135M")
+    print(settings_markdown(), end="")
+    return 0
+
+
+def _run_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("config", type=existing("config file"), help="YAML config (see configs/)")
+    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. selection.ratio=0.5")
+    add_runtime(s, device=False)  # the device is model.device of the config
+
+
+def _demo_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--out", default="runs/demo", help="run directory (re-running resumes / reuses it)")
     s.add_argument("overrides", nargs="*", help="key=value overrides of the demo config")
-    s.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads per process (default: the cores idle at start; OMP_NUM_THREADS if set)",
-    )
+    add_runtime(s, device=False)
 
-    s = sub.add_parser("validate-config", help="check run configs (unknown keys and bad values fail)")
-    s.add_argument("configs", nargs="+")
-    s.add_argument("--set", action="append", help="key=value override")
+
+def _validate_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("configs", nargs="+", type=existing("config file"), help="YAML configs")
+    s.add_argument("--set", action="append", help="key=value override (repeatable)")
     s.add_argument("--show", action="store_true", help="print the resolved config")
 
 
-cli._EXTRA_PARSERS.append(add_parsers)
+COMMANDS = (
+    Command(
+        "run",
+        "run a pipeline config (fixed_model, self_evolving, baselines) in a run dir",
+        _run_args,
+        _run,
+        example="tokenclean run configs/own_data_cpu.yaml data.path=my.jsonl run_dir=runs/mine",
+    ),
+    Command(
+        "demo",
+        "offline demo: every method on a ground-truth pool with SmolLM2-135M",
+        _demo_args,
+        _demo,
+        example="tokenclean demo --out runs/demo",
+    ),
+    Command(
+        "validate-config",
+        "check run configs (unknown keys and bad values fail)",
+        _validate_args,
+        _validate,
+        example="tokenclean validate-config configs/tiny_cpu.yaml --set selection.ratio=0.5 --show",
+    ),
+    Command(
+        "settings",
+        "print every setting of every stage with its default, bounds and help (docs/settings.md)",
+        lambda s: None,
+        _settings,
+        example="tokenclean settings > docs/settings.md",
+    ),
+)

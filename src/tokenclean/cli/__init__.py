@@ -1,0 +1,71 @@
+"""Command-line interface: one module per command group, every command listed in :data:`COMMANDS` below
+(no registration by import side effect). Heavy imports (torch, transformers, datasets) stay inside the
+handlers and every path is checked while parsing, so ``tokenclean --help`` and a typo fail in well under a
+second. Flags of stage settings are generated from the typed configs (:mod:`tokenclean.cli.args`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from tokenclean.cli import data, evaluation, pipelines, report, scoring, selection, training, truth
+from tokenclean.cli.args import Command, HelpFormatter, add_command
+from tokenclean.errors import TokencleanError
+
+# Every command, in the order of the data flow (data -> scoring -> selection -> training -> evaluation ->
+# report), then the pipelines that arrange them.
+COMMANDS: tuple[Command, ...] = (
+    *data.COMMANDS,  # prepare, inspect
+    *scoring.COMMANDS,  # score
+    *selection.COMMANDS,  # select, xtf
+    *training.COMMANDS,  # train, merge
+    *evaluation.COMMANDS,  # eval, eval-data
+    *report.COMMANDS,  # report
+    *truth.COMMANDS,  # groundtruth
+    *pipelines.COMMANDS,  # run, demo, validate-config, settings
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tokenclean",
+        description="Token-level cleaning of SFT data for LLMs.",
+        epilog="`tokenclean COMMAND --help` shows a command's options, each with its default, and an example.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for cmd in COMMANDS:
+        add_command(sub, cmd)
+    return p
+
+
+def _version() -> str:
+    from tokenclean import __version__
+
+    return f"tokenclean {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # OpenMP threads that wait for work sleep instead of spinning (set before torch loads its OpenMP
+    # runtime; OMP_WAIT_POLICY set by the user wins). Beside another busy job, spinning waits made scoring
+    # 6.4x slower instead of 2.2x (benchmarks/README.md, "Scoring under CPU contention").
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error already printed (a missing path: 2)
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        return int(args.handler(args))
+    except TokencleanError as e:
+        print(f"tokenclean {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished work is saved and a re-run resumes", file=sys.stderr)
+        return 130
+
+
+__all__ = ["COMMANDS", "build_parser", "main"]

@@ -1,0 +1,96 @@
+"""``tokenclean prepare`` and ``tokenclean inspect``: the data stage."""
+
+from __future__ import annotations
+
+import argparse
+
+from tokenclean.cli.args import Command, add_settings, data_source, existing, settings_from_args
+from tokenclean.pipelines.config import DataConfig
+
+_PREPARE_SETTINGS = ("format", "template", "max_length", "skip_invalid")
+
+
+def _prepare_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--data",
+        required=True,
+        type=data_source,
+        help="JSONL/JSON/Parquet file, save_to_disk dir, hub:NAME[:SPLIT] or builtin:sample",
+    )
+    s.add_argument("--tokenizer", required=True, help="Hub id, local dir, .gguf file or alias (smollm2)")
+    s.add_argument("--out", required=True, help="output directory (the prepared dataset)")
+    add_settings(s, DataConfig, "data", only=_PREPARE_SETTINGS)
+    s.add_argument(
+        "--force", action="store_true", help="recompute, or replace an OUT prepared from other inputs"
+    )
+
+
+def _prepare(a: argparse.Namespace) -> int:
+    from tokenclean.outputs import check_target
+
+    cfg = settings_from_args(DataConfig, a, "data", only=_PREPARE_SETTINGS, path=a.data)
+    check_target(a.out, "prepare", [a.data])  # before the tokenizer is loaded (a conversion can take 30 s)
+
+    from tokenclean.data.prepare import prepare
+    from tokenclean.models.loader import load_tokenizer
+
+    tok = load_tokenizer(a.tokenizer)
+    m = prepare(
+        a.data,
+        tok,
+        a.out,
+        fmt=cfg.format,
+        template=cfg.template,
+        max_length=cfg.max_length,
+        skip_invalid=cfg.skip_invalid,
+        tokenizer_name=a.tokenizer,
+        force=a.force,
+    )
+    c = m["counts"]
+    print(
+        f"{'reused' if m.get('reused') else 'wrote'} {a.out}: {c['written']} samples "
+        f"({c['read']} read, {c['truncated']} truncated, {c['dropped_no_trained_tokens']} dropped with no "
+        f"trained token, {c['skipped_invalid']} invalid skipped); {m['tokens']['trained']} trained of "
+        f"{m['tokens']['total']} tokens"
+    )
+    return 0
+
+
+def _inspect_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "dir", type=existing("directory"), help="a prepared dataset, score store or cleaned dataset"
+    )
+    s.add_argument("--n", type=int, default=5, help="samples to show")
+    s.add_argument("--start", type=int, default=0, help="index of the first sample shown")
+    s.add_argument("--tokenizer", default=None, help="tokenizer to decode with (default: the manifest's)")
+    s.add_argument("--markers", action="store_true", help="[+kept+] [-dropped-] markers instead of colour")
+    s.add_argument("--scores", action="store_true", help="also list each response token's score")
+
+
+def _inspect(a: argparse.Namespace) -> int:
+    from tokenclean.models.loader import load_tokenizer
+    from tokenclean.report.inspect import inspect
+
+    tok = load_tokenizer(a.tokenizer) if a.tokenizer else None
+    inspect(
+        a.dir, n=a.n, start=a.start, tokenizer=tok, markers=True if a.markers else None, show_scores=a.scores
+    )
+    return 0
+
+
+COMMANDS = (
+    Command(
+        "prepare",
+        "tokenise an SFT file into input_ids + labels (response mask)",
+        _prepare_args,
+        _prepare,
+        example="tokenclean prepare --data builtin:sample --tokenizer smollm2 --out runs/prep",
+    ),
+    Command(
+        "inspect",
+        "show samples with trained/kept/dropped tokens highlighted",
+        _inspect_args,
+        _inspect,
+        example="tokenclean inspect runs/clean --n 3 --markers",
+    ),
+)
