@@ -263,7 +263,7 @@ def test_peer_methods_run_from_a_config(tmp_path: Path, tiny_model_dir: Path) ->
 def test_peer_settings_are_strict(tmp_path: Path, tiny_model_dir: Path) -> None:
     from tokenclean.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"peers\.sstoken\.gamma: expected a float in \[0\.0, 1\.0\]"):
+    with pytest.raises(ConfigError, match=r"peers\.sstoken\.gamma: must be in \[0, 1\], got 2\.0"):
         tiny_cfg(tmp_path, tiny_model_dir, "peers.sstoken.gamma=2")
     with pytest.raises(ConfigError, match=r"peers\.dft\.floor: unknown key"):
         tiny_cfg(tmp_path, tiny_model_dir, "peers.dft.floor=0.1")
