@@ -76,3 +76,16 @@ def test_threads_follow_the_request_the_environment_then_idle_cores(monkeypatch)
     assert choose_threads(None, cores=8, load=2.6) == 5
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torchrun / the user decided
     assert choose_threads(None, cores=8, load=0.0) == 1
+
+
+def test_run_overrides_may_follow_options(tmp_path: Path, capsys) -> None:
+    """``key=value`` overrides are taken before and after options; anything else unknown is a usage error."""
+    from tokenclean.cli import _parse, build_parser, main
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("name: x\n")
+    args = _parse(build_parser(), ["run", str(cfg), "a.b=1", "--threads", "1", "run_dir=/x", "c=[1,2]"])
+    assert args.overrides == ["a.b=1", "run_dir=/x", "c=[1,2]"] and args.threads == 1
+    assert main(["run", str(cfg), "--threads", "1", "--bogus"]) == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    assert main(["score", "--threads", "1", "stray=1"]) == 2  # overrides only where a command takes them

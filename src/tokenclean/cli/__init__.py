@@ -47,6 +47,17 @@ def _version() -> str:
     return f"tokenclean {__version__}"
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, letting ``key=value`` overrides of ``run``/``demo`` come after options as well as before
+    (``tokenclean run CONFIG --threads 1 train.lr=1e-4``; argparse alone takes positionals in one block)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = [*(args.overrides or []), *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # OpenMP threads that wait for work sleep instead of spinning (set before torch loads its OpenMP
     # runtime; OMP_WAIT_POLICY set by the user wins). Beside another busy job, spinning waits made scoring
@@ -55,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(build_parser(), argv)
     except SystemExit as e:  # --help, --version, or a usage error already printed (a missing path: 2)
         return e.code if isinstance(e.code, int) else 2
     try:
