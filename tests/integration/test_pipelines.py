@@ -324,6 +324,11 @@ def _check_peer_report(root: Path, summary: dict) -> None:
         got = {j for j, c in enumerate(spans) if c == "kept"}
         assert got == set(counted.get(sid, {})), sid
         assert "counted " in body and "(last epoch)" in body
+    # the same from the training directory alone (a stage output, as after `tokenclean train`)
+    from tokenclean.report import build_report
+
+    built = build_report([f"profit={root / m['counted']}"], out=root / "stage_report")
+    assert "(last epoch)" in built["index.html"].read_text()
     for name in ("dft", "soft_token_cleaning"):
         weights = [
             float(w) for _, body in by_method[name] for w in re.findall(r'data-weight="([^"]+)"', body)

@@ -11,7 +11,7 @@ import datasets
 import numpy as np
 import pytest
 
-from tokenclean.errors import ConfigError
+from tokenclean.errors import ConfigError, DataError
 from tokenclean.report import ReportConfig, build_report
 from tokenclean.report.inspect import token_classes, token_pieces
 from tokenclean.report.runs import View
@@ -177,7 +177,7 @@ def test_rebuild_refuses_foreign_dirs_and_cli(tiny_run: Path, built: dict[str, P
         main(["report", str(tiny_run), "--out", str(out), "--no-html"]) == 0
     )  # an earlier report is replaced
     assert main(["report", str(tmp_path / "nope")]) == 2
-    assert "summary.json" in capsys.readouterr().err
+    assert "nope: no such run directory or stage output" in capsys.readouterr().err
 
 
 def test_missing_dataset_becomes_a_notice(tiny_run: Path, tmp_path: Path):
@@ -190,3 +190,25 @@ def test_missing_dataset_becomes_a_notice(tiny_run: Path, tmp_path: Path):
     doc = got["index.html"].read_text()
     assert 'id="notices"' in doc and "cleaned/rho" in doc
     assert "results.md" in " ".join(got)  # the tables are still there
+
+
+def test_report_of_stage_by_stage_outputs(tiny_run: Path, tmp_path: Path):
+    """Outputs of stage commands (no summary.json) make a report: one method per path or NAME, the cleaned
+    set's score store found through its manifest, an eval JSON joined to the method of the same NAME."""
+    ev = {"suite": "quick", "tasks": {"heldout_loss": {"metric": "loss", "value": 1.25, "n": 3, "shots": 0}}}
+    (tmp_path / "eval.json").write_text(json.dumps(ev))
+    inputs = [
+        f"mine={tiny_run}/cleaned/fixed_model",
+        f"mine={tmp_path}/eval.json",
+        str(tiny_run / "cleaned/rho"),
+    ]
+    with pytest.raises(ConfigError, match=r"stage outputs .* need --out"):
+        build_report(inputs)
+    built = build_report(inputs, out=tmp_path / "report", cfg=ReportConfig(samples=2))
+    page = built["index.html"].read_text()
+    assert 'data-method="mine"' in page and 'data-method="rho"' in page
+    res = json.loads(built["tables/results.json"].read_text())
+    assert {r["key"]: r["values"].get("heldout_loss") for r in res["rows"]}["mine"] == pytest.approx(1.25)
+    assert "figures/hist_mine.png" in built  # the scores came from the cleaned set's manifest
+    with pytest.raises(DataError, match="not a run directory"):
+        build_report([str(tmp_path)], out=tmp_path / "r2")

@@ -1,8 +1,10 @@
-"""``tokenclean report RUN_DIR... [--out DIR]``: tables, figures and the HTML page of one or more runs."""
+"""``tokenclean report PATH... [--out DIR]``: tables, figures and the HTML page of one or more runs, or of
+stage-by-stage outputs (cleaned datasets, score stores, training directories, eval JSONs)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from tokenclean.cli.args import Command, existing
 
@@ -45,13 +47,22 @@ def _report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _report_input(value: str) -> str:
+    """A run directory or a stage output, optionally ``NAME=PATH``; the path must exist."""
+    path = value.split("=", 1)[1] if "=" in value and not Path(value).exists() else value
+    existing("run directory or stage output")(path)
+    return value
+
+
 def _report_args(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "run_dirs",
         nargs="+",
-        metavar="RUN_DIR",
-        type=existing("run directory (one with summary.json)"),
-        help="run directories (with summary.json)",
+        metavar="PATH",
+        type=_report_input,
+        help="run directories (with summary.json), or stage outputs shown as one method each, optionally "
+        "named NAME=PATH: a cleaned dataset (tokenclean select), a score store (score), a training directory "
+        "(train) or an eval JSON (eval --out FILE.json); outputs given the same NAME form one method",
     )
     s.add_argument(
         "--out", default=None, help="output directory (default RUN_DIR/report; needed for several)"
@@ -74,6 +85,7 @@ COMMANDS = (
         "tables (Markdown/CSV/JSON), figures and an HTML page of runs",
         _report_args,
         _report,
-        example="tokenclean report runs/demo runs/mine --out runs/report",
+        example="tokenclean report runs/demo runs/mine --out runs/report\n"
+        "  tokenclean report mine=out/cleaned mine=out/eval.json full=out/prepared --out out/report",
     ),
 )

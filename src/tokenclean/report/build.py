@@ -24,7 +24,7 @@ from typing import Any
 from tokenclean.errors import ConfigError, TokencleanError
 from tokenclean.report import html as page
 from tokenclean.report import plots, tables
-from tokenclean.report.runs import Merged, View, load_run, merge
+from tokenclean.report.runs import Merged, View, load_run, load_stage_outputs, merge
 from tokenclean.report.tokens import SampleTokens, load_samples, load_token_arrays, tokenizer_name, with_truth
 from tokenclean.utils import atomic_dir, get_logger, package_versions, read_json
 
@@ -203,7 +203,15 @@ def build_report(
     dirs = [run_dirs] if isinstance(run_dirs, str | Path) else list(run_dirs)
     if not dirs:
         raise ConfigError("report: give at least one run directory")
-    runs = [load_run(d) for d in dirs]
+    runs = [load_run(d) for d in dirs if (Path(d) / "summary.json").is_file()]
+    stages = [d for d in dirs if not (Path(d) / "summary.json").is_file()]
+    if stages:
+        if out is None:
+            raise ConfigError(
+                "report: stage outputs (no summary.json) need --out DIR: "
+                f"{', '.join(map(str, stages))} (a run directory has RUN_DIR/summary.json)"
+            )
+        runs.append(load_stage_outputs(stages))
     if out is None and len(runs) > 1:
         raise ConfigError("report: several run directories need --out DIR for the merged report")
     out = Path(out) if out is not None else runs[0].dir / "report"

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tokenclean.errors import DataError
 from tokenclean.pipelines.summary import read_summary
 from tokenclean.report.tables import method_order
+from tokenclean.utils import read_json
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,87 @@ def load_run(run_dir: str | Path) -> Run:
     d = Path(run_dir)
     s = read_summary(d / "summary.json")
     return Run(name=str(s.get("name") or d.resolve().name), dir=d, summary=dict(s))
+
+
+_STAGE_DIR_NAMES = ("cleaned", "train", "scores", "adapter", "store")
+
+
+def _stage_name(path: Path) -> str:
+    """A method name for a stage output: its directory name, or its parent's when the directory has a generic
+    name (``out/mine/cleaned`` -> ``mine``)."""
+    p = path.resolve()
+    stem = p.stem if p.is_file() else p.name
+    return p.parent.name if stem in _STAGE_DIR_NAMES or stem.startswith("eval") else stem
+
+
+def _stage_entry(path: Path) -> tuple[dict[str, Any], str | None]:
+    """The summary entry of one stage output (and the model it names), from its own manifest:
+    a cleaned dataset (``tokenclean select``), a score store (``tokenclean score``), a training directory
+    (``tokenclean train``; its data, and the tokens an online policy counted) or an evaluation JSON
+    (``tokenclean eval --out FILE.json``)."""
+    where = str(path)
+    if path.is_file():
+        try:
+            ev = read_json(path)
+        except ValueError as e:
+            raise DataError(where, f"invalid JSON: {e}") from None
+        if not isinstance(ev, dict) or not isinstance(ev.get("tasks"), dict):
+            raise DataError(where, "not an evaluation result (tokenclean eval --out FILE.json): no 'tasks'")
+        return {"eval": ev}, None
+    if (path / "done.json").is_file():
+        done = read_json(path / "done.json")
+        data = Path(str((done.get("data") or {}).get("path") or ""))
+        entry: dict[str, Any] = {
+            "adapter": str(path / "adapter"),
+            "cleaned": str(data) if data.name else None,
+        }
+        if (path / "counted").is_dir():
+            entry["counted"] = str(path)
+        pol = done.get("policy") if isinstance(done.get("policy"), dict) else None
+        if pol and pol.get("name"):
+            entry["policy"] = {"name": pol["name"], "settings": pol.get("settings") or {}}
+        return entry, (done.get("model") or {}).get("name")
+    manifest = path / "manifest.json"
+    if not manifest.is_file():
+        raise DataError(
+            where,
+            "not a run directory (no summary.json) nor a stage output (no manifest.json or done.json): give a "
+            "run directory, a cleaned dataset, a score store, a training directory or an eval JSON",
+        )
+    m = read_json(manifest)
+    stage = m.get("stage")
+    if stage == "select":
+        sc = m.get("scores") or {}
+        scores = sc.get("dir") if isinstance(sc, dict) else sc
+        return {"cleaned": str(path), "scores": scores if isinstance(scores, str) else None}, None
+    if stage == "score":
+        return {"scores": str(path)}, (
+            (m.get("base") or {}).get("name") if isinstance(m.get("base"), dict) else None
+        )
+    if stage == "prepare":
+        return {"cleaned": str(path)}, None
+    raise DataError(
+        str(manifest), f"stage {stage!r}: the report shows select, score, prepare and train outputs"
+    )
+
+
+def load_stage_outputs(paths: list[str | Path], name: str = "stages") -> Run:
+    """One in-memory run made of stage-by-stage outputs (no ``summary.json``): one method per path, named
+    ``NAME=PATH`` or after the path (:func:`_stage_name`); entries of the same name merge (a cleaned set and
+    its eval JSON). Paths are absolute, so the report needs ``--out``."""
+    methods: dict[str, dict[str, Any]] = {}
+    model = None
+    for spec in paths:
+        text = str(spec)
+        key, _, rest = text.partition("=") if "=" in text and not Path(text).exists() else ("", "", text)
+        path = Path(rest)
+        if not path.exists():
+            raise DataError(rest, "no such file or directory")
+        entry, m = _stage_entry(path)
+        model = model or m
+        methods.setdefault(key or _stage_name(path), {}).update(entry)
+    summary = {"pipeline": "stages", "name": name, "model": model, "methods": methods}
+    return Run(name=name, dir=Path.cwd(), summary=summary)
 
 
 def resolve(run_dir: Path, rel: str | None) -> Path | None:
