@@ -331,6 +331,17 @@ def test_cli_train_and_merge(tmp_path: Path, prepared: Path, tiny_model_dir: Pat
     assert json.loads((tmp_path / "r" / "done.json").read_text())["config"]["lora_r"] == 4
     assert main(args + small) == 0
     assert "already trained" in capsys.readouterr().out
+    changed = [*small[:-2], "3", "--quiet"]  # --max-steps 3: another run, refused without --force
+    assert main(args + changed) == 2
+    assert "different run" in capsys.readouterr().err
+    assert main([*args, *changed, "--force"]) == 0
+    assert "trained 3 steps" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r" / "done.json").read_text())["steps"] == 3
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    assert main([*args[:-1], str(tmp_path / "foreign"), *small, "--force"]) == 2  # never deleted
+    assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
+    capsys.readouterr()
     assert main([*args[:-1], str(tmp_path / "bad"), "--lr", "-1"]) == 2
     assert "train.lr: must be > 0, got -1" in capsys.readouterr().err
     merge_args = ["merge", "--model", str(tiny_model_dir), "--adapter", str(tmp_path / "r" / "adapter")]

@@ -55,6 +55,7 @@ def _train(a: argparse.Namespace) -> int:
         progress=not a.quiet,
         device=rt.device,
         threads=rt.threads,
+        force=a.force,
     )
     if launched_world()[0] != 0:
         return 0  # rank 0 reports
@@ -96,6 +97,9 @@ def _train_args(s: argparse.ArgumentParser) -> None:
         help="continue training this LoRA adapter (PEFT dir)",
     )
     s.add_argument("--out", required=True, help="output dir (adapter/, done.json); re-running resumes")
+    s.add_argument(
+        "--force", action="store_true", help="start over: discard a finished or interrupted training in --out"
+    )
     add_settings(s, TrainConfig, "train", skip=("policy_settings",))
     s.add_argument(
         "--policy-set",

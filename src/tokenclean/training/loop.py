@@ -124,6 +124,7 @@ def train(
     device: str = DEFAULT_DEVICE,
     on_step: Callable[[dict[str, Any]], None] | None = None,
     threads: int | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """LoRA-fine-tune ``model`` on the counted tokens of ``data_dir``; write OUT/adapter and OUT/done.json.
 
@@ -135,9 +136,12 @@ def train(
     finished run returns its ``done.json`` at once; re-running an interrupted one resumes from
     OUT/checkpoint (same number of processes) and ends with the same adapter as an uninterrupted run.
     Under ``accelerate launch``/``torchrun`` every process calls this; rank 0 writes. ``on_step`` is called
-    (rank 0) with each step's log record. Returns the ``done.json`` contents.
+    (rank 0) with each step's log record. Returns the ``done.json`` contents. ``force``: start over, removing
+    a finished or interrupted training output in OUT (refused for a directory that is not one).
     """
     out, data_dir = Path(out), Path(data_dir)
+    if force:
+        _discard_train_output(out)
     if threads:
         apply_threads(threads)
     spec = resolve_model(model, init_adapter)
@@ -502,6 +506,26 @@ def _finish(
         )
     acc.wait_for_everyone()
     return done
+
+
+def _discard_train_output(out: Path) -> None:
+    """``--force``: empty OUT (a finished or interrupted training output) on rank 0 before any rank reads
+    it. The stage guard has already refused a directory that is not a training output, and holds its lock;
+    its ownership mark stays."""
+    from tokenclean.outputs import OWNER_FILE
+    from tokenclean.training.distributed import launched_world
+
+    if not out.is_dir():
+        return
+    if launched_world()[0] == 0:
+        log.info("discarding the previous training output in %s (--force)", out)
+        for child in out.iterdir():
+            if child.name == OWNER_FILE:
+                continue
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    else:  # the other ranks wait until rank 0 has emptied it, so none reads the old state
+        while (out / "done.json").exists() or (out / CHECKPOINT).exists():
+            time.sleep(0.05)
 
 
 def counted_tokens(train_dir: str | Path, data_dir: str | Path) -> dict[str, dict[int, float]]:
