@@ -209,3 +209,12 @@ def test_cli_import_and_a_typo_load_no_heavy_library(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "no such file or directory" in res.stderr
+
+
+def test_method_names_are_the_pipelines() -> None:
+    """``methods:`` is validated against the config's list (importing the pipelines would load every stage);
+    this keeps it equal, in order, to the runner's table of pipeline functions."""
+    from tokenclean.pipelines.config import METHODS
+    from tokenclean.pipelines.runner import PIPELINES
+
+    assert tuple(PIPELINES) == METHODS
