@@ -298,6 +298,14 @@ def test_ground_truth_recovery_of_peer_methods(tmp_path: Path, tiny_model_dir: P
     assert 0 < rec["profit"]["kept_tokens"] < total  # ProFit counted only some of them
     assert 0 < rec["xtf"]["kept_tokens"] < total
     assert rec["soft_token_cleaning"]["auroc"] is not None  # ranked by the fixed-model score
+    # soft methods report each truth label's mean training weight; hard ones only the share kept
+    for name in ("full", "profit", "dft", "xtf", "soft_token_cleaning"):
+        rows = summary["methods"][name]["classes"].values()
+        soft = name in ("dft", "soft_token_cleaning")
+        assert all(("mean_weight" in r) == soft for r in rows), name
+        if soft:
+            assert all(0.0 <= r["mean_weight"] <= r["kept"] + 1e-9 for r in rows), name
+            assert any(0.0 < r["mean_weight"] < 1.0 for r in rows), name
 
 
 def _check_peer_report(root: Path, summary: dict) -> None:

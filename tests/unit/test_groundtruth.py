@@ -88,3 +88,18 @@ def test_tables_list_methods_in_the_paper_order() -> None:
     assert first == ["base", "full", "random", "rho", "fixed_model", "self_evolving"]
     rows = class_table({"methods": methods}).splitlines()[2:]
     assert rows[0].split() == ["base", "50.0%", "/", "1.25"]  # only labels some method has
+
+
+def test_label_breakdown_mean_weight_of_soft_methods() -> None:
+    """With weights (0 where not kept) each label gets its mean training weight; without, no such key."""
+    from tokenclean.groundtruth.metrics import label_breakdown
+
+    labels = [np.array([-1, 0, 0, 1, 1]), np.array([-1, 1, 0])]
+    decisive = [np.full(5, -1), np.full(3, -1)]
+    keep = [np.array([0, 1, 1, 1, 0], bool), np.array([0, 1, 1], bool)]
+    weights = [np.array([0, 0.5, 1.0, 0.25, 0]), np.array([0, 0.75, 0.0])]
+    names = ["informative", "uninformative"]
+    got = label_breakdown(labels, decisive, keep, names, weights=weights)
+    assert got["informative"]["mean_weight"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    assert got["uninformative"]["mean_weight"] == pytest.approx((0.25 + 0 + 0.75) / 3)
+    assert "mean_weight" not in label_breakdown(labels, decisive, keep, names)["informative"]

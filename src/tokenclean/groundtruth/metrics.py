@@ -66,8 +66,10 @@ def label_breakdown(
     scores: Sequence[np.ndarray] | None = None,
     positive: Collection[str] = ("informative",),
     is_noise: Callable[[str], bool] = lambda name: name.split(":", 1)[0] in ("noise", "hallucination"),
+    weights: Sequence[np.ndarray] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Per truth label: response tokens, the share kept and the mean score; for noise labels also the
+    """Per truth label: response tokens, the share kept, the mean score and, for soft methods (``weights``:
+    each position's training weight, 0 where not kept), ``mean_weight``; for noise labels also the
     decisive-token view (a wrong span is decided at its first departing token; the tokens after it are
     predictable given that one, so token-level removal understates what a score can see):
 
@@ -87,6 +89,7 @@ def label_breakdown(
     dec = np.concatenate([np.asarray(x) for x in decisive])
     k = np.concatenate([np.asarray(x, dtype=bool) for x in keep])
     s = np.concatenate([np.asarray(x, dtype=np.float64) for x in scores]) if scores is not None else None
+    w = np.concatenate([np.asarray(x, dtype=np.float64) for x in weights]) if weights is not None else None
     pos = np.isin(lab, [i for i, n in enumerate(names) if n in positive])
     out: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(names):
@@ -98,6 +101,8 @@ def label_breakdown(
             "kept": float(k[sel].mean()),
             "mean_score": float(s[sel].mean()) if s is not None else None,
         }
+        if w is not None:
+            row["mean_weight"] = float(w[sel].mean())
         if is_noise(name):
             d = dec == i
             row |= {

@@ -58,30 +58,55 @@ def _sources(root: Path, name: str, m: dict[str, Any], rounds: list[dict[str, An
     return [], []
 
 
-def _counted_keep(train_dir: Path, data_dir: Path, truth: Truth) -> dict[str, np.ndarray]:
-    """Online methods: the tokens their policy counted in the last epoch, as keep masks by sample id."""
+def _weights_by_id(cleaned: Path) -> dict[str, np.ndarray] | None:
+    """Soft selections: each position's training weight (the ``weights`` column), by sample id."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(cleaned))
+    if "weights" not in ds.column_names:
+        return None
+    return {sid: np.asarray(w, dtype=np.float64) for sid, w in zip(ds["sample_id"], ds["weights"])}
+
+
+def _counted_keep(
+    train_dir: Path, data_dir: Path, truth: Truth
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Online methods: the tokens their policy counted in the last epoch, as keep masks by sample id, and
+    their effective weights (1 for a hard policy; DFT's sg(p))."""
     from tokenclean.training.loop import counted_tokens
 
     counted = counted_tokens(train_dir, data_dir)
-    out = {}
+    keep, weight = {}, {}
     for sid, pos in counted.items():
         if sid in truth.tt.samples:
-            k = np.zeros(len(truth.tt.samples[sid].labels), dtype=bool)
-            k[np.fromiter(pos, dtype=np.int64)] = True
-            out[sid] = k
-    return out
+            n = len(truth.tt.samples[sid].labels)
+            k, w = np.zeros(n, dtype=bool), np.zeros(n, dtype=np.float64)
+            at = np.fromiter(pos, dtype=np.int64)
+            k[at] = True
+            w[at] = np.fromiter(pos.values(), dtype=np.float64)
+            keep[sid], weight[sid] = k, w
+    return keep, weight
+
+
+SOFT_POLICIES = ("weights", "dft")  # methods whose tokens count with a weight between 0 and 1
 
 
 def _evidence(truth: Truth, root: Path, name: str, m: dict[str, Any], rounds: list) -> dict[str, Any] | None:
     """Per-sample truth, keep and score arrays of one method in one run (ids sorted)."""
     cleaned, scores = _sources(root, name, m, rounds)
     keep: dict[str, np.ndarray] = {}
+    weight: dict[str, np.ndarray] | None = None
     if m.get("counted"):  # online policies: recovery on the tokens they counted
-        keep, scores = _counted_keep(root / m["counted"], root / m["cleaned"], truth), []
+        keep, weight = _counted_keep(root / m["counted"], root / m["cleaned"], truth)
+        scores = []
     elif not cleaned:
         return None
     for c in cleaned if not m.get("counted") else []:
         keep.update(_keep_by_id(c))
+        if (w := _weights_by_id(c)) is not None:
+            weight = {**(weight or {}), **w}
+    if (m.get("policy") or {}).get("name") not in SOFT_POLICIES:
+        weight = None  # hard methods: the share kept says it all
     score: dict[str, np.ndarray] = {}
     for s in scores:
         score.update(_scores_by_id(s))
@@ -94,6 +119,7 @@ def _evidence(truth: Truth, root: Path, name: str, m: dict[str, Any], rounds: li
         "decisive": [truth.tt.samples[i].decisive for i in ids],
         "keep": [keep.get(i, np.zeros(n[i], dtype=bool)) for i in ids],  # emptied samples keep nothing
         "scores": [score[i] for i in ids] if scores else None,
+        "weights": [weight.get(i, np.zeros(n[i])) for i in ids] if weight is not None else None,
     }
 
 
@@ -105,6 +131,7 @@ def _recovery_stat(truth: Truth, ev: list[dict[str, Any]]) -> Any:
         pick = [int(u) for u in units]
         sc = [e["scores"][u] for u in pick] if e["scores"] is not None else None
         kp = [e["keep"][u] for u in pick]
+        wt = [e["weights"][u] for u in pick] if e.get("weights") is not None else None
         out: dict[str, float | None] = dict(recovery_metrics([e["cls"][u] for u in pick], kp, sc))
         br = label_breakdown(
             [e["labels"][u] for u in pick],
@@ -114,6 +141,7 @@ def _recovery_stat(truth: Truth, ev: list[dict[str, Any]]) -> Any:
             sc,
             truth.positive,
             is_noise_label(truth.noise),
+            wt,
         )
         for label, row in br.items():
             out.update({f"{label}|{k}": v for k, v in row.items()})

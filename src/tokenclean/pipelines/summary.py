@@ -77,6 +77,7 @@ class ClassRow(TypedDict, total=False):
     tokens: float | None
     kept: float | None
     mean_score: float | None
+    mean_weight: float | None  # soft methods (soft Token Cleaning, DFT): mean training weight of the label
     dropped: float | None
     spans: float | None
     spans_removed: float | None

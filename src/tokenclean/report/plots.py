@@ -23,7 +23,10 @@ from tokenclean.report.tables import Column
 from tokenclean.report.tokens import TokenArrays
 
 KEPT_COLOR, DROPPED_COLOR = "#1a9850", "#9e9e9e"
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
+PALETTE = (  # 14 distinct colours: every method of a full comparison gets its own
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
+    "#bcbd22", "#393b79", "#ad494a", "#8ca252", "#e7969c",
+)  # fmt: skip
 
 
 def _figure(
@@ -222,7 +225,8 @@ def plot_classes(
 ) -> list[Path]:
     """Grouped bars: per truth label (x), the share of its tokens each method kept, with the 95% interval
     as an error bar where the summary has one (``classes``/``classes_ci`` of ground-truth runs). Online
-    methods' entries are measured on the tokens they counted; every method with a breakdown is drawn."""
+    methods' entries are measured on the tokens they counted; soft methods (a ``mean_weight``) show the
+    label's mean training weight x 100, hatched; every method with a breakdown is drawn."""
     from tokenclean.report.tables import method_label, method_order
     from tokenclean.report.truth_tables import CLASS_LABELS, class_labels
 
@@ -238,8 +242,10 @@ def plot_classes(
     x = np.arange(len(labels))
     for k, name in enumerate(names):
         classes, ci = methods[name]["classes"], methods[name].get("classes_ci") or {}
-        v = np.array([100 * classes[lab]["kept"] if lab in classes else np.nan for lab in labels])
-        lo_hi = [(ci.get(lab) or {}).get("kept") for lab in labels]
+        soft = any(c.get("mean_weight") is not None for c in classes.values())
+        key = "mean_weight" if soft else "kept"  # soft methods: mean training weight (x100), hatched
+        v = np.array([100 * classes[lab][key] if lab in classes else np.nan for lab in labels])
+        lo_hi = [(ci.get(lab) or {}).get(key) for lab in labels]
         err = np.array(
             [[v[i] - 100 * b[0], 100 * b[1] - v[i]] if b else [0.0, 0.0] for i, b in enumerate(lo_hi)]
         ).T
@@ -249,11 +255,12 @@ def plot_classes(
             width,
             yerr=np.clip(err, 0, None),
             color=PALETTE[k % len(PALETTE)],
-            label=method_label(name),
+            hatch="//" if soft else None,
+            label=method_label(name) + (" (mean weight)" if soft else ""),
             error_kw={"elinewidth": 0.8, "capsize": 1.5},
         )
     ax.set_xticks(x, [CLASS_LABELS.get(lab, lab) for lab in labels])
-    ax.set_ylabel("% of the label's tokens kept")
+    ax.set_ylabel("% of the label's tokens kept (soft: mean weight x 100)")
     ax.set_ylim(0, 105)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, ncol=min(len(names), 6), loc="upper center", bbox_to_anchor=(0.5, -0.12))

@@ -40,7 +40,22 @@ TASK_LABELS = {
     "heldout_perplexity": "Held-out perplexity",
     "heldout_exact_match": "Held-out EM",
 }
-METHOD_ORDER = ("base", "warmup", "ds2", "full", "random", "rho", "fixed_model", "self_evolving")
+METHOD_ORDER = (
+    "base",
+    "warmup",
+    "ds2",
+    "full",
+    "random",
+    "rho",
+    "fixed_model",
+    "self_evolving",
+    "online_rho1",
+    "sstoken",
+    "xtf",
+    "dft",
+    "profit",
+    "soft_token_cleaning",
+)
 METHOD_LABELS = {
     "base": "Base",
     "warmup": "DS2 (warm-up)",
@@ -50,6 +65,12 @@ METHOD_LABELS = {
     "rho": "RHO",
     "fixed_model": "Fixed-model cleaning",
     "self_evolving": "Self-evolving cleaning",
+    "online_rho1": "Online RHO-1",
+    "sstoken": "ssToken",
+    "xtf": "XTF",
+    "dft": "DFT",
+    "profit": "ProFit",
+    "soft_token_cleaning": "Soft Token Cleaning",
 }
 RECOVERY = (  # key, label, higher is better
     ("precision", "Precision", True),

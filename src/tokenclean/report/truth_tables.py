@@ -92,7 +92,8 @@ def class_labels(methods: dict[str, Any]) -> list[str]:
 
 
 def class_table(summary: dict[str, Any]) -> str:
-    """Per method and truth label: the share of the label's tokens kept [95% interval] / its mean score."""
+    """Per method and truth label: the share of the label's tokens kept [95% interval] / its mean score; for
+    soft methods (soft Token Cleaning, DFT) the label's mean training weight ``w`` instead of the share kept."""
     methods = summary.get("methods", {})
     labels = class_labels(methods)
     cols = ["method", *(CLASS_LABELS.get(k, k) for k in labels)]
@@ -109,6 +110,8 @@ def class_table(summary: dict[str, Any]) -> str:
                 row.append("-")
                 continue
             cell = fmt(c["kept"], (ci.get(key) or {}).get("kept"), True)
+            if c.get("mean_weight") is not None:  # soft methods: the mean training weight says more
+                cell = f"w {fmt(c['mean_weight'], (ci.get(key) or {}).get('mean_weight'), digits=2)}"
             row.append(cell if c.get("mean_score") is None else f"{cell} / {c['mean_score']:.2f}")
         rows.append(row)
     return _text_table(cols, rows)
