@@ -298,6 +298,15 @@ def test_ground_truth_recovery_of_peer_methods(tmp_path: Path, tiny_model_dir: P
     assert 0 < rec["profit"]["kept_tokens"] < total  # ProFit counted only some of them
     assert 0 < rec["xtf"]["kept_tokens"] < total
     assert rec["soft_token_cleaning"]["auroc"] is not None  # ranked by the fixed-model score
+    # what each peer cost: its no-grad passes, XTF's base pass over the pool, soft TC's warm-up and scoring
+    b = {n: summary["methods"][n]["budget"] for n in ("full", "profit", "dft", "xtf", "soft_token_cleaning")}
+    assert b["dft"]["forward_tokens"] == b["dft"]["backward_tokens"] == b["full"]["backward_tokens"]
+    assert b["profit"]["forward_tokens"] == 2 * b["profit"]["backward_tokens"]  # + one no-grad pass
+    pool = json.loads((tmp_path / "run" / "data" / "pool" / "manifest.json").read_text())["tokens"]["total"]
+    assert b["xtf"]["forward_tokens"] == b["xtf"]["backward_tokens"] + pool
+    warm = json.loads((tmp_path / "run" / "warmup" / "done.json").read_text())["tokens"]["input"]
+    assert b["soft_token_cleaning"]["backward_tokens"] == b["full"]["backward_tokens"] + warm
+    assert b["soft_token_cleaning"]["forward_tokens"] > b["soft_token_cleaning"]["backward_tokens"]  # scoring
     # soft methods report each truth label's mean training weight; hard ones only the share kept
     for name in ("full", "profit", "dft", "xtf", "soft_token_cleaning"):
         rows = summary["methods"][name]["classes"].values()
