@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tokenclean.pipelines.config import load_run_config
 from tokenclean.pipelines.runner import run
 
@@ -58,6 +60,7 @@ def test_clean_warmup_data_trains_the_reference(tmp_path, tiny_model_dir) -> Non
     assert summary["methods"]["warmup"]["heldout"]["questions"] == 12  # 6 facts x 2 phrasings
 
 
+@pytest.mark.requires("matplotlib")  # the seeds run's report
 def test_seeds_give_means_with_intervals_and_matched_updates(tmp_path, tiny_model_dir) -> None:
     cfg = _cfg(
         tmp_path,
@@ -65,6 +68,7 @@ def test_seeds_give_means_with_intervals_and_matched_updates(tmp_path, tiny_mode
         "methods=[full,fixed_model,self_evolving]",
         "seeds=[0,1]",
         "budget.match_updates=true",
+        "report=true",
     )
     summary = run(cfg)
     root = tmp_path / "run"
@@ -91,3 +95,8 @@ def test_seeds_give_means_with_intervals_and_matched_updates(tmp_path, tiny_mode
     from tokenclean.report.truth_tables import overlap_notes, results_table
 
     assert "[" in results_table(summary) and overlap_notes(summary)
+    # the seeds run has its own report: aggregated figures, and the first seed's tokens
+    assert (root / "report" / "figures" / "classes.png").is_file()
+    assert summary["methods"]["fixed_model"]["cleaned"].startswith("seed_0/")
+    page = (root / "report" / "index.html").read_text()
+    assert 'data-method="fixed_model"' in page and not (root / "seed_0" / "report").exists()

@@ -5,12 +5,14 @@ Seed ``s`` runs the whole config in ``RUN_DIR/seed_s`` with ``train.seed = s`` a
 (``selection.split_seed`` keeps the config's split seed), so every seed scores and is tested on the same
 samples and questions. ``RUN_DIR/summary.json`` then holds, per method, the mean over seeds and the
 interval of the two-level bootstrap (:mod:`tokenclean.stats`), plus ``per_seed`` with each seed's run
-directory. Re-running reuses every finished seed.
+directory. Re-running reuses every finished seed. With ``report: true`` the seeds run's own report holds the
+aggregated tables and figures and, for its token view, the first seed's cleaned sets and counted tokens.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,5 +65,33 @@ def aggregate_seeds(cfg: RunConfig, runs: list[Run]) -> dict[str, Any]:
 
         summary["methods"] = aggregate(runs, load_truth(runs[0]))
         summary["interval_units"] = interval_units(runs[0])
+        _first_seed_paths(summary["methods"], runs[0], root)
     write_summary(root, summary)
+    if cfg.report:
+        _report(root, summary)
     return summary
+
+
+def _first_seed_paths(methods: dict[str, Any], first: Run, root: Path) -> None:
+    """Point every aggregated method at its first seed's cleaned set, score store and counted tokens
+    (relative to the seeds' run directory), so the report can show that seed's tokens beside the tables."""
+    for name, entry in methods.items():
+        src = first.summary.get("methods", {}).get(name) or {}
+        for key in ("cleaned", "scores", "counted"):
+            if src.get(key):
+                entry[key] = os.path.relpath(first.root / src[key], root)
+        if src.get("policy"):
+            entry["policy"] = src["policy"]
+
+
+def _report(root: Path, summary: dict[str, Any]) -> None:
+    """The seeds run's report: the aggregated tables and figures, and the first seed's tokens."""
+    try:
+        from tokenclean.report import build_report
+    except ImportError:  # the report extra (matplotlib) may be missing
+        log.warning("report skipped: install tokenclean[report]")
+        return
+    paths = build_report([str(root)])
+    summary["report"] = {k: str(v) for k, v in paths.items()}
+    write_summary(root, summary)
+    log.info("report: %s", paths.get("index.html") or paths.get("report.md"))
