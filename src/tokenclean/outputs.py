@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import inspect
 import os
 import shutil
@@ -391,6 +392,7 @@ def decide(
     if not path.is_file():
         return None
     old = read_json(path)
+    identity = json.loads(json.dumps(identity))  # as the marker holds it: tuples are JSON lists
     if force:
         log.info("recomputing %s (--force)", out)
         return None

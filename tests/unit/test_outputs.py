@@ -17,6 +17,7 @@ import pytest
 from tokenclean import IGNORE_INDEX
 from tokenclean.data.prepare import prepare
 from tokenclean.errors import DataError, TokencleanError
+from tokenclean.outputs import StaleOutputError
 from tokenclean.selection import select
 from tokenclean.testing.stores import write_prepared, write_score_store
 
@@ -285,3 +286,18 @@ def test_select_warns_when_ties_decide_the_cut(tmp_path: Path, tc_log: list[str]
     tc_log.clear()
     stats = select(write_score_store(tmp_path / "s2", prep, seed=3), 0.5, "global", tmp_path / "o2")
     assert stats["tie_decided_tokens"] == 0 and not any("ties decided" in m for m in tc_log)
+
+
+def test_identity_with_tuples_is_reused(tmp_path: Path) -> None:
+    """An identity holding tuples (frozen settings dataclasses) equals the JSON lists its marker holds, so the
+    output is reused (XTF's filters once made every re-run recompute XTF and retrain on it)."""
+    from tokenclean.outputs import decide
+
+    out = tmp_path / "cleaned"
+    out.mkdir()
+    ident = {"xtf": {"filters": ("novelty", "attention"), "expert_words": ()}, "base": "m"}
+    marker = {"stage": "select", "identity": json.loads(json.dumps(ident)), "files": {}}
+    (out / "manifest.json").write_text(json.dumps(marker))
+    assert decide(out, "select", ident) == marker
+    with pytest.raises(StaleOutputError, match=r"xtf\.filters"):
+        decide(out, "select", {**ident, "xtf": {"filters": ("novelty",), "expert_words": ()}})
