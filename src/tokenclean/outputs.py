@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import inspect
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator

@@ -100,3 +100,4 @@ def test_seeds_give_means_with_intervals_and_matched_updates(tmp_path, tiny_mode
     assert summary["methods"]["fixed_model"]["cleaned"].startswith("seed_0/")
     page = (root / "report" / "index.html").read_text()
     assert 'data-method="fixed_model"' in page and not (root / "seed_0" / "report").exists()
+    assert 'data-truth="' in page  # the token truth of the first seed's pool

@@ -138,7 +138,7 @@ def _samples(m: Merged, cfg: ReportConfig, tokenizer: Any, notices: list[str]) -
         try:
             tok = _tokenizer_for(v, tokenizer, cache)
             got = load_samples(v, tok, cfg.samples, preferred, cfg.max_tokens)
-            truth = _run_truth(v.run_dir, tok, truth_cache)
+            truth = _run_truth(_truth_dir(v), tok, truth_cache)
             if truth is not None:
                 got = with_truth(got, *truth)
         except TokencleanError as e:
@@ -149,6 +149,15 @@ def _samples(m: Merged, cfg: ReportConfig, tokenizer: Any, notices: list[str]) -
             preferred = [s.sample_id for s in got]  # show the same samples across methods where possible
         out += got
     return out
+
+
+def _truth_dir(v: View) -> Path:
+    """The run whose pool a view's tokens come from: the view's run, or (a seeds run's aggregate, stage
+    outputs) the nearest directory above its cleaned set that holds a run's pool."""
+    for d in [v.run_dir, *(v.cleaned.parents if v.cleaned is not None else [])]:
+        if (d / "config.yaml").is_file() and (d / "data" / "pool").is_dir():
+            return d
+    return v.run_dir
 
 
 def _run_truth(run_dir: Path, tok: Any, cache: dict[Path, Any]) -> tuple[dict[str, Any], list[str]] | None:
