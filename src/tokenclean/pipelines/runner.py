@@ -10,7 +10,7 @@ from typing import Any
 from tokenclean.pipelines import baselines, fixed_model, peers, self_evolving
 from tokenclean.pipelines.budget import self_evolving_updates
 from tokenclean.pipelines.config import RunConfig
-from tokenclean.pipelines.stages import Run, get_logger, open_run, prepare_pool
+from tokenclean.pipelines.stages import Run, get_logger, open_run, prepare_pool, report_stage
 from tokenclean.training.distributed import rank_zero_only
 
 log = get_logger("pipeline")
@@ -70,7 +70,7 @@ def _run(cfg: RunConfig) -> dict[str, Any]:
     r.summary["total_seconds"] = round(time.time() - t0, 1)
     r.save_summary()
     if cfg.report:
-        _report(r)
+        report_stage(r.root, r.summary, r.tokenizer)
     return r.summary
 
 
@@ -80,15 +80,3 @@ def _order(cfg: RunConfig) -> list[str]:
     if cfg.budget.match_updates:
         names = ["self_evolving", *(n for n in names if n != "self_evolving")]
     return names
-
-
-@rank_zero_only
-def _report(r: Run) -> None:
-    try:
-        from tokenclean.report import build_report
-    except ImportError:  # the report extra (matplotlib) may be missing
-        log.warning("report skipped: install tokenclean[report]")
-        return
-    paths = build_report([str(r.root)], tokenizer=r.tokenizer)
-    r.summary["report"] = {k: str(v) for k, v in paths.items()}
-    r.save_summary()

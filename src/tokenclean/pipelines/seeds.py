@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenclean.pipelines.config import RunConfig
-from tokenclean.pipelines.stages import Run, get_logger, open_run
+from tokenclean.pipelines.stages import Run, get_logger, open_run, report_stage
 from tokenclean.pipelines.summary import write_summary
 
 log = get_logger("seeds")
@@ -68,7 +68,7 @@ def aggregate_seeds(cfg: RunConfig, runs: list[Run]) -> dict[str, Any]:
         _first_seed_paths(summary["methods"], runs[0], root)
     write_summary(root, summary)
     if cfg.report:
-        _report(root, summary)
+        report_stage(root, summary)
     return summary
 
 
@@ -82,16 +82,3 @@ def _first_seed_paths(methods: dict[str, Any], first: Run, root: Path) -> None:
                 entry[key] = os.path.relpath(first.root / src[key], root)
         if src.get("policy"):
             entry["policy"] = src["policy"]
-
-
-def _report(root: Path, summary: dict[str, Any]) -> None:
-    """The seeds run's report: the aggregated tables and figures, and the first seed's tokens."""
-    try:
-        from tokenclean.report import build_report
-    except ImportError:  # the report extra (matplotlib) may be missing
-        log.warning("report skipped: install tokenclean[report]")
-        return
-    paths = build_report([str(root)])
-    summary["report"] = {k: str(v) for k, v in paths.items()}
-    write_summary(root, summary)
-    log.info("report: %s", paths.get("index.html") or paths.get("report.md"))

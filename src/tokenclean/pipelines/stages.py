@@ -88,6 +88,21 @@ class Run:
         write_summary(self.root, self.summary)
 
 
+@rank_zero_only
+def report_stage(root: Path, summary: dict[str, Any], tokenizer: Any = None) -> None:
+    """Build the run's report (``root/report``) and record its files in ``summary.json`` (rank 0; skipped
+    with a warning when the report extra, matplotlib, is missing)."""
+    try:
+        from tokenclean.report import build_report
+    except ImportError:
+        log.warning("report skipped: install tokenclean[report]")
+        return
+    paths = build_report([str(root)], tokenizer=tokenizer)
+    summary["report"] = {k: str(v) for k, v in paths.items()}
+    write_summary(root, summary)
+    log.info("report: %s", paths.get("index.html") or paths.get("report.md"))
+
+
 @rank_zero_first
 def open_run(cfg: RunConfig) -> Run:
     import yaml
