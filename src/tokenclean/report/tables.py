@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokenclean.pipelines.config import METHODS
 from tokenclean.utils import get_logger
 
 log = get_logger("report")
@@ -40,22 +41,8 @@ TASK_LABELS = {
     "heldout_perplexity": "Held-out perplexity",
     "heldout_exact_match": "Held-out EM",
 }
-METHOD_ORDER = (
-    "base",
-    "warmup",
-    "ds2",
-    "full",
-    "random",
-    "rho",
-    "fixed_model",
-    "self_evolving",
-    "online_rho1",
-    "sstoken",
-    "xtf",
-    "dft",
-    "profit",
-    "soft_token_cleaning",
-)
+# the pipelines' methods in config order (pipelines.config.METHODS), with DS2 beside the warm-up it names
+METHOD_ORDER = ("base", "warmup", "ds2", *(m for m in METHODS if m not in ("base", "warmup")))
 METHOD_LABELS = {
     "base": "Base",
     "warmup": "DS2 (warm-up)",
