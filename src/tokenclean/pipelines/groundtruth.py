@@ -31,11 +31,16 @@ class Truth:
     noise: tuple[str, ...]
 
 
-def _keep_by_id(cleaned: Path) -> dict[str, np.ndarray]:
+def _keep_by_id(cleaned: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """Keep masks of a cleaned set by sample id, and its per-position weights when it is a soft selection
+    (a ``weights`` column), from one read."""
     import datasets
 
     ds = datasets.load_from_disk(str(cleaned))
-    return {sid: np.asarray(lab) != IGNORE_INDEX for sid, lab in zip(ds["sample_id"], ds["labels"])}
+    keep = {sid: np.asarray(lab) != IGNORE_INDEX for sid, lab in zip(ds["sample_id"], ds["labels"])}
+    if "weights" not in ds.column_names:
+        return keep, None
+    return keep, {sid: np.asarray(w, dtype=np.float64) for sid, w in zip(ds["sample_id"], ds["weights"])}
 
 
 def _scores_by_id(scores_dir: Path) -> dict[str, np.ndarray]:
@@ -56,16 +61,6 @@ def _sources(root: Path, name: str, m: dict[str, Any], rounds: list[dict[str, An
     if name == "soft_token_cleaning":  # every scored token is kept, with a weight; the score ranks them
         return [root / m["cleaned"]], [root / m["scores"]]
     return [], []
-
-
-def _weights_by_id(cleaned: Path) -> dict[str, np.ndarray] | None:
-    """Soft selections: each position's training weight (the ``weights`` column), by sample id."""
-    import datasets
-
-    ds = datasets.load_from_disk(str(cleaned))
-    if "weights" not in ds.column_names:
-        return None
-    return {sid: np.asarray(w, dtype=np.float64) for sid, w in zip(ds["sample_id"], ds["weights"])}
 
 
 def _counted_keep(
@@ -102,8 +97,9 @@ def _evidence(truth: Truth, root: Path, name: str, m: dict[str, Any], rounds: li
     elif not cleaned:
         return None
     for c in cleaned if not m.get("counted") else []:
-        keep.update(_keep_by_id(c))
-        if (w := _weights_by_id(c)) is not None:
+        k, w = _keep_by_id(c)
+        keep.update(k)
+        if w is not None:
             weight = {**(weight or {}), **w}
     if (m.get("policy") or {}).get("name") not in SOFT_POLICIES:
         weight = None  # hard methods: the share kept says it all
