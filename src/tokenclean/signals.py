@@ -152,6 +152,19 @@ def _head_signals(head: Any, inner: Any, h: Any, tgt: Any, want: frozenset[str],
     return out
 
 
+def _last_attention(decoder: Any) -> tuple[Any, str | None]:
+    """The decoder's last Llama-style attention module (``q_proj``, ``k_proj``, ``head_dim``), or None and
+    why there is none."""
+    layers = getattr(decoder, "layers", None)
+    attn = getattr(layers[-1], "self_attn", None) if layers else None
+    if attn is None or not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "head_dim")):
+        return None, (
+            f"the attention signal needs a Llama-style last attention module (q_proj, k_proj, head_dim); "
+            f"{type(decoder).__name__} has none"
+        )
+    return attn, None
+
+
 def attention_unavailable(model: Any) -> str | None:
     """Why the ``attn`` signal cannot be computed for ``model`` (None when it can): the last decoder layer
     needs a Llama-style attention module (``q_proj``, ``k_proj``, ``head_dim``; Llama, Mistral, Qwen2/3,
@@ -160,14 +173,7 @@ def attention_unavailable(model: Any) -> str | None:
         decoder = model_parts(model)[0]
     except TypeError as e:
         return str(e)
-    layers = getattr(decoder, "layers", None)
-    attn = getattr(layers[-1], "self_attn", None) if layers else None
-    if attn is None or not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "head_dim")):
-        return (
-            f"the attention signal needs a Llama-style last attention module (q_proj, k_proj, head_dim); "
-            f"{type(decoder).__name__} has none"
-        )
-    return None
+    return _last_attention(decoder)[1]
 
 
 class _LastLayerAttention:
@@ -178,13 +184,9 @@ class _LastLayerAttention:
     grouped-query heads; Llama, Mistral, Qwen2, SmolLM2). Anything else raises a clear error."""
 
     def __init__(self, decoder: Any) -> None:
-        layers = getattr(decoder, "layers", None)
-        attn = getattr(layers[-1], "self_attn", None) if layers else None
-        if attn is None or not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "head_dim")):
-            raise NotImplementedError(
-                f"attention signals need a Llama-style attention module (q_proj, k_proj, head_dim); "
-                f"{type(decoder).__name__} has none: choose a policy without attention"
-            )
+        attn, why = _last_attention(decoder)
+        if attn is None:
+            raise NotImplementedError(f"{why}: choose a policy without attention")
         self.module = attn
         self.captured: dict[str, Any] = {}
 
