@@ -4,6 +4,9 @@
   flat score array with CSR offsets; one global sort for many ratios);
 - :mod:`tokenclean.selection.stats`: what a selection did (requested vs achieved ratio, histogram, ...);
 - :mod:`tokenclean.selection.table`: a score store joined row by row with its prepared dataset;
+- :mod:`tokenclean.selection.selector`: the offline selector base (a subclass gives ``keep(table)``, the base
+  writes the cleaned set, ``dropped.jsonl``, stats and manifest once); :mod:`tokenclean.selection.levels`
+  the score-based selectors (global, sample, random, threshold, soft weights), :mod:`.xtf` XTF;
 - :mod:`tokenclean.selection.cleaned`: the ``select`` stage writing the cleaned dataset.
 
 Synthetic stores and prepared data for tests and benchmarks: :mod:`tokenclean.testing.stores`.
@@ -17,6 +20,7 @@ from tokenclean.selection.masks import (
     global_masks,
     global_ranking,
     keep_mask,
+    n_keep,
     ratio_count,
     select_global,
     select_random,
@@ -35,6 +39,7 @@ __all__ = [
     "global_ranking",
     "keep_mask",
     "load_token_table",
+    "n_keep",
     "ratio_count",
     "select",
     "select_global",

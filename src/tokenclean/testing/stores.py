@@ -65,8 +65,8 @@ def prepared_from_arrays(
     ``prepare`` stage's writer."""
     import pyarrow as pa
 
+    from tokenclean.columns import list_array
     from tokenclean.data.prepare import PREPARE_VERSION, write_prepared_dir
-    from tokenclean.selection.cleaned import list_array
     from tokenclean.utils import package_versions, sha256_json
 
     off = np.asarray(offsets, dtype=np.int64)

@@ -32,7 +32,6 @@ Adding a policy is one class here with a settings dataclass and a ``@register`` 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ import numpy as np
 
 from tokenclean.config import check_fields, from_dict, setting
 from tokenclean.errors import ConfigError
+from tokenclean.selection.masks import n_keep
 
 
 @dataclass(frozen=True)
@@ -206,9 +206,8 @@ def top_k_over_ranks(
     k = np.concatenate([a.reshape(-1, 2) for a in all_k])  # (N, 2)
     origin = np.concatenate([np.full(len(a), r) for r, a in enumerate(all_v)])  # (N,)
     local = np.concatenate([np.arange(len(a)) for a in all_v])  # (N,)
-    n_keep = math.floor(ratio * len(v) + 1e-9)
     v = np.where(np.isnan(v), -np.inf, v)  # unscored tokens go last
-    order = np.lexsort((k[:, 1], k[:, 0], -v))[:n_keep]
+    order = np.lexsort((k[:, 1], k[:, 0], -v))[: n_keep(ratio, len(v))]
     mine = np.zeros(len(values), dtype=bool)
     mine[local[order][origin[order] == rank]] = True
     return mine
@@ -384,8 +383,7 @@ def top_per_sample(score: np.ndarray, rows: np.ndarray, pos: np.ndarray, ratio: 
     keep = np.zeros(len(score), dtype=bool)
     for r in np.unique(rows):
         idx = np.flatnonzero(rows == r)
-        k = math.floor(ratio * len(idx) + 1e-9)
-        order = np.lexsort((pos[idx], -score[idx]))[:k]
+        order = np.lexsort((pos[idx], -score[idx]))[: n_keep(ratio, len(idx))]
         keep[idx[order]] = True
     return keep
 

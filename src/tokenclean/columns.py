@@ -1,0 +1,91 @@
+"""Arrow list columns without the 2**31 ceiling: written in chunks, read chunk by chunk.
+
+An Arrow ``list<T>`` array (what ``datasets.Sequence`` stores) has int32 offsets, so one array holds at most
+2**31 - 1 values; concatenating a column's chunks into one array (``combine_chunks``) fails past that (an
+offset overflow at ~5M samples of 400 tokens). Every list column tokenclean writes goes through
+:func:`list_array` (chunks of at most :data:`MAX_CHUNK_TOKENS` values) and every reader goes through
+:func:`list_chunks` / :func:`flat_list`, which take one chunk at a time and keep their own int64 offsets.
+A test lowers :data:`MAX_CHUNK_TOKENS` so a tiny pool crosses it and checks every stage still agrees.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+MAX_CHUNK_TOKENS = 1 << 30  # values per written chunk: well below the int32 offset limit of 2**31 - 1
+
+
+def chunk_bounds(lengths: np.ndarray, limit: int | None = None) -> list[int]:
+    """Row boundaries ``[0, b1, ..., S]`` of chunks holding at most ``limit`` values each (a row longer
+    than the limit gets a chunk of its own); ``[0, 0]`` for no rows."""
+    limit = MAX_CHUNK_TOKENS if limit is None else limit
+    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])  # (S+1,)
+    bounds = [0]
+    while bounds[-1] < lengths.size:
+        start = bounds[-1]
+        end = int(np.searchsorted(offsets, offsets[start] + limit, side="right")) - 1
+        bounds.append(max(end, start + 1))
+    if len(bounds) == 1:
+        bounds.append(0)  # no rows: one empty chunk
+    return bounds
+
+
+def list_array(values: np.ndarray, lengths: np.ndarray, type: Any = None) -> Any:
+    """A ``pa.ChunkedArray`` of lists from flat ``values`` (T,) and row ``lengths`` (S,), chunked so that
+    no chunk holds more than :data:`MAX_CHUNK_TOKENS` values (``type``: the value type, default inferred)."""
+    import pyarrow as pa
+
+    lengths = np.asarray(lengths, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])  # (S+1,)
+    chunks = [
+        pa.ListArray.from_arrays(
+            pa.array((offsets[a : b + 1] - offsets[a]).astype(np.int32)),
+            pa.array(values[offsets[a] : offsets[b]], type=type),
+        )
+        for a, b in itertools.pairwise(chunk_bounds(lengths))
+    ]
+    return pa.chunked_array(chunks)
+
+
+def list_chunks(col: Any) -> Iterator[Any]:
+    """The list arrays of a column (a ``pa.ChunkedArray`` or one array), never concatenated."""
+    import pyarrow as pa
+
+    if isinstance(col, pa.ChunkedArray):
+        yield from col.chunks
+    else:
+        yield col
+
+
+def chunk_values(arr: Any, dtype: Any, fill: float | int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One list array as (flat values (T_c,) ``dtype``, lengths (S_c,) int64); null lists count 0 values,
+    null values become ``fill`` (NaN for floats, else required)."""
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(arr)  # respects the slice's offsets
+    if flat.null_count:
+        if fill is None:
+            fill = np.nan if np.issubdtype(dtype, np.floating) else 0
+        flat = flat.fill_null(fill)
+    return flat.to_numpy(zero_copy_only=False).astype(dtype, copy=False), lengths
+
+
+def flat_list(col: Any, dtype: Any, fill: float | int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A whole list column as (flat values (T,) ``dtype``, lengths (S,) int64), one chunk at a time: the
+    result is a numpy array (int64-indexed), so its size has no 2**31 limit."""
+    parts = [chunk_values(c, dtype, fill) for c in list_chunks(col)]
+    if not parts:
+        return np.zeros(0, dtype=dtype), np.zeros(0, dtype=np.int64)
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def offsets_of(lengths: np.ndarray) -> np.ndarray:
+    """CSR offsets (S+1,) int64 of row lengths (S,)."""
+    return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
