@@ -63,16 +63,23 @@ def list_chunks(col: Any) -> Iterator[Any]:
 
 def chunk_values(arr: Any, dtype: Any, fill: float | int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One list array as (flat values (T_c,) ``dtype``, lengths (S_c,) int64); null lists count 0 values,
-    null values become ``fill`` (NaN for floats, else required)."""
+    null values become ``fill`` (default NaN for floats, 0 for ints). ``dtype`` None keeps the stored one."""
     import pyarrow.compute as pc
 
     lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.list_flatten(arr)  # respects the slice's offsets
     if flat.null_count:
         if fill is None:
-            fill = np.nan if np.issubdtype(dtype, np.floating) else 0
+            fill = np.nan if pa_is_floating(flat.type) else 0
         flat = flat.fill_null(fill)
-    return flat.to_numpy(zero_copy_only=False).astype(dtype, copy=False), lengths
+    values = flat.to_numpy(zero_copy_only=False)
+    return (values if dtype is None else values.astype(dtype, copy=False)), lengths
+
+
+def pa_is_floating(t: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_floating(t))
 
 
 def flat_list(col: Any, dtype: Any, fill: float | int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -80,10 +87,21 @@ def flat_list(col: Any, dtype: Any, fill: float | int | None = None) -> tuple[np
     result is a numpy array (int64-indexed), so its size has no 2**31 limit."""
     parts = [chunk_values(c, dtype, fill) for c in list_chunks(col)]
     if not parts:
-        return np.zeros(0, dtype=dtype), np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=dtype or np.float32), np.zeros(0, dtype=np.int64)
     if len(parts) == 1:
         return parts[0]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def list_lengths(col: Any) -> np.ndarray:
+    """Row lengths (S,) int64 of a list column, chunk by chunk (nulls count 0)."""
+    import pyarrow.compute as pc
+
+    parts = [
+        pc.list_value_length(c).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        for c in list_chunks(col)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def offsets_of(lengths: np.ndarray) -> np.ndarray:

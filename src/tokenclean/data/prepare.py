@@ -210,6 +210,25 @@ def prepare(
     return manifest
 
 
+LIST_COLUMNS = ("input_ids", "labels")
+
+
+def _chunked_lists(rows: Any) -> Any:
+    """A list column of Python lists as chunked int32 Arrow lists (:func:`tokenclean.columns.list_array`, no
+    2**31 limit); Arrow arrays pass as they are."""
+    if not isinstance(rows, list):
+        return rows
+    import itertools
+
+    import numpy as np
+
+    from tokenclean.columns import list_array
+
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    values = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(lengths.sum()))
+    return list_array(values, lengths)
+
+
 def write_prepared_dir(
     out: str | Path, cols: dict[str, Any], manifest: dict[str, Any], skipped: Sequence[dict[str, Any]] = ()
 ) -> None:
@@ -221,6 +240,7 @@ def write_prepared_dir(
     import pyarrow as pa
 
     features = prepared_features()
+    cols = {k: _chunked_lists(v) if k in LIST_COLUMNS else v for k, v in cols.items()}
     table = pa.table(cols, schema=features.arrow_schema)
     key = manifest["cache_key"]
     ds = datasets.Dataset(table, info=datasets.DatasetInfo(features=features), fingerprint=key[:32])

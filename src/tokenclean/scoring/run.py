@@ -18,6 +18,7 @@ import numpy as np
 
 from tokenclean import IGNORE_INDEX
 from tokenclean.alignment import scatter_to_positions
+from tokenclean.columns import flat_list, list_lengths, offsets_of
 from tokenclean.config import DEFAULT_DEVICE
 from tokenclean.errors import ConfigError, DataError, ModelError
 from tokenclean.outputs import content_id, guarded, load_dataset_dir, verify_input
@@ -54,18 +55,18 @@ class PreparedData:
         self.manifest = verify_input(self.dir, hint="re-run tokenclean prepare with --force")
         self.content = content_id(self.manifest["files"]) if self.manifest.get("files") else None
         self.ds = load_dataset_dir(self.dir, "re-run tokenclean prepare with --force").with_format("arrow")
-        self.sample_ids: list[str] = self.ds[:]["sample_id"].to_pylist()
-        ids = self.ds[:]["input_ids"].combine_chunks()
-        self.lengths = np.diff(ids.offsets.to_numpy()).astype(np.int64)  # (n,)
+        table = self.ds[:]  # memory-mapped, zero-copy
+        self.sample_ids: list[str] = table["sample_id"].to_pylist()
+        self.lengths = list_lengths(table["input_ids"])  # (n,) int64, chunk by chunk
 
     def __len__(self) -> int:
         return len(self.sample_ids)
 
     def samples(self, start: int, stop: int) -> list[Sample]:
         tbl = self.ds[start:stop]
-        ids, labels = (tbl[c].combine_chunks() for c in ("input_ids", "labels"))
-        off, iv, lv = ids.offsets.to_numpy(), ids.values.to_numpy(), labels.values.to_numpy()
-        loff = labels.offsets.to_numpy()
+        iv, ilen = flat_list(tbl["input_ids"], np.int32)
+        lv, llen = flat_list(tbl["labels"], np.int32)
+        off, loff = offsets_of(ilen), offsets_of(llen)
         return [
             Sample(start + r, iv[off[r] : off[r + 1]], lv[loff[r] : loff[r + 1]]) for r in range(stop - start)
         ]

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from tokenclean.columns import list_array
 from tokenclean.errors import TokencleanError
 from tokenclean.outputs import OWNER_FILE, StaleOutputError, file_digests, verify_files
 from tokenclean.scoring.scorers import get_scorer
@@ -232,12 +233,6 @@ def score_features() -> Any:
     )
 
 
-def _list_array(offsets: np.ndarray, values: np.ndarray) -> Any:
-    import pyarrow as pa
-
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.float32()))
-
-
 def assemble(
     out: Path, sample_ids: list[str], lengths: np.ndarray, scorer: str, total: int, with_ref: bool
 ) -> dict[str, int]:
@@ -263,9 +258,9 @@ def assemble(
     table = pa.table(
         {
             "sample_id": pa.array(sample_ids, pa.string()),
-            "base_loss": _list_array(offsets, base),
-            "ref_loss": _list_array(offsets, ref),
-            "score": _list_array(offsets, score),
+            "base_loss": list_array(base, lengths, pa.float32()),  # chunked: no 2**31 limit
+            "ref_loss": list_array(ref, lengths, pa.float32()),
+            "score": list_array(score, lengths, pa.float32()),
         }
     )
     features = score_features()
