@@ -40,10 +40,11 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     for i in range(POOLS):
         parts, ratio = _pool(i)
         mine = [parts[j] for j in np.array_split(np.arange(len(parts)), world)[rank]]
-        cut = stream_global(lambda: iter(mine), ratio, comm)
-        ms = list(cut.masks(lambda: iter(mine)))
+        chunks = mine.__iter__  # a fresh iterator per pass
+        cut = stream_global(chunks, ratio, comm)
+        ms = list(cut.masks(chunks))
         masks[f"m{i}"] = np.concatenate(ms) if ms else np.zeros(0, bool)
-        taus[f"t{i}"] = np.float64(stream_soft_tau(lambda: iter(mine), cut, comm))
+        taus[f"t{i}"] = np.float64(stream_soft_tau(chunks, cut, comm))
     np.savez(Path(out) / f"rank{rank}.npz", **masks, **taus)
     dist.destroy_process_group()
 

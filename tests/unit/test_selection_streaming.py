@@ -4,6 +4,7 @@ gloo run is in tests/integration/test_streaming_distributed.py."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
@@ -122,7 +123,7 @@ def test_streaming_global_over_ranks_equals_select_global(
 def test_soft_weights_need_only_the_cut(pool: tuple[np.ndarray, list[int], float], world: int) -> None:
     s, cuts, ratio = pool
     s = np.where(np.isinf(s), np.float32(0.25), s).astype(np.float32)  # the sigmoid of inf - inf is moot
-    hard, taus = _ranked(chunked(s, cuts), world, ratio, soft=True)
+    _, taus = _ranked(chunked(s, cuts), world, ratio, soft=True)
     want = soft_weights(s, select_global(s, ratio), 1.0)
     ok = ~np.isnan(s)
     tau = taus[0]
@@ -142,7 +143,7 @@ def test_sample_and_threshold_stream_per_chunk(pool: tuple[np.ndarray, list[int]
         offsets = np.concatenate([[0], offsets])
     edges = offsets[::2] if offsets[::2][-1] == s.size else np.concatenate([offsets[::2], [s.size]])
     chunks = []
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in itertools.pairwise(edges):
         inner = offsets[(offsets >= a) & (offsets <= b)] - a
         chunks.append((s[a:b], inner))
     got = list(stream_sample(lambda: iter(chunks), ratio))
