@@ -11,7 +11,9 @@ A test lowers :data:`MAX_CHUNK_TOKENS` so a tiny pool crosses it and checks ever
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -107,3 +109,52 @@ def list_lengths(col: Any) -> np.ndarray:
 def offsets_of(lengths: np.ndarray) -> np.ndarray:
     """CSR offsets (S+1,) int64 of row lengths (S,)."""
     return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+
+
+def dataset_files(ds_dir: str | Path) -> list[Path]:
+    """The Arrow files of a ``save_to_disk`` directory, in row order (from its ``state.json``)."""
+    state = json.loads((Path(ds_dir) / "state.json").read_text())
+    return [Path(ds_dir) / f["filename"] for f in state["_data_files"]]
+
+
+def record_batches(ds_dir: str | Path, columns: Sequence[str]) -> Iterator[Any]:
+    """The record batches of a saved dataset, read one at a time into ordinary memory (not memory-mapped, so
+    a pass over a pool holds one batch, not the pages of every file it touched)."""
+    import pyarrow as pa
+
+    for path in dataset_files(ds_dir):
+        with pa.OSFile(str(path)) as f:
+            reader = pa.ipc.open_stream(f)
+            for batch in reader:
+                yield batch.select(list(columns))
+
+
+def row_batches(
+    ds_dir: str | Path, columns: Sequence[str], start: int = 0, stop: int | None = None
+) -> Iterator[Any]:
+    """Record batches of rows ``[start, stop)`` of a saved dataset (batches cut at the range's ends)."""
+    row = 0
+    for batch in record_batches(ds_dir, columns):
+        a, b = row, row + batch.num_rows
+        row = b
+        if b <= start:
+            continue
+        if stop is not None and a >= stop:
+            return
+        lo, hi = max(start - a, 0), (batch.num_rows if stop is None else min(stop - a, batch.num_rows))
+        yield batch.slice(lo, hi - lo)
+
+
+def aligned_batches(left: Iterator[Any], right: Iterator[Any]) -> Iterator[tuple[Any, Any]]:
+    """Pairs of equally long slices of two record-batch streams over the same rows (their batch boundaries
+    may differ)."""
+    buf = None
+    for lb in left:
+        done = 0
+        while done < lb.num_rows:
+            if buf is None or buf.num_rows == 0:
+                buf = next(right)
+            n = min(lb.num_rows - done, buf.num_rows)
+            yield lb.slice(done, n), buf.slice(0, n)
+            buf = buf.slice(n)
+            done += n

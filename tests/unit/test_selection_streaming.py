@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from tokenclean.selection.levels import soft_weights
 from tokenclean.selection.masks import select_global, select_sample, select_threshold
 from tokenclean.selection.streaming import (
+    store_chunks,
     stream_global,
     stream_sample,
     stream_soft_tau,
@@ -157,3 +158,29 @@ def test_sample_and_threshold_stream_per_chunk(pool: tuple[np.ndarray, list[int]
 def test_float64_scores_are_refused() -> None:
     with pytest.raises(TypeError, match="float32"):
         stream_global(lambda: iter([np.zeros(3)]), 0.5)
+
+
+def test_streaming_from_a_score_store_equals_select(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Over a real store read batch by batch (small record batches, two row ranges as two ranks)."""
+    import datasets
+
+    from tokenclean.selection.table import load_token_table
+    from tokenclean.testing.stores import write_arrays
+
+    monkeypatch.setattr(datasets.config, "DEFAULT_MAX_BATCH_SIZE", 7)
+    rng = np.random.default_rng(0)
+    lens = rng.integers(2, 30, 60)
+    off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    ids = rng.integers(3, 99, off[-1]).astype(np.int32)
+    lab = ids.copy()
+    lab[off[:-1]] = -100  # position 0 never trained
+    sc = np.round(rng.standard_normal(off[-1]), 1).astype(np.float32)
+    sc[lab == -100] = np.nan
+    store, prep = write_arrays(tmp_path / "s", tmp_path / "p", off, ids, lab, sc)
+    want = select_global(load_token_table(store).response_scores, 0.3)
+    whole = stream_global(store_chunks(store, prep), 0.3)
+    assert np.array_equal(np.concatenate(list(whole.masks(store_chunks(store, prep)))), want)
+    world = [store_chunks(store, prep, 0, 25), store_chunks(store, prep, 25, None)]
+    parts = [np.concatenate(list(c())) for c in world]
+    got, _ = _ranked(parts, 2, 0.3, soft=False)
+    assert np.array_equal(got, want)

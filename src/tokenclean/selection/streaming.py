@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -235,3 +236,27 @@ def torch_comm_if_launched() -> Any:
     except ImportError:  # pragma: no cover
         return LocalComm()
     return TorchComm() if dist.is_available() and dist.is_initialized() else LocalComm()
+
+
+def store_chunks(
+    scores_dir: str | Path,
+    prepared_dir: str | Path,
+    start: int = 0,
+    stop: int | None = None,
+    column: str = "score",
+) -> Chunks:
+    """The response-token scores of rows ``[start, stop)`` of a score store, one record batch at a time
+    (joined with the prepared ``labels`` for the response positions): a :data:`Chunks` for the functions
+    above. Memory: one batch of each dataset."""
+    from tokenclean import IGNORE_INDEX
+    from tokenclean.columns import aligned_batches, flat_list, row_batches
+
+    def chunks() -> Iterator[np.ndarray]:
+        prep = row_batches(prepared_dir, ["labels"], start, stop)
+        store = row_batches(scores_dir, [column], start, stop)
+        for p, s in aligned_batches(prep, store):
+            labels, _ = flat_list(p.column(0), np.int32)
+            score, _ = flat_list(s.column(0), np.float32)
+            yield score[labels != IGNORE_INDEX]
+
+    return chunks
