@@ -155,7 +155,7 @@ def test_resume_after_sigkill_gives_identical_scores(setup, uninterrupted, tmp_p
 def test_process_shards_merge_to_the_single_process_result(setup, uninterrupted, tmp_path) -> None:
     out = tmp_path / "s"
     first = _score(setup, out, shard_index=1, num_shards=2)
-    assert first["complete"] is False and first["missing_chunks"] == [0, 2]
+    assert first["complete"] is False and first["missing_chunks"] == [0, 1]  # shard 1 owns chunks 2, 3
     second = _score(setup, out, shard_index=0, num_shards=2)
     assert second["complete"] is True and second["num_shards"] == 2
     assert _same(_cols(out), _cols(uninterrupted[0]))

@@ -46,11 +46,12 @@ def test_partial_or_corrupt_chunk_is_not_done(tmp_path: Path) -> None:
     assert not store.part_done(out, 1, "base")
 
 
-def test_shards_are_disjoint_and_cover_all_chunks() -> None:
+def test_shards_are_disjoint_contiguous_and_cover_all_chunks() -> None:
     n, size, procs = 103, 10, 3
     parts = [store.my_chunks(n, size, i, procs) for i in range(procs)]
-    flat = sorted(k for p in parts for k in p)
-    assert flat == list(range(store.n_chunks(n, size))) == list(range(11))
+    assert [k for p in parts for k in p] == list(range(store.n_chunks(n, size))) == list(range(11))
+    assert all(p == list(range(p[0], p[-1] + 1)) for p in parts)  # each a block of consecutive chunks
+    assert store.my_chunks(3, 10, 0, 2) == [] and store.my_chunks(3, 10, 1, 2) == [0]  # 1 chunk, 2 processes
     with pytest.raises(store.StoreError):
         store.my_chunks(n, size, 3, 3)
 
@@ -75,17 +76,33 @@ def test_non_store_directory_is_refused(tmp_path: Path) -> None:
     assert (tmp_path / "o" / "notes.txt").exists()
 
 
-def test_assemble_checks_lengths_and_writes_dataset(tmp_path: Path) -> None:
+def test_shard_files_and_index_check_lengths_and_make_one_dataset(tmp_path: Path) -> None:
     import datasets
 
     out = tmp_path / "o"
     store.prepare_out(out, _plan(), force=False)
-    store.write_part(out, _part(0, "base"), {})
-    store.write_part(out, _part(0, "ref"), {})
+    for k in (0, 1):
+        store.write_part(out, _part(k, "base"), {})
+        store.write_part(out, _part(k, "ref"), {})
+    ids, lengths = ["a", "b", "c", "d"], np.array([3, 3, 3, 3])
     with pytest.raises(store.StoreError, match="do not match"):
-        store.assemble(out, ["a", "b"], np.array([3, 4]), "token_cleaning", 1, with_ref=True)
-    counts = store.assemble(out, ["a", "b"], np.array([3, 3]), "token_cleaning", 1, with_ref=True)
-    assert counts == {"scored_positions": 3, "total_positions": 6}
+        store.write_shard(out, 0, 2, ids, np.array([3, 4, 3, 3]), 2, "token_cleaning", with_ref=True)
+    assert store.shard_done(out, 0, 2) is None
+    with pytest.raises(store.StoreError, match="missing for processes"):
+        store.write_index(out, 2, "f" * 16)
+    m0 = store.write_shard(out, 0, 2, ids, lengths, 2, "token_cleaning", with_ref=True)
+    store.write_shard(out, 1, 2, ids, lengths, 2, "token_cleaning", with_ref=True)
+    assert m0["chunks"] == [0] and m0["rows"] == 2 and store.shard_done(out, 0, 2) == m0
+    files, counts = store.write_index(out, 2, "f" * 16)
+    assert counts == {"scored_positions": 6, "total_positions": 12}
+    assert sorted(files) == [
+        "data-00000-of-00002.arrow",
+        "data-00001-of-00002.arrow",
+        "dataset_info.json",
+        "state.json",
+    ]
+    assert files["data-00000-of-00002.arrow"]["sha256"] == m0["sha256"]  # from the writer, not re-read
     ds = datasets.load_from_disk(str(out))
-    assert ds["sample_id"] == ["a", "b"]
+    assert ds["sample_id"] == ids
     np.testing.assert_allclose(ds[1]["score"], [np.nan, np.nan, 0.25])
+    np.testing.assert_allclose(ds[3]["base_loss"], [np.nan, np.nan, 0.5])

@@ -214,6 +214,10 @@ def score_dataset(
     phases = store.PHASES if pair.mode != "base_only" else ("base",)
     pending = [(k, ph) for ph in phases for k in mine if not store.part_done(out, k, ph)]
     check = _run_parts(pair, data, out, pending, dtype, shard_size, batch_tokens, progress, on_part)
+    if all(store.part_done(out, k, ph) for k in mine for ph in phases):  # my rows -> my data file
+        with_ref = len(phases) == 2
+        args = (data.sample_ids, data.lengths, shard_size, scorer, with_ref)
+        store.write_shard(out, shard_index, num_shards, *args)
     if launched is not None:
         return _assemble_on_rank0(
             launched, out, plan, data, device, batch_tokens, num_shards, check, pair, t0
@@ -270,7 +274,7 @@ def _assemble_on_rank0(
         merge_parts(out, data.sample_ids, data.lengths, manifest, total, t0)
         warn_if_reference_is_base(out, pair.mode, pair.ref_spec.adapter if pair.ref_spec else None)
     group.wait_for_everyone()
-    done = store.complete_manifest(out, plan)
+    done = store.complete_manifest(out, plan, verify=False)  # rank 0 wrote it just now: no re-hash
     if done is None:
         raise store.StoreError(f"{out}: rank 0 did not assemble the store")
     return done
@@ -353,9 +357,10 @@ def merge_parts(
     total: int,
     t0: float,
 ) -> dict[str, Any]:
-    """Assemble the ``total`` chunks of every phase in ``out/.work`` into the store (rows ``sample_ids``
-    of ``lengths`` positions), then write ``manifest`` with counts, timings and versions (under the merge
-    lock; a store of the same ``run_key`` already there is returned as it is)."""
+    """Finish the store from the ``total`` chunks of every phase in ``out/.work`` (rows ``sample_ids`` of
+    ``lengths`` positions): write the data files of processes that did not write their own (none when every
+    process finished), then the index and ``manifest`` with counts, timings and versions (under the merge
+    lock; a store of the same ``run_key`` already there is returned as it is). No data is concatenated."""
     with store.merge_lock(out):
         if (out / "manifest.json").exists():
             old = read_json(out / "manifest.json")
@@ -363,7 +368,12 @@ def merge_parts(
                 return dict(old, reused=True)
         phases = store.PHASES if manifest["mode"] != "base_only" else ("base",)
         markers = store.read_markers(out, total, phases)
-        counts = store.assemble(out, sample_ids, lengths, manifest["scorer"], total, len(phases) == 2)
+        num = int(manifest.get("num_shards") or 1)
+        for i in range(num):
+            if store.shard_done(out, i, num) is None:
+                args = (sample_ids, lengths, manifest["shard_size"], manifest["scorer"], len(phases) == 2)
+                store.write_shard(out, i, num, *args)
+        files, counts = store.write_index(out, num, manifest["run_key"])
         compute_s = sum(m["seconds"] for m in markers)
         cpu_s = sum(m.get("cpu_seconds", 0.0) for m in markers)
         tokens = sum(m["tokens"] for m in markers if m["phase"] == "base")
@@ -378,7 +388,7 @@ def merge_parts(
             },
             versions=package_versions(),
         )
-        store.finish(out, manifest)
+        store.finish(out, manifest, files)
     log.info(
         "scored %d samples (%d positions) -> %s at %s tok/s",
         len(sample_ids),

@@ -1,4 +1,4 @@
-"""The score store: crash-safe chunk files while scoring, one ``load_from_disk`` dataset at the end.
+"""The score store: crash-safe chunk files while scoring, one data file per process, a small index at the end.
 
 Layout of ``OUT`` while a run is in progress (or was killed)::
 
@@ -6,17 +6,21 @@ Layout of ``OUT`` while a run is in progress (or was killed)::
     OUT/.work/chunk-00012.base.npz    base losses of samples [12*S, 13*S) in prepared order (S = shard_size)
     OUT/.work/chunk-00012.base.json   completion marker: written after the .npz, holds its SHA-256
     OUT/.work/chunk-00012.ref.npz     reference losses of the same samples (+ .ref.json marker)
+    OUT/.work/data-00001-of-00004.arrow   process 1's rows, streamed from its parts (+ shard-00001-of-00004.json)
 
 Every file is written to a temporary name, fsynced and moved into place with ``os.replace``; a part counts
 as done only when its marker exists and the hash matches, so a run killed at any moment never reads a
 partial file. A restart recomputes exactly the parts without a valid marker, with the same chunk
 boundaries and batching, so it ends with bit-identical scores.
 
-Chunk ``k`` belongs to process ``k % num_shards``: processes started with ``shard_index = 0..n-1`` score
-disjoint chunks into the same ``OUT`` and whichever finds all chunks done assembles the final store
-(under a file lock). Assembly writes the dataset files into ``OUT`` and ``OUT/manifest.json`` last; the
-manifest is the mark of a complete store and records the size and SHA-256 of every dataset file, checked
-before the store is reused. ``.work`` is removed after assembly.
+Process ``i`` of ``n`` owns a contiguous block of chunks (:func:`my_chunks`); when its parts are done it
+streams them, one chunk in memory at a time, into its own Arrow data file (:func:`write_shard`, hashed once,
+by the process that wrote it; the hash goes into its marker). Whichever process finds every part done (rank
+0 after the barrier under a launcher) writes the missing data files, if any, and the index: the data files
+moved into ``OUT`` in row order, ``state.json`` and ``dataset_info.json`` (so ``datasets.load_from_disk``
+reads the store as one dataset), and ``OUT/manifest.json`` last, with the size and SHA-256 of every file
+taken from the markers, not re-read. No process ever holds the whole store. ``.work`` is removed at the end.
+A store written by an older tokenclean (one data file) is read the same way.
 """
 
 from __future__ import annotations
@@ -79,24 +83,27 @@ def n_chunks(n_samples: int, shard_size: int) -> int:
 
 
 def my_chunks(n_samples: int, shard_size: int, shard_index: int, num_shards: int) -> list[int]:
-    """The chunks process ``shard_index`` of ``num_shards`` computes (disjoint, together all of them)."""
+    """The chunks process ``shard_index`` of ``num_shards`` computes: a contiguous block (disjoint, together
+    all of them, in order), so its data file holds consecutive rows."""
     if not 0 <= shard_index < num_shards:
         raise StoreError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
-    return [k for k in range(n_chunks(n_samples, shard_size)) if k % num_shards == shard_index]
+    total = n_chunks(n_samples, shard_size)
+    return list(range(shard_index * total // num_shards, (shard_index + 1) * total // num_shards))
 
 
 def _is_store_file(rel: str) -> bool:
     return rel in DATASET_FILES or (rel.startswith("data-") and rel.endswith(".arrow"))
 
 
-def complete_manifest(out: Path, plan: dict[str, Any]) -> dict[str, Any] | None:
+def complete_manifest(out: Path, plan: dict[str, Any], verify: bool = True) -> dict[str, Any] | None:
     """The manifest of ``out`` when it already holds this run's complete store and its files are the ones
-    recorded when it was written (sizes and SHA-256), else None (a damaged store is recomputed)."""
+    recorded when it was written (sizes and SHA-256; ``verify`` False: trust a store this job just wrote),
+    else None (a damaged store is recomputed)."""
     manifest = Path(out) / "manifest.json"
     if manifest.exists():
         old = read_json(manifest)
         if old.get("stage") == "score" and old.get("run_key") == plan["run_key"]:
-            problem = verify_files(out, old.get("files"), only=_is_store_file)
+            problem = verify_files(out, old.get("files"), only=_is_store_file) if verify else None
             if problem is None:
                 return dict(old)
             log.warning("recomputing %s: %s", out, problem)
@@ -233,52 +240,131 @@ def score_features() -> Any:
     )
 
 
-def assemble(
-    out: Path, sample_ids: list[str], lengths: np.ndarray, scorer: str, total: int, with_ref: bool
-) -> dict[str, int]:
-    """Build the final dataset from all parts into ``out`` (manifest written by the caller, last).
-
-    Columns: ``sample_id``, ``base_loss``, ``ref_loss``, ``score`` (float32 lists, NaN where not scored), one
-    row per prepared sample in prepared order. Returns counts of scored positions."""
-    import datasets
+def _chunk_table(
+    out: Path, k: int, sample_ids: list[str], lengths: np.ndarray, scorer: str, with_ref: bool
+) -> tuple[Any, dict[str, int]]:
+    """Chunk ``k``'s rows of the store (from its parts) as a pyarrow Table, and its position counts."""
     import pyarrow as pa
 
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # (n + 1,)
     flat = {}
     for phase in PHASES if with_ref else ("base",):
-        parts = [read_part(out, k, phase) for k in range(total)]
-        got = np.concatenate([[0]] + [np.diff(p.offsets) for p in parts]).cumsum()
-        if len(got) != len(offsets) or not np.array_equal(got, offsets):
-            raise StoreError(f"{work_dir(out)}: {phase} chunk lengths do not match the prepared input_ids")
-        flat[phase] = np.concatenate([p.values for p in parts])  # (sum T,)
+        part = read_part(out, k, phase)
+        if not np.array_equal(np.diff(part.offsets), lengths):
+            raise StoreError(
+                f"{work_dir(out)}: {phase} chunk {k} lengths do not match the prepared input_ids"
+            )
+        flat[phase] = part.values  # (T_k,)
     base = flat["base"]
     ref = flat.get("ref", np.full_like(base, np.nan))
     mask = ~np.isnan(base)
-    score = get_scorer(scorer)(base, ref, mask)  # (sum T,)
+    score = get_scorer(scorer)(base, ref, mask)  # (T_k,) per position
     table = pa.table(
         {
             "sample_id": pa.array(sample_ids, pa.string()),
-            "base_loss": list_array(base, lengths, pa.float32()),  # chunked: no 2**31 limit
+            "base_loss": list_array(base, lengths, pa.float32()),
             "ref_loss": list_array(ref, lengths, pa.float32()),
             "score": list_array(score, lengths, pa.float32()),
         }
     )
-    features = score_features()
-    ds = datasets.Dataset(table.cast(features.arrow_schema), info=datasets.DatasetInfo(features=features))
-    tmp = work_dir(out) / "final"
+    return table.cast(score_features().arrow_schema), {
+        "scored_positions": int(mask.sum()),
+        "total_positions": int(base.size),
+    }
+
+
+def shard_paths(out: Path, index: int, num: int) -> tuple[Path, Path]:
+    """Process ``index`` of ``num``: its data file and its marker, in ``.work``."""
+    w = work_dir(out)
+    return w / f"data-{index:05d}-of-{num:05d}.arrow", w / f"shard-{index:05d}-of-{num:05d}.json"
+
+
+def shard_done(out: Path, index: int, num: int) -> dict[str, Any] | None:
+    """The marker of process ``index``'s data file when it was written completely (marker after file)."""
+    path, marker = shard_paths(out, index, num)
+    if not marker.exists():
+        return None
+    try:
+        m = dict(read_json(marker))
+    except CorruptFileError:
+        return None
+    if m.get("file") is not None and not (path.exists() and path.stat().st_size == m["size"]):
+        return None
+    return m
+
+
+def write_shard(
+    out: Path,
+    index: int,
+    num: int,
+    sample_ids: list[str],
+    lengths: np.ndarray,
+    shard_size: int,
+    scorer: str,
+    with_ref: bool,
+) -> dict[str, Any]:
+    """Stream process ``index``'s chunks (every part done) into its data file, one chunk in memory at a
+    time; hash it once and write its marker. Returns the marker."""
+    from datasets.arrow_writer import ArrowWriter
+
+    path, marker = shard_paths(out, index, num)
+    chunks = my_chunks(len(sample_ids), shard_size, index, num)
+    counts = {"rows": 0, "scored_positions": 0, "total_positions": 0}
+    info: dict[str, Any] = {"index": index, "num": num, "chunks": chunks, "file": None}
+    if chunks:
+        tmp = path.with_name(f".{path.name}.tmp")
+        writer = ArrowWriter(features=score_features(), path=str(tmp))
+        try:
+            for k in chunks:
+                a, b = k * shard_size, min((k + 1) * shard_size, len(sample_ids))
+                table, c = _chunk_table(out, k, sample_ids[a:b], lengths[a:b], scorer, with_ref)
+                writer.write_table(table)
+                counts = {"rows": counts["rows"] + b - a, **{n: counts[n] + c[n] for n in c}}
+            writer.finalize()
+        finally:
+            writer.close()
+        _fsync_replace(str(tmp), path)
+        info.update(file=path.name, size=path.stat().st_size, sha256=sha256_file(path))
+    info.update(counts)
+    write_json_atomic(marker, info)
+    return info
+
+
+def write_index(out: Path, num: int, fingerprint: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """Move the ``num`` data files (all written) into ``out`` in row order and write ``state.json`` and
+    ``dataset_info.json`` beside them. Returns the file digests (data files from their markers) and the
+    summed counts. Reads no data."""
+    import datasets
+
+    markers = [shard_done(out, i, num) for i in range(num)]
+    if any(m is None for m in markers):
+        raise StoreError(
+            f"{work_dir(out)}: data files missing for processes {[i for i, m in enumerate(markers) if m is None]}"
+        )
+    tmp = work_dir(out) / "index"
     shutil.rmtree(tmp, ignore_errors=True)
-    ds.save_to_disk(str(tmp))
+    features = score_features()
+    empty = datasets.Dataset.from_dict({k: [] for k in features}, features=features)
+    empty.save_to_disk(str(tmp))  # datasets' own state.json and dataset_info.json, for no rows
+    state = read_json(tmp / "state.json")
+    names = [m["file"] for m in markers if m and m["file"]]
+    state["_data_files"] = [{"filename": n} for n in names]
+    state["_fingerprint"] = fingerprint[:16]
+    write_json_atomic(tmp / "state.json", state)
     _remove_store_files(out)
-    names = sorted(p.name for p in tmp.iterdir())
-    for name in sorted(names, key=lambda n: n == "state.json"):  # state.json last
+    files = {n: {"size": m["size"], "sha256": m["sha256"]} for m in markers if m and (n := m["file"])}
+    for n in names:
+        os.replace(work_dir(out) / n, out / n)
+    for name in ("dataset_info.json", "state.json"):  # state.json last: from here the store reads as whole
         os.replace(tmp / name, out / name)
-    return {"scored_positions": int(mask.sum()), "total_positions": len(base)}
+        files[name] = {"size": (out / name).stat().st_size, "sha256": sha256_file(out / name)}
+    counts = {c: sum(int(m[c]) for m in markers if m) for c in ("scored_positions", "total_positions")}
+    return files, counts
 
 
-def finish(out: Path, manifest: dict[str, Any]) -> None:
-    """Write the manifest (the completion mark, with the size and SHA-256 of every dataset file) and drop
-    the work directory."""
-    manifest["files"] = file_digests(out, only=_is_store_file)
+def finish(out: Path, manifest: dict[str, Any], files: dict[str, Any] | None = None) -> None:
+    """Write the manifest (the completion mark, with the size and SHA-256 of every dataset file: ``files``
+    as recorded by their writers, else hashed now) and drop the work directory."""
+    manifest["files"] = files if files is not None else file_digests(out, only=_is_store_file)
     write_json_atomic(Path(out) / "manifest.json", manifest)
     shutil.rmtree(work_dir(out), ignore_errors=True)
     (Path(out) / ".merge.lock").unlink(missing_ok=True)
