@@ -9,9 +9,11 @@ own writers. Every stage runs in fresh processes (``spawn``), so each process's 
 
 - ``prepare``: the prepared dataset through the ``prepare`` stage's writer (one process);
 - ``score_parts``: P processes, as P scoring ranks: each reads its chunks' rows of the prepared data
-  (``PreparedData.samples``) and writes base and reference parts with the scoring stage's writer
-  (``store.write_part``); losses are drawn, not computed;
-- ``score_assemble``: the store assembled from the parts by one process (``merge_parts``: the rank-0 step);
+  (``PreparedData.samples``), writes base and reference parts with the scoring stage's writer
+  (``store.write_part``; losses are drawn, not computed), then streams them into its own data file
+  (``store.write_shard``), as a scoring rank does;
+- ``score_index``: the finishing step (``merge_parts``): the index and manifest, no data read (before the
+  per-rank data files, this step assembled the whole store in one process);
 - ``select_memory``: ``tokenclean select`` (global, K = 0.6), in memory, writing the cleaned dataset;
 - ``select_stream``: the exact streaming global top-k (:mod:`tokenclean.selection.streaming`) over P
   processes (gloo when P > 1), each reading its contiguous rows of the store one record batch at a time;
@@ -46,14 +48,21 @@ RATIO = 0.6
 
 
 def pool_arrays(n: int, mean_len: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Offsets (S+1,), input_ids (T,) int32 and labels (T,) int32 (prompt: the first ~30% of a sample)."""
+    """Offsets (S+1,), input_ids (T,) int32 and labels (T,) int32 (prompt: the first ~30% of a sample),
+    drawn in blocks of 10,000 samples (no (T,) int64 temporaries)."""
     rng = np.random.default_rng(seed)
     lens = rng.integers(mean_len // 2, mean_len * 3 // 2 + 1, n).astype(np.int64)
     off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    ids = rng.integers(3, 32000, int(off[-1]), dtype=np.int32)
-    labels = ids.copy()
-    pos = np.arange(int(off[-1]), dtype=np.int64) - np.repeat(off[:-1], lens)  # position within its sample
-    labels[pos < np.repeat(np.maximum(1, (lens * 3) // 10), lens)] = IGNORE
+    ids = np.empty(int(off[-1]), dtype=np.int32)
+    labels = np.empty_like(ids)
+    for a in range(0, n, 10_000):
+        b = min(a + 10_000, n)
+        t0, t1 = int(off[a]), int(off[b])
+        ids[t0:t1] = rng.integers(3, 32000, t1 - t0, dtype=np.int32)
+        labels[t0:t1] = ids[t0:t1]
+        block = lens[a:b]
+        pos = np.arange(t1 - t0, dtype=np.int64) - np.repeat(off[a:b] - t0, block)  # position in sample
+        labels[t0:t1][pos < np.repeat(np.maximum(1, (block * 3) // 10), block)] = IGNORE
     return off, ids, labels
 
 
@@ -88,16 +97,18 @@ def stage_score_parts(rank: int, world: int, args: dict[str, Any]) -> dict[str, 
             part = store.Part(k, phase, k * shard, offsets, v)
             info = {"n": len(samples), "tokens": int(offsets[-1]), "seconds": 0.0, "cpu_seconds": 0.0}
             store.write_part(out, part, info)
+    store.write_shard(out, rank, world, data.sample_ids, data.lengths, shard, "token_cleaning", True)
     return {}
 
 
-def stage_score_assemble(rank: int, world: int, args: dict[str, Any]) -> dict[str, Any]:
+def stage_score_index(rank: int, world: int, args: dict[str, Any]) -> dict[str, Any]:
     from tokenclean.scoring import store
     from tokenclean.scoring.run import PreparedData, merge_parts
 
     data = PreparedData(args["prep"])
     manifest = dict(json.loads((Path(args["store"]) / ".work" / "plan.json").read_text()))
     manifest.update(stage="score", prepared_dir=str(data.dir), prepared=data.manifest, synthetic=True)
+    manifest.update(num_shards=args["processes"])
     total = store.n_chunks(len(data), args["shard_size"])
     merge_parts(Path(args["store"]), data.sample_ids, data.lengths, manifest, total, time.time())
     return {}
@@ -125,13 +136,13 @@ def stage_select_stream(rank: int, world: int, args: dict[str, Any]) -> dict[str
     chunks = store_chunks(args["store"], args["prep"], int(rows[0]), int(rows[-1]) + 1)
     cut = stream_global(chunks, RATIO, comm)
     kept = sum(int(m.sum()) for m in cut.masks(chunks))
-    return {"kept": kept}
+    return {"kept": kept, "k": cut.k}
 
 
 STAGES: dict[str, tuple[Callable[[int, int, dict[str, Any]], dict[str, Any]], bool]] = {
     "prepare": (stage_prepare, False),  # (function, runs in P processes)
     "score_parts": (stage_score_parts, True),
-    "score_assemble": (stage_score_assemble, False),
+    "score_index": (stage_score_index, False),
     "select_memory": (stage_select_memory, False),
     "select_stream": (stage_select_stream, True),
 }
@@ -198,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(a.dir or tempfile.mkdtemp(prefix="bench-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     args = {
+        "processes": a.processes,
         "samples": a.samples,
         "mean_len": a.mean_length,
         "seed": a.seed,
@@ -236,11 +248,16 @@ def main(argv: list[str] | None = None) -> int:
                 "peak_rss_bytes_per_process": r["rss"],
                 "bytes": size,
             }
-            if name == "select_stream" and "select_memory" in result["stages"]:
+            if name == "select_stream":
                 kept = sum(o["kept"] for o in r["outputs"])
-                mem = json.loads((Path(args["cleaned"]) / "selection_stats.json").read_text())["kept_tokens"]
-                assert kept == mem, f"streaming kept {kept} tokens, in-memory select {mem}"
-                result["stages"][name]["kept_tokens_equal_select"] = True
+                assert all(o["k"] == kept for o in r["outputs"]), "the ranks disagree on k"
+                result["stages"][name]["kept_tokens"] = kept
+                if "select_memory" in result["stages"]:
+                    stats = json.loads((Path(args["cleaned"]) / "selection_stats.json").read_text())
+                    assert kept == stats["kept_tokens"], (
+                        f"streaming kept {kept}, select {stats['kept_tokens']}"
+                    )
+                    result["stages"][name]["kept_tokens_equal_select"] = True
             rss = ", ".join(f"{x / 2**30:.2f}" for x in r["rss"])
             print(
                 f"{name:15s} {r['seconds']:9.2f} s  {r['seconds'] * 1e9 / tokens:8.1f} ns/token  "
