@@ -44,7 +44,7 @@ def _score(a: argparse.Namespace) -> int:
     if not m.get("complete", True):
         print(
             f"shard {a.shard_index}/{a.num_shards} done; waiting for {len(m['missing_chunks'])} chunks of "
-            "other shards (the last process to finish assembles the store; re-run any shard to merge)"
+            "other shards (the last process to finish writes the store's index; re-run any shard to finish it)"
         )
         return 0
     c, t = m["counts"], m.get("timings", {})
