@@ -281,8 +281,3 @@ def to_yaml(obj: Any) -> str:
     import yaml
 
     return yaml.safe_dump(to_dict(obj), sort_keys=False)
-
-
-def help_text(cls: type) -> dict[str, str]:
-    """Field name -> its one-line docstring (for docs and ``--help``)."""
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}

@@ -341,16 +341,6 @@ def naive_token_signals(model: Any, batch: TokenBatch, want: Sequence[str] = ("l
     return {k: v for k, v in res.items() if k in want or k == "loss"}
 
 
-def prompt_mask_from_completion(
-    completion_mask: np.ndarray, attention: np.ndarray | None = None
-) -> np.ndarray:
-    """Prompt positions of one row: every real (attended) position that is not a response token. In
-    multi-turn data that is every user/system/template token, wherever it sits, never a count of labels."""
-    cm = np.asarray(completion_mask).astype(bool)
-    real = np.ones_like(cm) if attention is None else np.asarray(attention).astype(bool)
-    return real & ~cm
-
-
 __all__ = [
     "SIGNALS",
     "TokenBatch",

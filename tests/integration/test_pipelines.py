@@ -26,8 +26,8 @@ def adapter_state(path: Path) -> dict:
 
 def assert_schema(root: Path) -> None:
     """The run's summary.json holds only keys its schema declares, of their types, and the report reads it."""
-    from tokenclean.pipelines.summary import SCHEMA_VERSION, check_summary
     from tokenclean.report.runs import load_run
+    from tokenclean.summary import SCHEMA_VERSION, check_summary
 
     written = json.loads((root / "summary.json").read_text())
     assert written["schema_version"] == SCHEMA_VERSION
@@ -323,7 +323,7 @@ def _check_peer_report(root: Path, summary: dict) -> None:
     import re
     from html import unescape
 
-    from tokenclean.training.loop import counted_tokens
+    from tokenclean.training.counted import counted_tokens
 
     report = root / "report"
     assert (report / "figures" / "classes.png").is_file()

@@ -19,7 +19,7 @@ from typing import Any
 
 from tokenclean.pipelines import fixed_model
 from tokenclean.pipelines.stages import Run, eval_stage, prepare_pool, train_stage
-from tokenclean.training.distributed import rank_zero_first
+from tokenclean.runtime import rank_zero_first
 
 
 def _with_policy(run: Run, name: str, data: Path, policy: str, settings: dict[str, Any]) -> None:

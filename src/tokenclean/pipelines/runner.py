@@ -11,7 +11,7 @@ from tokenclean.pipelines import baselines, fixed_model, peers, self_evolving
 from tokenclean.pipelines.budget import self_evolving_updates
 from tokenclean.pipelines.config import RunConfig
 from tokenclean.pipelines.stages import Run, get_logger, open_run, prepare_pool, report_stage
-from tokenclean.training.distributed import rank_zero_only
+from tokenclean.runtime import rank_zero_only
 
 log = get_logger("pipeline")
 

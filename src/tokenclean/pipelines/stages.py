@@ -31,8 +31,8 @@ from tokenclean.outputs import (
     verify_input,
 )
 from tokenclean.pipelines.config import RunConfig
-from tokenclean.pipelines.summary import write_summary
-from tokenclean.training.distributed import rank_zero_first, rank_zero_only
+from tokenclean.runtime import rank_zero_first, rank_zero_only
+from tokenclean.summary import write_summary
 from tokenclean.utils import (
     atomic_dir,
     get_logger,
@@ -84,7 +84,7 @@ class Run:
 
     @rank_zero_only
     def save_summary(self) -> None:
-        """Write ``summary.json`` through its schema (:mod:`tokenclean.pipelines.summary`)."""
+        """Write ``summary.json`` through its schema (:mod:`tokenclean.summary`)."""
         write_summary(self.root, self.summary)
 
 
