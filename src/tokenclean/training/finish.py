@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from tokenclean.config import settings_dict
 from tokenclean.outputs import file_digests
 from tokenclean.training.checkpoint import CHECKPOINT, is_sharded
 from tokenclean.training.collate import steps_per_epoch
@@ -77,7 +78,7 @@ def done_record(run: TrainRun, state: TrainState) -> dict[str, Any]:
         "device": str(acc.device),
         "world_size": acc.num_processes,
         "distributed_type": str(acc.distributed_type).split(".")[-1],
-        "policy": {"name": cfg.policy, "settings": dict(cfg.policy_settings)},
+        "policy": {"name": cfg.policy, "settings": settings_dict(cfg.policy_settings)},
         "bf16": cfg.bf16,
         "torch_threads": torch.get_num_threads(),
         "versions": package_versions(),
