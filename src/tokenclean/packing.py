@@ -26,6 +26,7 @@ Use (training side, the same call)::
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -92,9 +93,11 @@ def make_packed_batch(
     pos = [np.asarray(p, dtype=np.int64) for p in positions]
     for p in pos:
         logit_positions(p)  # raises on position 0 (the alignment rule)
-    sample = np.concatenate([np.full(len(p), s, dtype=np.int64) for s, p in enumerate(pos)] or [np.zeros(0)])
-    local = np.concatenate(pos or [np.zeros(0)]).astype(np.int64)  # (N,)
-    sample = sample.astype(np.int64)  # (N,)
+    empty = np.zeros(0, dtype=np.int64)
+    sample = np.concatenate(
+        [np.full(len(p), s, dtype=np.int64) for s, p in enumerate(pos)] or [empty]
+    )  # (N,)
+    local = np.concatenate(pos or [empty])  # (N,)
     return TokenBatch(
         torch.from_numpy(ids),
         None,
@@ -141,12 +144,12 @@ def packing_works(model: Any, tol: float = 1e-3) -> bool:
     pos = [np.arange(1, len(x)) for x in samples]
     dev = head.weight.device
     packed = token_signals(model, make_packed_batch(samples, pos).to(dev))["loss"].float()
-    alone = torch.cat([token_signals(model, make_token_batch([x], [p]).to(dev))["loss"] for x, p in zip(samples, pos)])
+    alone = torch.cat(
+        [token_signals(model, make_token_batch([x], [p]).to(dev))["loss"] for x, p in zip(samples, pos)]
+    )
     ok = float((packed - alone.float()).abs().max()) <= tol
-    try:
+    with contextlib.suppress(AttributeError):  # a module that forbids new attributes: probe again next time
         model._tokenclean_packing_works = ok
-    except AttributeError:  # pragma: no cover - a module that forbids new attributes
-        pass
     return ok
 
 

@@ -56,7 +56,9 @@ def test_packed_equals_padded_naive_fp32(model, row_tokens) -> None:
     for k in want:
         for s in WANT:
             assert abs(got[k][s] - want[k][s]) < 1e-5, (k, s)
-    assert packed.input_ids.shape[0] == (1 if row_tokens is None else len(pack_rows([len(x) for x in ids], 40)))
+    assert packed.input_ids.shape[0] == (
+        1 if row_tokens is None else len(pack_rows([len(x) for x in ids], 40))
+    )
 
 
 def test_packed_naive_equals_padded_naive(model) -> None:
