@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tokenclean.config import DEFAULT_DEVICE, DEVICE_HELP, apply_overrides, from_dict, load_yaml, setting
+from tokenclean.config import (
+    ATTN_HELP,
+    DEFAULT_DEVICE,
+    DEVICE_HELP,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+    setting,
+)
 from tokenclean.errors import ConfigError
 from tokenclean.groundtruth.generator import PoolConfig
 from tokenclean.methods import get as get_method
@@ -56,6 +64,7 @@ class ModelConfig:
         default=None, metadata=_h("external reference model (same tokenizer); null = warm-up reference")
     )
     device: str = setting(DEFAULT_DEVICE, DEVICE_HELP)
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = setting("auto", ATTN_HELP)
 
 
 @dataclass(frozen=True)
@@ -63,8 +72,13 @@ class ScoringConfig:
     dtype: Literal["fp32", "bf16", "fp16", "auto"] = field(default="fp32", metadata=_h("scoring dtype"))
     batch_tokens: int | None = setting(
         None,
-        "padded tokens per scoring batch (null: 1024 on CPU, 16384 on CUDA; scores do not depend on it)",
+        "computed tokens per scoring batch (null: 1024 on CPU, 16384 on CUDA; scores do not depend on it)",
         bounds=">= 16",
+    )
+    packing: Literal["auto", "on", "off"] = setting(
+        "auto",
+        "padding-free packed batches (auto: where the attention is a varlen kernel, flash_attention_2; "
+        "on: also sdpa/eager, measured slower on CPU; off: length-sorted padded batches)",
     )
 
 

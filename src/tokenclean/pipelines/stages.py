@@ -107,9 +107,10 @@ def report_stage(root: Path, summary: dict[str, Any], tokenizer: Any = None) -> 
 def open_run(cfg: RunConfig) -> Run:
     import yaml
 
-    from tokenclean.models.loader import resolve_device
+    from tokenclean.models.loader import resolve_device, set_attn_implementation
 
     resolve_device(cfg.model.device)  # `device: cuda` without CUDA fails here, before any stage runs
+    set_attn_implementation(cfg.model.attn_implementation)  # every stage's load_model in this process
     root = Path(cfg.run_dir)
     root.mkdir(parents=True, exist_ok=True)
     resolved = to_dict(cfg)
@@ -258,6 +259,7 @@ def score_stage(
         dtype=run.cfg.scoring.dtype,
         device=run.cfg.model.device,
         batch_tokens=run.cfg.scoring.batch_tokens,
+        packing=run.cfg.scoring.packing,
         replace_stale=True,
     )
     return out
