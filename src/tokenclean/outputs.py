@@ -28,12 +28,12 @@ import functools
 import inspect
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from tokenclean.errors import ConfigError, TokencleanError
+from tokenclean.errors import ConfigError, OutputError
+from tokenclean.locks import LockError, lock_path, output_lock  # noqa: F401 (re-exported: one mechanism)
 from tokenclean.utils import CorruptFileError, get_logger, read_json, sha256_file, sha256_json
 
 log = get_logger("outputs")
@@ -52,10 +52,6 @@ PARTIAL = {"score": ".work/plan.json", "train": "checkpoint/state.json"}
 """What an unfinished output of the stages that write in place holds (resumable work)."""
 OWNER_FILE = ".tokenclean-output.json"
 """Written first into the outputs built in place (score, train), so an unfinished one is known as ours."""
-
-
-class OutputError(TokencleanError):
-    """An output directory cannot be written: foreign, in use, an input, damaged or not writable."""
 
 
 class StaleOutputError(OutputError, ConfigError):
@@ -156,83 +152,7 @@ def check_writable(out: Path) -> None:
         raise OutputError(f"cannot write --out {out}: no write permission on {p}")
 
 
-# ------------------------------------------------------------------------------------------------ locks
-
-_HELD: dict[str, int] = {}  # lock path -> depth, for this process (a stage inside a locked pipeline)
-
-
-def _launcher_rank() -> str:
-    """``rankN`` under a launcher with several processes (torchrun, accelerate launch), else ``""``: the
-    processes of one launched job write one output together, each under its own lock."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return f"rank{os.environ.get('RANK', '0')}"
-    return ""
-
-
-def lock_path(out: Path, tag: str = "") -> Path:
-    out = Path(out).resolve()
-    tag = ".".join(t for t in (tag, _launcher_rank()) if t)
-    return out.parent / f".{out.name}{'.' + tag if tag else ''}.lock"
-
-
-@contextlib.contextmanager
-def output_lock(out: str | Path, tag: str = "") -> Iterator[None]:
-    """Hold the exclusive lock of ``out`` (``tag`` separates locks that may be held together, e.g. score
-    shards); a second process gets :class:`OutputError` "in use by PID N". Re-entrant in one process.
-    Leftovers of an earlier writer that was killed (``.NAME.tmp-*``, ``.NAME.old-*``) are removed."""
-    path = lock_path(Path(out), tag)
-    key = str(path)
-    if key in _HELD:
-        _HELD[key] += 1
-        try:
-            yield
-        finally:
-            _HELD[key] -= 1
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(path, Path(out))
-    _HELD[key] = 1
-    try:
-        if not tag and not _launcher_rank():
-            _remove_debris(Path(out).resolve())
-        yield
-    finally:
-        del _HELD[key]
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        os.close(fd)  # closing releases the flock
-
-
-def _acquire(path: Path, out: Path) -> int:
-    import fcntl
-
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.read(fd, 64).decode(errors="replace").strip()
-            os.close(fd)
-            who = f"PID {pid}" if pid else "another process"
-            raise OutputError(
-                f"--out {out} is in use by {who} (another tokenclean process is writing it; lock {path}); "
-                "wait for it to finish or choose another --out"
-            ) from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:  # not unlinked by a writer that finished between our open and flock
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
-            return fd
-        os.close(fd)
-
-
-def _remove_debris(out: Path) -> None:
-    for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*"):
-        for p in out.parent.glob(pattern):
-            shutil.rmtree(p, ignore_errors=True)
+# ------------------------------------------------------------------------------------------------ owned
 
 
 def mark_owned(out: Path, kind: str) -> None:

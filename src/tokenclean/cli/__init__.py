@@ -74,6 +74,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TokencleanError as e:
         print(f"tokenclean {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a full disk or a failing device: one message naming the path, not a traceback
+        from tokenclean.utils import storage_error
+
+        what = storage_error(e)
+        if what is None:
+            raise
+        where = getattr(e, "filename", None) or "its output"
+        print(
+            f"tokenclean {args.command}: error: cannot write {where}: {what} ({e}); free space (or fix the "
+            "device) and re-run: finished work is kept and the command resumes",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("interrupted; finished work is saved and a re-run resumes", file=sys.stderr)
         return 130
