@@ -83,7 +83,13 @@ _DISK_ERRNOS = {
     errno.EIO: "input/output error (the device failed)",
     errno.EROFS: "read-only file system",
 }
-_DISK_TEXT = ("no space left on device", "disk quota exceeded", "file too large", "storagefull", "os error 28")
+_DISK_TEXT = (
+    "no space left on device",
+    "disk quota exceeded",
+    "file too large",
+    "storagefull",
+    "os error 28",
+)
 
 
 def storage_error(e: BaseException) -> str | None:
@@ -203,3 +209,16 @@ def apply_threads(requested: int | None) -> int:
         torch.set_num_threads(n)
     get_logger("threads").info("torch CPU threads: %d%s", n, "" if requested else " (auto: idle cores now)")
     return n
+
+
+_UNSAFE = {
+    **{c: f"\\x{c:02x}" for c in (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)},
+    **{c: f"\\u{c:04x}" for c in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))},
+}
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\x1b``, ``\\x07``, ``\\r``, C1
+    controls, bidirectional overrides), so user data printed to a terminal cannot move the cursor, clear
+    the screen, set the title or hide text; newlines and tabs stay."""
+    return text.translate(_UNSAFE)

@@ -199,7 +199,12 @@ def test_leftovers_of_a_killed_writer_are_removed_and_only_they(src: Path, tmp_p
     """Issue 21 case 6: only names atomic_dir writes are removed (a user's ``.out.old-mybackup`` stays), and
     a leftover symbolic link is unlinked without touching what it points to."""
     out = tmp_path / "out"
-    for name in (".out.tokenclean-tmp-abcd_123", ".out.tokenclean-old-12345", ".out.old-mybackup", ".out.tmp-abc"):
+    for name in (
+        ".out.tokenclean-tmp-abcd_123",
+        ".out.tokenclean-old-12345",
+        ".out.old-mybackup",
+        ".out.tmp-abc",
+    ):
         (tmp_path / name).mkdir()
         (tmp_path / name / "data-00000-of-00001.arrow").write_bytes(b"x")
     victim = tmp_path / "victim"

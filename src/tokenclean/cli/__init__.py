@@ -58,6 +58,21 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     return args
 
 
+def expand_argv(argv: Sequence[str]) -> list[str]:
+    """``~`` expanded once, here at the edge, in every argument that is a path: ``~/x``, ``--out=~/x`` and
+    ``key=~/x`` (a quoted ``'~/x'`` reaches tokenclean unexpanded by the shell). A ``~`` left after this
+    (an unknown ``~user``) is refused where the path is used, never expanded later by a library."""
+    from tokenclean.outputs import expand_user
+
+    out = []
+    for a in argv:
+        if "=" in a and not a.startswith("~"):
+            k, v = a.split("=", 1)
+            a = f"{k}={expand_user(v)}" if v.startswith("~") and v != "~" else a
+        out.append(expand_user(a))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # OpenMP threads that wait for work sleep instead of spinning (set before torch loads its OpenMP
     # runtime; OMP_WAIT_POLICY set by the user wins). Beside another busy job, spinning waits made scoring
@@ -66,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        args = _parse(build_parser(), argv)
+        args = _parse(build_parser(), expand_argv(sys.argv[1:] if argv is None else argv))
     except SystemExit as e:  # --help, --version, or a usage error already printed (a missing path: 2)
         return e.code if isinstance(e.code, int) else 2
     try:
