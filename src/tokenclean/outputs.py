@@ -246,7 +246,7 @@ def check_file_target(
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
             raise OutputError(f"--out {out}: {parent} is a file, not a directory")
-    check_writable(out)
+    check_writable(out.parent)  # a result file is replaced through its directory
     return out
 
 
