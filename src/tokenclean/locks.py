@@ -157,6 +157,8 @@ def _acquire(path: Path, out: Path) -> tuple[int, bool]:
         except OSError as e:
             if e.errno not in NO_FLOCK:
                 os.close(fd)
+                if created:
+                    path.unlink(missing_ok=True)
                 raise
             if created:  # O_EXCL made it ours: the file is the lock
                 _write(fd, f"{os.getpid()}@{socket.gethostname()}")
