@@ -116,7 +116,13 @@ def open_run(cfg: RunConfig) -> Run:
     resolved = to_dict(cfg)
     old = root / "config.yaml"
     if old.exists():
-        prev = yaml.safe_load(old.read_text())
+        try:
+            prev = yaml.safe_load(old.read_text())
+        except yaml.YAMLError:
+            prev = None
+        if not isinstance(prev, dict):  # damaged (the directory is a run's: check_run_dir said so)
+            log.warning("%s is not a config mapping; it is rewritten from this run's config", old)
+            prev = {}
         changed = sorted(k for k in resolved if prev.get(k) != resolved[k])
         if changed:
             log.warning(
