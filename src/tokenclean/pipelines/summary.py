@@ -127,6 +127,7 @@ class MethodEntry(TypedDict, total=False):
     adapter: str | None
     cleaned: str | None  # the (cleaned or prepared) data it trained on
     scores: str | None  # the score store behind ``cleaned``
+    score_stores: list[str]  # stores the method's score was computed from (TOSS: one per reference)
     round: int | None  # self-evolving: the last round
     eval: EvalResult | None
     recovery: Recovery | None
@@ -215,6 +216,7 @@ NOT_SHOWN: dict[str, str] = {
     "spans_removed": "a count behind decisive_dropped",
     "answer_tokens": "a count behind answer_loss",
     "exact": "per-question values behind exact_match",
+    "score_stores": "the budget counts them; the report reads the combined store (scores)",
 }
 """Declared keys the report does not read, and why (tests/unit/test_summary_schema.py checks that every
 other declared key is read by ``tokenclean.report``)."""

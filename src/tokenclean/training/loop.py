@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tokenclean.config import DEFAULT_DEVICE
+from tokenclean.config import DEFAULT_DEVICE, settings_dict
 from tokenclean.errors import ConfigError, DataError, ModelError, TokencleanError
 from tokenclean.models.loader import (
     ModelSpec,
@@ -590,7 +590,7 @@ def _done_record(
         "device": str(acc.device),
         "world_size": acc.num_processes,
         "distributed_type": str(acc.distributed_type).split(".")[-1],
-        "policy": {"name": cfg.policy, "settings": dict(cfg.policy_settings)},
+        "policy": {"name": cfg.policy, "settings": settings_dict(cfg.policy_settings)},
         "bf16": cfg.bf16,
         "torch_threads": torch.get_num_threads(),
         "versions": package_versions(),
