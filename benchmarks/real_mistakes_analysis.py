@@ -34,7 +34,7 @@ NOISE = ("mistake", "after")
 RATIO = 0.6
 
 
-def load(refs: Path, run: Path, seeds: list[int]) -> tuple[list[str], dict[str, Any], dict[str, list]]:
+def load(refs: Path, run: Path, seeds: list[int], names: list[str]) -> tuple[list[str], dict[str, Any], dict[str, list]]:
     """(ids, truth {labels, decisive, names}, losses {ref name: per seed: {base, ref} per sample})."""
     import datasets
 
@@ -45,7 +45,7 @@ def load(refs: Path, run: Path, seeds: list[int]) -> tuple[list[str], dict[str, 
     tt = load_user_truth(data / "truth.jsonl", data / "data.jsonl", run / "data" / "pool", load_tokenizer("smollm2"))
     losses: dict[str, list] = {}
     ids: list[str] = []
-    for ref in ("noisy", "clean"):
+    for ref in names:
         losses[ref] = []
         for s in seeds:
             base, rl = {}, {}
@@ -185,10 +185,11 @@ def main() -> None:
     ap.add_argument("--refs", default="runs/rm-refs")
     ap.add_argument("--run", default="runs/real-mistakes/seed_0")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--refs-names", default="noisy,clean")
     ap.add_argument("--out", default="runs/rm-refs/analysis.json")
     a = ap.parse_args()
     seeds = [int(x) for x in a.seeds.split(",")]
-    ids, truth, lo = load(Path(a.refs), Path(a.run), seeds)
+    ids, truth, lo = load(Path(a.refs), Path(a.run), seeds, a.refs_names.split(","))
     per_seed = [signals(lo, truth, i) for i in range(len(seeds))]
     print(f"{len(ids)} traces (splits 1-2), seeds {seeds}; keep ratio {RATIO}; mean [95% interval]")
     res: dict[str, Any] = {}
