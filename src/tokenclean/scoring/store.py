@@ -3,24 +3,27 @@
 Layout of ``OUT`` while a run is in progress (or was killed)::
 
     OUT/.work/plan.json               what is being computed (run key); a resume must match it
-    OUT/.work/chunk-00012.base.npz    base losses of samples [12*S, 13*S) in prepared order (S = shard_size)
+    OUT/.work/chunk-00012.base.npz    base losses of chunk 12: the samples at [12*S, 13*S) of the global
+                                      length order (longest first; S = shard_size), their prepared rows
     OUT/.work/chunk-00012.base.json   completion marker: written after the .npz, holds its SHA-256
     OUT/.work/chunk-00012.ref.npz     reference losses of the same samples (+ .ref.json marker)
-    OUT/.work/data-00001-of-00004.arrow   process 1's rows, streamed from its parts (+ shard-00001-of-00004.json)
+    OUT/.work/data-00001-of-00004.arrow   process 1's block of prepared rows (+ shard-00001-of-00004.json)
 
 Every file is written to a temporary name, fsynced and moved into place with ``os.replace``; a part counts
 as done only when its marker exists and the hash matches, so a run killed at any moment never reads a
 partial file. A restart recomputes exactly the parts without a valid marker, with the same chunk
 boundaries and batching, so it ends with bit-identical scores.
 
-Process ``i`` of ``n`` owns a contiguous block of chunks (:func:`my_chunks`); when its parts are done it
-streams them, one chunk in memory at a time, into its own Arrow data file (:func:`write_shard`, hashed once,
-by the process that wrote it; the hash goes into its marker). Whichever process finds every part done (rank
-0 after the barrier under a launcher) writes the missing data files, if any, and the index: the data files
-moved into ``OUT`` in row order, ``state.json`` and ``dataset_info.json`` (so ``datasets.load_from_disk``
-reads the store as one dataset), and ``OUT/manifest.json`` last, with the size and SHA-256 of every file
-taken from the markers, not re-read. No process ever holds the whole store. ``.work`` is removed at the end.
-A store written by an older tokenclean (one data file) is read the same way.
+Chunk ``k`` belongs to process ``k % num_shards``. When every part is done, process ``i`` of ``n`` writes
+its own Arrow data file (:func:`write_shard`): the prepared rows ``[i*N/n, (i+1)*N/n)`` gathered from the
+parts, in blocks of at most :data:`MAX_BLOCK_TOKENS` positions (one part in memory at a time besides the
+block), hashed once by the process that wrote it (the hash goes into its marker). Then one process (rank 0
+under a launcher; without one, the process that finds every part done, under a file lock, after writing the
+data files nobody wrote) writes the index: the data files moved into ``OUT`` in row order, ``state.json`` and
+``dataset_info.json`` (so ``datasets.load_from_disk`` reads the store as one dataset), and
+``OUT/manifest.json`` last, the completion mark, with the size and SHA-256 of every file taken from the
+markers, not re-read. No process holds the whole store. ``.work`` is removed at the end. A store written by
+an older tokenclean (one data file) is read the same way.
 """
 
 from __future__ import annotations
@@ -60,13 +63,27 @@ PHASES = ("base", "ref")
 
 @dataclass(frozen=True)
 class Part:
-    """One model's losses on a contiguous range of prepared samples, flat and aligned to positions."""
+    """One model's losses on a chunk of prepared samples, flat and aligned to positions."""
 
     k: int  # chunk number
     phase: str  # "base" or "ref"
-    start: int  # first prepared row
+    rows: np.ndarray  # (n,) int64 prepared rows of the chunk's samples, in the order of ``offsets``
     offsets: np.ndarray  # (n + 1,) int64 offsets into ``values``
     values: np.ndarray  # (sum of lengths,) float32 losses, NaN where not scored
+
+
+def length_order(lengths: np.ndarray) -> np.ndarray:
+    """Prepared rows sorted by length, longest first, ties by row (deterministic). Shape (n,).
+
+    Chunks are runs of this order, so a chunk holds samples of similar length and its batches pad little
+    (a sort inside each chunk of prepared order left ~40% padding at large ``batch_tokens``)."""
+    lengths = np.asarray(lengths)
+    return np.lexsort((np.arange(len(lengths)), -lengths))
+
+
+def chunk_rows(lengths: np.ndarray, shard_size: int, k: int) -> np.ndarray:
+    """Prepared rows of chunk ``k``: ``length_order(lengths)[k * S : (k + 1) * S]``. Shape (<= S,)."""
+    return length_order(lengths)[k * shard_size : (k + 1) * shard_size]
 
 
 def work_dir(out: Path) -> Path:
@@ -83,12 +100,10 @@ def n_chunks(n_samples: int, shard_size: int) -> int:
 
 
 def my_chunks(n_samples: int, shard_size: int, shard_index: int, num_shards: int) -> list[int]:
-    """The chunks process ``shard_index`` of ``num_shards`` computes: a contiguous block (disjoint, together
-    all of them, in order), so its data file holds consecutive rows."""
+    """The chunks process ``shard_index`` of ``num_shards`` computes (disjoint, together all of them)."""
     if not 0 <= shard_index < num_shards:
         raise StoreError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
-    total = n_chunks(n_samples, shard_size)
-    return list(range(shard_index * total // num_shards, (shard_index + 1) * total // num_shards))
+    return [k for k in range(n_chunks(n_samples, shard_size)) if k % num_shards == shard_index]
 
 
 def _is_store_file(rel: str) -> bool:
@@ -181,14 +196,14 @@ def write_part(out: Path, part: Part, info: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=npz.parent, prefix=f".{npz.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, offsets=part.offsets, values=part.values, start=np.int64(part.start))
+            np.savez(f, offsets=part.offsets, values=part.values, rows=np.asarray(part.rows, np.int64))
         _fsync_replace(tmp, npz)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     write_json_atomic(
-        marker, dict(info, k=part.k, phase=part.phase, start=part.start, sha256=sha256_file(npz))
+        marker, dict(info, k=part.k, phase=part.phase, n_rows=len(part.rows), sha256=sha256_file(npz))
     )
 
 
@@ -206,7 +221,7 @@ def part_done(out: Path, k: int, phase: str) -> bool:
 def read_part(out: Path, k: int, phase: str) -> Part:
     npz, _ = part_paths(out, k, phase)
     with np.load(npz) as z:
-        return Part(k, phase, int(z["start"]), z["offsets"], z["values"])
+        return Part(k, phase, z["rows"], z["offsets"], z["values"])
 
 
 def read_markers(out: Path, total: int, phases: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -240,36 +255,89 @@ def score_features() -> Any:
     )
 
 
-def _chunk_table(
-    out: Path, k: int, sample_ids: list[str], lengths: np.ndarray, scorer: str, with_ref: bool
-) -> tuple[Any, dict[str, int]]:
-    """Chunk ``k``'s rows of the store (from its parts) as a pyarrow Table, and its position counts."""
-    import pyarrow as pa
+MAX_BLOCK_TOKENS = 1 << 27  # positions of a data file gathered per pass over the parts (~0.5 GB per column)
 
-    flat = {}
-    for phase in PHASES if with_ref else ("base",):
+
+def _gather_block(out: Path, lo: int, hi: int, lengths: np.ndarray, total: int, phase: str) -> np.ndarray:
+    """Values of prepared rows ``[lo, hi)`` in prepared order from every chunk's part (one part in memory
+    at a time). Shape (sum of the rows' lengths,)."""
+    want = np.asarray(lengths[lo:hi], np.int64)  # (m,)
+    starts = np.concatenate([[0], np.cumsum(want)]).astype(np.int64)  # (m+1,) block offsets
+    values = np.full(int(starts[-1]), np.nan, dtype=np.float32)
+    seen = np.zeros(hi - lo, dtype=np.int64)
+    for k in range(total):
         part = read_part(out, k, phase)
-        if not np.array_equal(np.diff(part.offsets), lengths):
+        rows = np.asarray(part.rows, np.int64)  # (n,) chunk order
+        got = np.diff(part.offsets)  # (n,)
+        if not np.array_equal(got, lengths[rows]):
             raise StoreError(
                 f"{work_dir(out)}: {phase} chunk {k} lengths do not match the prepared input_ids"
             )
-        flat[phase] = part.values  # (T_k,)
-    base = flat["base"]
-    ref = flat.get("ref", np.full_like(base, np.nan))
+        inside = np.flatnonzero((rows >= lo) & (rows < hi))
+        if inside.size == 0:
+            continue
+        r = rows[inside] - lo  # (j,) rows in the block
+        seen[r] += 1
+        n = got[inside]
+        src = np.repeat(part.offsets[inside], n) + _within(n)  # (sum n,) positions in the part
+        dst = np.repeat(starts[r], n) + _within(n)  # (sum n,) positions in the block
+        values[dst] = part.values[src]
+    if np.any(seen != 1):
+        raise StoreError(f"{work_dir(out)}: {phase} chunks do not hold every prepared sample exactly once")
+    return values
+
+
+def _within(n: np.ndarray) -> np.ndarray:
+    """Position of each element within its run, for runs of lengths ``n``: (sum n,) int64."""
+    n = np.asarray(n, np.int64)
+    return np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
+
+
+def _blocks(lengths: np.ndarray, lo: int, hi: int) -> list[tuple[int, int]]:
+    """Row blocks of ``[lo, hi)`` holding at most ``MAX_BLOCK_TOKENS`` positions each (at least one row)."""
+    out, a = [], lo
+    csum = np.concatenate([[0], np.cumsum(np.asarray(lengths[lo:hi], np.int64))])
+    while a < hi:
+        b = lo + int(np.searchsorted(csum, csum[a - lo] + MAX_BLOCK_TOKENS, side="right")) - 1
+        b = min(max(b, a + 1), hi)
+        out.append((a, b))
+        a = b
+    return out
+
+
+def _block_table(
+    out: Path,
+    lo: int,
+    hi: int,
+    sample_ids: list[str],
+    lengths: np.ndarray,
+    total: int,
+    scorer: str,
+    with_ref: bool,
+) -> tuple[Any, dict[str, int]]:
+    """Prepared rows ``[lo, hi)`` of the store as a pyarrow Table, and their position counts."""
+    import pyarrow as pa
+
+    base = _gather_block(out, lo, hi, lengths, total, "base")
+    ref = _gather_block(out, lo, hi, lengths, total, "ref") if with_ref else np.full_like(base, np.nan)
     mask = ~np.isnan(base)
-    score = get_scorer(scorer)(base, ref, mask)  # (T_k,) per position
+    score = get_scorer(scorer)(base, ref, mask)  # per position
+    n = lengths[lo:hi]
     table = pa.table(
         {
-            "sample_id": pa.array(sample_ids, pa.string()),
-            "base_loss": list_array(base, lengths, pa.float32()),
-            "ref_loss": list_array(ref, lengths, pa.float32()),
-            "score": list_array(score, lengths, pa.float32()),
+            "sample_id": pa.array(sample_ids[lo:hi], pa.string()),
+            "base_loss": list_array(base, n, pa.float32()),
+            "ref_loss": list_array(ref, n, pa.float32()),
+            "score": list_array(score, n, pa.float32()),
         }
     )
-    return table.cast(score_features().arrow_schema), {
-        "scored_positions": int(mask.sum()),
-        "total_positions": int(base.size),
-    }
+    counts = {"scored_positions": int(mask.sum()), "total_positions": int(base.size)}
+    return table.cast(score_features().arrow_schema), counts
+
+
+def shard_rows(n_samples: int, index: int, num: int) -> tuple[int, int]:
+    """The prepared rows ``[lo, hi)`` of process ``index``'s data file (contiguous, in order)."""
+    return index * n_samples // num, (index + 1) * n_samples // num
 
 
 def shard_paths(out: Path, index: int, num: int) -> tuple[Path, Path]:
@@ -298,27 +366,28 @@ def write_shard(
     num: int,
     sample_ids: list[str],
     lengths: np.ndarray,
-    shard_size: int,
+    total: int,
     scorer: str,
     with_ref: bool,
 ) -> dict[str, Any]:
-    """Stream process ``index``'s chunks (every part done) into its data file, one chunk in memory at a
-    time; hash it once and write its marker. Returns the marker."""
+    """Write process ``index``'s data file: its contiguous block of prepared rows (:func:`shard_rows`),
+    gathered from the ``total`` chunks' parts (every part done) in blocks of at most ``MAX_BLOCK_TOKENS``
+    positions; hash it once and write its marker. Returns the marker."""
     from datasets.arrow_writer import ArrowWriter
 
     path, marker = shard_paths(out, index, num)
-    chunks = my_chunks(len(sample_ids), shard_size, index, num)
-    counts = {"rows": 0, "scored_positions": 0, "total_positions": 0}
-    info: dict[str, Any] = {"index": index, "num": num, "chunks": chunks, "file": None}
-    if chunks:
+    lengths = np.asarray(lengths, np.int64)
+    lo, hi = shard_rows(len(sample_ids), index, num)
+    counts = {"rows": hi - lo, "scored_positions": 0, "total_positions": 0}
+    info: dict[str, Any] = {"index": index, "num": num, "rows_range": [lo, hi], "file": None}
+    if hi > lo:
         tmp = path.with_name(f".{path.name}.tmp")
         writer = ArrowWriter(features=score_features(), path=str(tmp))
         try:
-            for k in chunks:
-                a, b = k * shard_size, min((k + 1) * shard_size, len(sample_ids))
-                table, c = _chunk_table(out, k, sample_ids[a:b], lengths[a:b], scorer, with_ref)
+            for a, b in _blocks(lengths, lo, hi):
+                table, c = _block_table(out, a, b, sample_ids, lengths, total, scorer, with_ref)
                 writer.write_table(table)
-                counts = {"rows": counts["rows"] + b - a, **{n: counts[n] + c[n] for n in c}}
+                counts.update({n: counts[n] + c[n] for n in c})
             writer.finalize()
         finally:
             writer.close()

@@ -259,7 +259,7 @@ def select_many(
             "prep": inputs["prepared"],
         }
         key = sha256_json(identity)
-        reused = reusable_selection(Path(o), identity, key, force, replace_stale)
+        reused = reusable_selection(Path(o), identity, force, replace_stale)
         jobs.append((settings, key, identity, Path(o), reused))
     if all(j[4] is not None for j in jobs):
         return [j[4] for j in jobs]  # type: ignore[misc]
@@ -271,6 +271,14 @@ def select_many(
             str(scores_dir),
             f"every one of the {scores.size} response-token scores (column '{column}') is NaN: the store "
             "holds no usable score, whatever the level; re-run tokenclean score (with --force)",
+            field=column,
+        )
+    if weights is not None and scores.size and not np.isfinite(scores).any():
+        n_inf = int(np.isinf(scores).sum())
+        raise DataError(
+            str(scores_dir),
+            f"no response-token score (column '{column}') is finite ({n_inf} are +-inf, the rest NaN): soft "
+            "weights place their cut between finite scores; re-run tokenclean score, or select without --weights",
             field=column,
         )
     results = []

@@ -163,8 +163,8 @@ def soft_weights(scores: np.ndarray, hard_keep: np.ndarray, temperature: float) 
     selection ``hard_keep``, so a token at the cut gets ~0.5, the hard-kept tokens mostly above it and the
     dropped ones below; ``temperature`` (nats of score) sets how soft the cut is (-> 0: the hard selection).
     Unscored (NaN) tokens get 0. The training loss is then ``sum w*l / sum w`` (policy ``weights``)."""
-    ok = ~np.isnan(scores)
-    kept, dropped = scores[hard_keep & ok], scores[~hard_keep & ok]
+    finite = np.isfinite(scores)  # the cut sits between finite scores; +-inf get weight 1 / 0
+    kept, dropped = scores[hard_keep & finite], scores[~hard_keep & finite]
     lowest_kept = float(kept.min()) if kept.size else None
     highest_dropped = float(dropped.max()) if dropped.size else None
     return sigmoid_weights(scores, soft_cut(lowest_kept, highest_dropped), temperature)
@@ -182,6 +182,7 @@ def soft_cut(lowest_kept: float | None, highest_dropped: float | None) -> float:
 
 def sigmoid_weights(scores: np.ndarray, tau: float, temperature: float) -> np.ndarray:
     """``sigmoid((score - tau) / temperature)``, 0 where the score is NaN: (N,) float32."""
-    z = (scores.astype(np.float64) - tau) / temperature
+    with np.errstate(invalid="ignore"):  # NaN scores: weight 0 below
+        z = (scores.astype(np.float64) - tau) / temperature
     w = 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
     return np.where(~np.isnan(scores), w, 0.0).astype(np.float32)

@@ -114,13 +114,9 @@ def write_selection(
     return stats
 
 
-def reusable_selection(
-    out: Path, identity: dict, key: str, force: bool, replace_stale: bool
-) -> dict[str, Any] | None:
+def reusable_selection(out: Path, identity: dict, force: bool, replace_stale: bool) -> dict[str, Any] | None:
     """The stats of ``out`` when it already holds this selection (files verified), else None."""
-    old = decide(
-        out, "select", identity, force=force, replace_stale=replace_stale, legacy_key=("cache_key", key)
-    )
+    old = decide(out, "select", identity, force=force, replace_stale=replace_stale)
     if old is None:
         return None
     return dict(read_json(out / "selection_stats.json"), reused=True)

@@ -195,9 +195,10 @@ def stream_soft_tau(chunks: Chunks, cut: GlobalCut, comm: Comm | None = None) ->
     for c in chunks():
         keep, seen = cut.mask(c, seen)
         key = keys32(c)
-        if keep.any():
-            largest_kept_key = max(largest_kept_key, int(key[keep].max()))
-        dropped = key[~keep & (key != NAN_KEY)]
+        finite = np.isfinite(c)  # the cut sits between finite scores, as in soft_weights
+        if (keep & finite).any():
+            largest_kept_key = max(largest_kept_key, int(key[keep & finite].max()))
+        dropped = key[~keep & finite]
         if dropped.size:
             smallest_dropped_key = min(smallest_dropped_key, int(dropped.min()))
     lowest_kept = -comm.min(-float(largest_kept_key))

@@ -209,7 +209,7 @@ def xtf_select(
     t0, prep, out = time.time(), Path(prepared_dir), Path(out)
     identity = {"xtf": asdict(settings), "base": base, "dtype": dtype, "prep": sha256_tree(prep)}
     key = sha256_json(identity)
-    reused = reusable_selection(out, identity, key, force, replace_stale)
+    reused = reusable_selection(out, identity, force, replace_stale)
     if reused is not None:
         return reused
     table = load_prepared_table(prep)
