@@ -22,6 +22,7 @@ import pytest
 import tokenclean
 from tokenclean import columns
 from tokenclean.data.prepare import prepare
+from tokenclean.methods.online_rho1 import load_reference_losses
 from tokenclean.report.runs import View
 from tokenclean.report.tokens import load_token_arrays
 from tokenclean.scoring.run import score_dataset
@@ -29,7 +30,6 @@ from tokenclean.selection import select
 from tokenclean.testing import make_tiny_llama
 from tokenclean.testing.tiny import tiny_corpus
 from tokenclean.training.data import load_train_data
-from tokenclean.training.policies import load_reference_losses
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,13 +12,14 @@ import pytest
 
 from tokenclean import IGNORE_INDEX
 from tokenclean.errors import DataError
+from tokenclean.methods.sstoken import top_per_sample
 from tokenclean.selection import select
 from tokenclean.selection.levels import GlobalTopK, SoftWeights, selector_for, settings
 from tokenclean.selection.masks import n_keep, select_global
 from tokenclean.selection.selector import Selection, Selector, write_selection
 from tokenclean.selection.table import load_token_table
 from tokenclean.testing.stores import write_prepared, write_score_store
-from tokenclean.training.policies import top_k_over_ranks, top_per_sample
+from tokenclean.training.policies import top_k_over_ranks
 
 X = IGNORE_INDEX
 IDS = [[1, 2, 3, 4, 5], [6, 7, 8], [9, 10, 11, 12]]
