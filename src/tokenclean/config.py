@@ -193,6 +193,15 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
     return obj
 
 
+def settings_dict(settings: Any) -> dict[str, Any]:
+    """A JSON-able mapping of a settings dataclass (tuples as lists); a mapping is copied; None is empty."""
+    if settings is None:
+        return {}
+    if isinstance(settings, Mapping):
+        return dict(settings)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+
+
 def check_fields(obj: Any, prefix: str = "") -> None:
     """Check (and normalise in place: list -> tuple, int -> float) every field of a frozen dataclass
     instance, as :func:`from_dict` does; for ``__post_init__`` of settings also built in code."""
@@ -289,8 +298,3 @@ def to_yaml(obj: Any) -> str:
     import yaml
 
     return yaml.safe_dump(to_dict(obj), sort_keys=False)
-
-
-def help_text(cls: type) -> dict[str, str]:
-    """Field name -> its one-line docstring (for docs and ``--help``)."""
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}

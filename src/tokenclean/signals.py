@@ -11,6 +11,8 @@ logits at ``j - 1``):
 - ``prob``: ``P(x_j | x_<j) = exp(-loss)``;
 - ``entropy``: entropy (nats) of the predictive distribution at ``j - 1``;
 - ``hit``: whether the greedy (argmax) prediction at ``j - 1`` is ``x_j``;
+- ``topk_entropy:K``: entropy (nats) of the softmax over the ``K`` largest logits at ``j - 1`` (EAFT's
+  approximation of the entropy; ``K`` an integer, e.g. ``topk_entropy:20``);
 - ``attn``: the last decoder layer's attention *of token j* (query ``j``) to the prompt positions of its row
   (``prompt_mask``), averaged over heads. Computed by a forward pre-hook on that one attention module which
   recomputes its query/key projections for the asked rows only; never ``output_attentions=True``.
@@ -35,7 +37,27 @@ import numpy as np
 
 from tokenclean.alignment import logit_positions
 
-SIGNALS = ("loss", "prob", "entropy", "hit", "attn")
+PLAIN_SIGNALS = ("loss", "prob", "entropy", "hit", "attn")
+SIGNALS = (*PLAIN_SIGNALS, "topk_entropy:K")
+
+
+def _topk_of(name: str) -> int | None:
+    """``K`` of a ``topk_entropy:K`` signal name, else None."""
+    base, _, k = name.partition(":")
+    return int(k) if base == "topk_entropy" and k.isdigit() and int(k) > 0 else None
+
+
+def _unknown(want: frozenset[str]) -> list[str]:
+    return sorted(w for w in want if w not in PLAIN_SIGNALS and _topk_of(w) is None)
+
+
+def _topk_entropy(logits: Any, k: int) -> Any:
+    """Entropy of the softmax over the ``k`` largest of ``logits`` (C, V) -> (C,), no grad."""
+    top = logits.detach().topk(min(k, logits.shape[-1]), dim=-1).values  # (C, k)
+    lp = top.log_softmax(-1)  # (C, k)
+    return -(lp.exp() * lp).sum(-1)
+
+
 DEFAULT_CHUNK_ROWS = 256  # LM-head rows per chunk: 256 x vocab fp32 logits (49k vocab: 50 MB)
 # attention implementations that read packed samples from the position_ids of a single row (varlen kernels)
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn")
@@ -173,7 +195,9 @@ def _head_signals(head: Any, inner: Any, h: Any, tgt: Any, want: frozenset[str],
     """Loss (and entropy/hit on request) of the ``N`` rows of ``h`` (N, H) against ``tgt`` (N,), chunked."""
     import torch
 
-    parts: dict[str, list[Any]] = {k: [] for k in ("loss", "entropy", "hit") if k in want or k == "loss"}
+    topk = {w: k for w in want if (k := _topk_of(w)) is not None}
+    keys = ("loss", "entropy", "hit", *topk)
+    parts: dict[str, list[Any]] = {k: [] for k in keys if k in want or k == "loss"}
     for lo in range(0, len(tgt), chunk_rows):
         logits = head_transform(inner, head(h[lo : lo + chunk_rows]).float())  # (C, V) fp32
         t = tgt[lo : lo + chunk_rows, None]  # (C, 1)
@@ -185,6 +209,8 @@ def _head_signals(head: Any, inner: Any, h: Any, tgt: Any, want: frozenset[str],
                 parts["entropy"].append(-(logp.exp() * logp).sum(-1))  # (C,)
         if "hit" in want:
             parts["hit"].append(logits.detach().argmax(-1) == t.squeeze(1))  # (C,)
+        for name, k in topk.items():
+            parts[name].append(_topk_entropy(logits, k))  # (C,)
     out = {k: torch.cat(v) if v else torch.empty(0, device=h.device) for k, v in parts.items()}
     if "prob" in want:
         out["prob"] = torch.exp(-out["loss"].detach())
@@ -306,9 +332,9 @@ def signal_model(model: Any) -> Any:
 def _compute(model: Any, batch: TokenBatch, want: frozenset[str], chunk_rows: int) -> dict[str, Any]:
     import torch
 
-    bad = want - set(SIGNALS)
+    bad = _unknown(want)
     if bad:
-        raise ValueError(f"unknown signal(s) {sorted(bad)}; valid: {', '.join(SIGNALS)}")
+        raise ValueError(f"unknown signal(s) {bad}; valid: {', '.join(SIGNALS)}")
     decoder, head, inner = model_parts(model)
     b, t = batch.input_ids.shape
     position_ids = batch.position_ids
@@ -384,21 +410,16 @@ def naive_token_signals(model: Any, batch: TokenBatch, want: Sequence[str] = ("l
         res["prob"] = res["loss"].neg().exp()
         res["entropy"] = -(lp.exp() * lp).sum(-1)
         res["hit"] = lp.argmax(-1) == batch.targets
+        for w in want:
+            if (k := _topk_of(w)) is not None:  # softmax over the k largest logits, entropy in full
+                top = lp.topk(min(k, lp.shape[-1]), dim=-1).values  # (N, k); log_softmax keeps the order
+                q = torch.softmax(top, -1)
+                res[w] = -(q * torch.log(q)).sum(-1)
         if "attn" in want:
             a = out.attentions[-1].float().mean(1)  # (B, T, T) last layer, mean over heads (packed: masked)
             row = a[batch.rows, batch.pos]  # (N, T) attention of token j
             res["attn"] = (row * batch.prompt_mask[batch.rows].float()).sum(-1)
     return {k: v for k, v in res.items() if k in want or k == "loss"}
-
-
-def prompt_mask_from_completion(
-    completion_mask: np.ndarray, attention: np.ndarray | None = None
-) -> np.ndarray:
-    """Prompt positions of one row: every real (attended) position that is not a response token. In
-    multi-turn data that is every user/system/template token, wherever it sits, never a count of labels."""
-    cm = np.asarray(completion_mask).astype(bool)
-    real = np.ones_like(cm) if attention is None else np.asarray(attention).astype(bool)
-    return real & ~cm
 
 
 __all__ = [

@@ -178,6 +178,8 @@ def existing(what: str) -> Callable[[str], str]:
     """An argparse ``type`` that fails at once (before heavy imports) when the path does not exist."""
 
     def check(value: str) -> str:
+        if not value.strip():
+            raise argparse.ArgumentTypeError(f"empty path; give a {what}")
         if not Path(value).exists():
             raise argparse.ArgumentTypeError(f"{value}: no such {what}")
         return value

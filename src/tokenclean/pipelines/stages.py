@@ -31,8 +31,8 @@ from tokenclean.outputs import (
     verify_input,
 )
 from tokenclean.pipelines.config import RunConfig
-from tokenclean.pipelines.summary import write_summary
-from tokenclean.training.distributed import rank_zero_first, rank_zero_only
+from tokenclean.runtime import rank_zero_first, rank_zero_only
+from tokenclean.summary import write_summary
 from tokenclean.utils import (
     atomic_dir,
     get_logger,
@@ -84,7 +84,7 @@ class Run:
 
     @rank_zero_only
     def save_summary(self) -> None:
-        """Write ``summary.json`` through its schema (:mod:`tokenclean.pipelines.summary`)."""
+        """Write ``summary.json`` through its schema (:mod:`tokenclean.summary`)."""
         write_summary(self.root, self.summary)
 
 
@@ -116,7 +116,13 @@ def open_run(cfg: RunConfig) -> Run:
     resolved = to_dict(cfg)
     old = root / "config.yaml"
     if old.exists():
-        prev = yaml.safe_load(old.read_text())
+        try:
+            prev = yaml.safe_load(old.read_text())
+        except yaml.YAMLError:
+            prev = None
+        if not isinstance(prev, dict):  # damaged (the directory is a run's: check_run_dir said so)
+            log.warning("%s is not a config mapping; it is rewritten from this run's config", old)
+            prev = {}
         changed = sorted(k for k in resolved if prev.get(k) != resolved[k])
         if changed:
             log.warning(

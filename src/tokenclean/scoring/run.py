@@ -261,7 +261,7 @@ def score_dataset(
 def _launched_group(num_shards: int, device: str) -> Any:
     """The accelerate ``PartialState`` when this process was started by a launcher with several processes
     (and no explicit ``--num-shards``), else None."""
-    from tokenclean.training.distributed import launched_world
+    from tokenclean.runtime import launched_world
 
     if launched_world()[1] <= 1 or num_shards != 1:
         return None
