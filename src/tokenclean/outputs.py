@@ -397,15 +397,13 @@ def decide(
     reusable: bool = True,
     marker: str | None = None,
     identity_key: str = "identity",
-    legacy_key: tuple[str, str] | None = None,
 ) -> dict[str, Any] | None:
     """Whether ``out`` (checked by :func:`check_target`, locked) can be reused for ``identity``.
 
     Returns the old marker when ``out`` holds a verified output of this identity (reuse); None when it is
     to be (re)computed: nothing there, ``force``, a damaged output of the same identity, or a stale one
     with ``replace_stale``. A stale output without either raises :class:`OutputError` naming what differs.
-    The log says which, and why. ``legacy_key`` (field, value): a marker written before identities were
-    recorded counts as the same identity when its field equals the value (its files still get checked)."""
+    The log says which, and why."""
     path = Path(out) / (marker or MARKERS[kind])
     if not path.is_file():
         return None
@@ -414,8 +412,7 @@ def decide(
     if force:
         log.info("recomputing %s (--force)", out)
         return None
-    legacy = legacy_key is not None and identity_key not in old and old.get(legacy_key[0]) == legacy_key[1]
-    if old.get(identity_key) == identity or legacy:
+    if old.get(identity_key) == identity:
         if not reusable:
             log.info("recomputing %s: its input cannot be hashed (a Hub dataset), so it is never reused", out)
             return None

@@ -21,7 +21,7 @@ def _print_report(summary: dict) -> None:
 
 
 def _not_rank0() -> bool:
-    from tokenclean.training.distributed import launched_world
+    from tokenclean.runtime import launched_world
 
     return launched_world()[0] != 0  # under a launcher rank 0 prints
 

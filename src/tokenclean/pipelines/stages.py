@@ -31,8 +31,8 @@ from tokenclean.outputs import (
     verify_input,
 )
 from tokenclean.pipelines.config import RunConfig
-from tokenclean.pipelines.summary import write_summary
-from tokenclean.training.distributed import rank_zero_first, rank_zero_only
+from tokenclean.runtime import rank_zero_first, rank_zero_only
+from tokenclean.summary import write_summary
 from tokenclean.utils import (
     atomic_dir,
     get_logger,
@@ -84,7 +84,7 @@ class Run:
 
     @rank_zero_only
     def save_summary(self) -> None:
-        """Write ``summary.json`` through its schema (:mod:`tokenclean.pipelines.summary`)."""
+        """Write ``summary.json`` through its schema (:mod:`tokenclean.summary`)."""
         write_summary(self.root, self.summary)
 
 
@@ -107,9 +107,10 @@ def report_stage(root: Path, summary: dict[str, Any], tokenizer: Any = None) -> 
 def open_run(cfg: RunConfig) -> Run:
     import yaml
 
-    from tokenclean.models.loader import resolve_device
+    from tokenclean.models.loader import resolve_device, set_attn_implementation
 
     resolve_device(cfg.model.device)  # `device: cuda` without CUDA fails here, before any stage runs
+    set_attn_implementation(cfg.model.attn_implementation)  # every stage's load_model in this process
     root = Path(cfg.run_dir)
     root.mkdir(parents=True, exist_ok=True)
     resolved = to_dict(cfg)
@@ -264,6 +265,7 @@ def score_stage(
         dtype=run.cfg.scoring.dtype,
         device=run.cfg.model.device,
         batch_tokens=run.cfg.scoring.batch_tokens,
+        packing=run.cfg.scoring.packing,
         replace_stale=True,
     )
     return out

@@ -274,10 +274,8 @@ def _select_one(
     return stats
 
 
-def _reusable(out: Path, identity: dict, key: str, force: bool, replace_stale: bool) -> dict[str, Any] | None:
-    old = decide(
-        out, "select", identity, force=force, replace_stale=replace_stale, legacy_key=("cache_key", key)
-    )
+def _reusable(out: Path, identity: dict, force: bool, replace_stale: bool) -> dict[str, Any] | None:
+    old = decide(out, "select", identity, force=force, replace_stale=replace_stale)
     if old is None:
         return None
     return dict(read_json(out / "selection_stats.json"), reused=True)
@@ -377,7 +375,7 @@ def select_many(
             "prep": inputs["prepared"],
         }
         key = sha256_json(identity)
-        reused = _reusable(Path(o), identity, key, force, replace_stale)
+        reused = _reusable(Path(o), identity, force, replace_stale)
         jobs.append((settings, key, identity, Path(o), reused))
     if all(j[4] is not None for j in jobs):
         return [j[4] for j in jobs]  # type: ignore[misc]
