@@ -117,7 +117,7 @@ def top_keep(sig: list[np.ndarray], ratio: float, seed: int = 0) -> list[np.ndar
     jitter = np.random.default_rng(seed).random(len(ok))
     order = ok[np.lexsort((jitter, -flat[ok]))]  # best first
     keep = np.zeros(len(flat), dtype=bool)
-    keep[order[: int(round(ratio * len(ok)))]] = True
+    keep[order[: round(ratio * len(ok))]] = True
     return np.split(keep, np.cumsum([len(x) for x in sig])[:-1])
 
 
