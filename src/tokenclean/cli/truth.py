@@ -12,14 +12,29 @@ from tokenclean.cli.args import Command, HelpFormatter, existing
 from tokenclean.errors import DataError
 
 
+def _is_truth_summary(obj: Any) -> bool:
+    return isinstance(obj, dict) and {"methods", "labels", "samples"} <= set(obj)
+
+
 def _prepared_dir(selection: str | None, scores: str | None) -> Path:
-    from tokenclean.utils import read_json
+    """The prepared dataset behind ``--selection`` (a cleaned dataset) or ``--scores`` (a score store);
+    another kind of directory is named as what it is, with what the flag wants."""
+    from tokenclean.artifacts import require_kind
 
     if selection:
-        m = read_json(Path(selection) / "manifest.json")
-        return Path((m.get("prepared") or {}).get("dir") or "")
-    assert scores is not None
-    return Path(read_json(Path(scores) / "manifest.json")["prepared_dir"])
+        m = require_kind(
+            selection, ("select",), "--selection", "pass a cleaned dataset (tokenclean select --out)"
+        )
+        prep = (m.get("prepared") or {}).get("dir")
+    else:
+        assert scores is not None
+        m = require_kind(scores, ("score",), "--scores", "pass a score store (tokenclean score --out)")
+        prep = m.get("prepared_dir")
+    if not prep:
+        raise DataError(
+            str(Path(selection or scores or "") / "manifest.json"), "no prepared dataset recorded"
+        )
+    return Path(prep)
 
 
 def truth_summary(
@@ -80,11 +95,14 @@ def truth_summary(
 
 def _groundtruth(a: argparse.Namespace) -> int:
     from tokenclean.models.loader import load_tokenizer
+    from tokenclean.outputs import check_file_target
     from tokenclean.report.truth_tables import class_table, decisive_table, results_table
     from tokenclean.utils import read_json, write_json_atomic
 
     if not (a.selection or a.scores):
         raise DataError("groundtruth", "give --selection DIR and/or --scores DIR")
+    if a.out:  # refused before any work: an input, or a file that is not an earlier summary
+        check_file_target(a.out, "groundtruth", _is_truth_summary, [a.data, a.truth, a.selection, a.scores])
     prep = _prepared_dir(a.selection, a.scores)
     name = a.tokenizer or (read_json(prep / "manifest.json").get("tokenizer") or {}).get("source")
     if not name:
@@ -108,7 +126,10 @@ def _groundtruth(a: argparse.Namespace) -> int:
     print(class_table(summary))
     print(decisive_table(summary))
     if a.out:
-        write_json_atomic(Path(a.out), summary)
+        from tokenclean.outputs import output_lock
+
+        with output_lock(a.out):
+            write_json_atomic(Path(a.out), summary)
         print(f"wrote {a.out}")
     return 0
 

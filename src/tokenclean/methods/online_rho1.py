@@ -78,7 +78,9 @@ class Rho1Policy(Policy):
     @classmethod
     def check_settings(cls, settings: Rho1Settings, prefix: str) -> None:
         if settings.reference == "store" and not settings.scores:
-            raise ConfigError(f"{prefix}.scores: reference 'store' needs a score store directory (scores: DIR)")
+            raise ConfigError(
+                f"{prefix}.scores: reference 'store' needs a score store directory (scores: DIR)"
+            )
 
     def __init__(self, settings: Rho1Settings, train_data: Any = None) -> None:
         super().__init__(settings)

@@ -10,7 +10,7 @@ from typing import Any
 
 from tokenclean.config import check_fields, setting
 from tokenclean.methods.spec import MethodSpec
-from tokenclean.training.distributed import rank_zero_first
+from tokenclean.runtime import rank_zero_first
 
 
 @dataclass(frozen=True)

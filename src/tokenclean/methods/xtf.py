@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from tokenclean.methods.spec import MethodSpec
+from tokenclean.runtime import rank_zero_first
 from tokenclean.selection.xtf import XtfSettings
-from tokenclean.training.distributed import rank_zero_first
 
 
 @rank_zero_first

@@ -41,12 +41,15 @@ def _scored(d: Path) -> int:
 
 
 def _reference_cost(root: Path, scores: Path) -> tuple[list[Path], list[Path]]:
-    """(trainings, score stores) behind a fixed-reference score store."""
+    """(trainings, score stores) behind a fixed-reference score store: the training that made its reference
+    adapter (read from the store's manifest; none for an external model), or every cross-fitted fold's."""
     m = read_json(scores / "manifest.json")
     if "joined_from" in m:
         trains = sorted((root / "crossfit").glob("fold_*/warmup"))
         return trains, [scores]
-    return ([root / "warmup"] if (root / "warmup" / "done.json").exists() else []), [scores]
+    adapter = (m.get("reference") or {}).get("adapter")
+    trained = Path(adapter).parent if adapter else None
+    return ([trained] if trained is not None and (trained / "done.json").exists() else []), [scores]
 
 
 def _policy_passes(spec: MethodSpec, m: dict[str, Any]) -> int:

@@ -68,7 +68,7 @@ def _counted_keep(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Online methods: the tokens their policy counted in the last epoch, as keep masks by sample id, and
     their effective weights (1 for a hard policy; DFT's sg(p))."""
-    from tokenclean.training.loop import counted_tokens
+    from tokenclean.training.counted import counted_tokens
 
     counted = counted_tokens(train_dir, data_dir)
     keep, weight = {}, {}

@@ -50,9 +50,16 @@ class Policy:
 
     name: ClassVar[str] = ""
     Settings: ClassVar[type] = type(None)
-    uses_data_weights: ClassVar[bool] = False
+    uses_data_weights: ClassVar[bool] = False  # reads the dataset's ``weights`` column (required then)
     forward_signals: ClassVar[tuple[str, ...]] = ()  # signals the gradient pass must also return
     soft: ClassVar[bool] = False  # tokens count with weights between 0 and 1 (reports show mean weights)
+    # the policy decides during training which tokens count, so the loop records them (OUT/counted/, read
+    # by the report and ground truth); False where the dataset already says it (labels, weights)
+    records_counted: ClassVar[bool] = True
+
+    def metrics(self, result: Any) -> dict[str, float]:
+        """Extra fields of a step's log record from its :class:`tokenclean.training.loss.StepResult`."""
+        return {}
 
     def multiplier(self, signals: dict[str, Any]) -> Any:
         """An in-forward, detached per-token multiplier ``m_j`` from the gradient pass's own signals
@@ -164,6 +171,7 @@ class NoSettings:
 class LabelsPolicy(Policy):
     name = "labels"
     Settings = NoSettings
+    records_counted = False
 
     def weights(self, view: StepView) -> list[np.ndarray]:
         return [np.ones(mb.n_candidates, dtype=np.float32) for mb in view.micro_batches]
@@ -174,9 +182,13 @@ class WeightsPolicy(Policy):
     Settings = NoSettings
     uses_data_weights = True
     soft = True
+    records_counted = False
 
     def weights(self, view: StepView) -> list[np.ndarray]:
         return [mb.data_weights for mb in view.micro_batches]
+
+    def metrics(self, result: Any) -> dict[str, float]:
+        return {"weight_sum": round(result.weight_sum, 6)}  # the loss denominator W_step
 
 
 GENERIC_POLICIES: tuple[type[Policy], ...] = (LabelsPolicy, WeightsPolicy)
