@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     written = {
         "prepare": "prep",
         "score_parts": "store",
-        "score_assemble": "store",
+        "score_files": "store",
         "select_memory": "cleaned",
     }
     try:

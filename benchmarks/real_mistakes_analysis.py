@@ -34,7 +34,9 @@ NOISE = ("mistake", "after")
 RATIO = 0.6
 
 
-def load(refs: Path, run: Path, seeds: list[int], names: list[str]) -> tuple[list[str], dict[str, Any], dict[str, list]]:
+def load(
+    refs: Path, run: Path, seeds: list[int], names: list[str]
+) -> tuple[list[str], dict[str, Any], dict[str, list]]:
     """(ids, truth {labels, decisive, names}, losses {ref name: per seed: {base, ref} per sample})."""
     import datasets
 
@@ -42,7 +44,9 @@ def load(refs: Path, run: Path, seeds: list[int], names: list[str]) -> tuple[lis
     from tokenclean.models.loader import load_tokenizer
 
     data = Path("runs/bbmistake-data")
-    tt = load_user_truth(data / "truth.jsonl", data / "data.jsonl", run / "data" / "pool", load_tokenizer("smollm2"))
+    tt = load_user_truth(
+        data / "truth.jsonl", data / "data.jsonl", run / "data" / "pool", load_tokenizer("smollm2")
+    )
     losses: dict[str, list] = {}
     ids: list[str] = []
     for ref in names:
@@ -106,11 +110,15 @@ def signals(lo: dict[str, list], truth: dict[str, Any], seed: int) -> dict[str, 
     return out
 
 
-def top_keep(sig: list[np.ndarray], ratio: float) -> list[np.ndarray]:
+def top_keep(sig: list[np.ndarray], ratio: float, seed: int = 0) -> list[np.ndarray]:
+    """Exactly the top ``ratio`` of the scored tokens (ties, e.g. within a step, broken at random)."""
     flat = np.concatenate(sig)
-    ok = ~np.isnan(flat)
-    thr = np.quantile(flat[ok], 1.0 - ratio)
-    return [np.where(np.isnan(x), False, x >= thr) for x in sig]
+    ok = np.flatnonzero(~np.isnan(flat))
+    jitter = np.random.default_rng(seed).random(len(ok))
+    order = ok[np.lexsort((jitter, -flat[ok]))]  # best first
+    keep = np.zeros(len(flat), dtype=bool)
+    keep[order[: round(ratio * len(ok))]] = True
+    return np.split(keep, np.cumsum([len(x) for x in sig])[:-1])
 
 
 def auroc(pos: np.ndarray, neg: np.ndarray) -> float | None:
@@ -128,7 +136,7 @@ def auroc(pos: np.ndarray, neg: np.ndarray) -> float | None:
 def stat_fn(truth: dict[str, Any], per_seed: list[dict[str, list[np.ndarray]]], name: str) -> Callable:
     names = truth["names"]
     idx = {n: names.index(n) for n in ("correct", *NOISE) if n in names}
-    keeps = [top_keep(ps[name], RATIO) for ps in per_seed]
+    keeps = [top_keep(ps[name], RATIO, i) for i, ps in enumerate(per_seed)]
 
     def f(s: int, units: np.ndarray) -> dict[str, float | None]:
         lab = np.concatenate([truth["labels"][u] for u in units])
@@ -175,7 +183,10 @@ def class_means(truth: dict[str, Any], lo: dict[str, list], seed: int) -> dict[s
         "mistake (other tokens)": ok & (lab == names.index("mistake")) & (dec != names.index("mistake")),
         "after": ok & (lab == names.index("after")),
     }
-    return {g: {c: float(v[m].mean()) for c, v in cols.items()} | {"tokens": int(m.sum())} for g, m in groups.items()}
+    return {
+        g: {c: float(v[m].mean()) for c, v in cols.items()} | {"tokens": int(m.sum())}
+        for g, m in groups.items()
+    }
 
 
 def main() -> None:
@@ -186,6 +197,7 @@ def main() -> None:
     ap.add_argument("--run", default="runs/real-mistakes/seed_0")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--refs-names", default="noisy,clean")
+    ap.add_argument("--boot", type=int, default=1000, help="bootstrap replicates")
     ap.add_argument("--out", default="runs/rm-refs/analysis.json")
     a = ap.parse_args()
     seeds = [int(x) for x in a.seeds.split(",")]
@@ -194,10 +206,19 @@ def main() -> None:
     print(f"{len(ids)} traces (splits 1-2), seeds {seeds}; keep ratio {RATIO}; mean [95% interval]")
     res: dict[str, Any] = {}
     for name in per_seed[0]:
-        iv = bootstrap(stat_fn(truth, per_seed, name), len(seeds), len(ids))
+        iv = bootstrap(stat_fn(truth, per_seed, name), len(seeds), len(ids), n_boot=a.boot)
         res[name] = {k: [v.mean, v.lo, v.hi] for k, v in iv.items()}
-    cols = ["correct kept", "mistake kept", "decisive kept", "after kept", "noise rate kept", "AUROC c/m",
-            "AUROC c/dec", "noise@95 kept", "noise@95 rate"]
+    cols = [
+        "correct kept",
+        "mistake kept",
+        "decisive kept",
+        "after kept",
+        "noise rate kept",
+        "AUROC c/m",
+        "AUROC c/dec",
+        "noise@95 kept",
+        "noise@95 rate",
+    ]
     pool = res["random"]["noise rate pool"]
     print(f"noise rate of the scored pool: {pool[0]:.3f} [{pool[1]:.3f}, {pool[2]:.3f}]")
     print("| signal | " + " | ".join(cols) + " |")
@@ -207,13 +228,24 @@ def main() -> None:
         for c in cols:
             m, lo_, hi = r.get(c, [None] * 3)
             pct = "kept" in c or "rate" in c
-            cells.append("-" if m is None else (f"{100*m:.1f}% [{100*lo_:.1f}, {100*hi:.1f}]" if pct else f"{m:.2f} [{lo_:.2f}, {hi:.2f}]"))
+            cells.append(
+                "-"
+                if m is None
+                else (
+                    f"{100 * m:.1f}% [{100 * lo_:.1f}, {100 * hi:.1f}]"
+                    if pct
+                    else f"{m:.2f} [{lo_:.2f}, {hi:.2f}]"
+                )
+            )
         print(f"| {name} | " + " | ".join(cells) + " |")
     why = [class_means(truth, lo, i) for i in range(len(seeds))]
     print("\nMean per token class (seed-averaged): base loss, reference losses, Token Cleaning score")
     for g in why[0]:
         vals = {c: np.mean([w[g][c] for w in why]) for c in why[0][g]}
-        print(f"  {g}: " + ", ".join(f"{c} {v:.2f}" if c != "tokens" else f"{int(v)} tokens" for c, v in vals.items()))
+        print(
+            f"  {g}: "
+            + ", ".join(f"{c} {v:.2f}" if c != "tokens" else f"{int(v)} tokens" for c, v in vals.items())
+        )
     Path(a.out).write_text(json.dumps({"ids": ids, "seeds": seeds, "signals": res, "why": why}, indent=1))
     print(f"wrote {a.out}")
 
