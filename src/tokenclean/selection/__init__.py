@@ -27,6 +27,7 @@ from tokenclean.selection.masks import (
     select_sample,
     select_threshold,
 )
+from tokenclean.selection.selector import Selection, Selector, write_selection
 from tokenclean.selection.stats import selection_stats
 from tokenclean.selection.table import TokenTable, load_token_table
 
@@ -34,6 +35,8 @@ __all__ = [
     "LEVELS",
     "TIE_RULE",
     "GlobalRanking",
+    "Selection",
+    "Selector",
     "TokenTable",
     "global_masks",
     "global_ranking",
@@ -48,4 +51,5 @@ __all__ = [
     "select_sample",
     "select_threshold",
     "selection_stats",
+    "write_selection",
 ]
