@@ -151,16 +151,21 @@ def settings_from_args(
 
 
 def add_runtime(parser: argparse.ArgumentParser, device: bool = True) -> None:
-    """``--device`` and ``--threads`` (:class:`tokenclean.config.Runtime`) of a command where torch runs."""
-    add_settings(parser, Runtime, only=("device", "threads") if device else ("threads",))
+    """``--device``, ``--threads`` and ``--group-timeout`` (:class:`tokenclean.config.Runtime`) of a
+    command where torch runs."""
+    names = ("threads", "group_timeout")
+    add_settings(parser, Runtime, only=("device", *names) if device else names)
 
 
 def apply_runtime(a: argparse.Namespace) -> Runtime:
-    """Check ``--device``/``--threads`` and set torch's CPU threads (imports torch)."""
+    """Check the runtime flags, set torch's CPU threads (imports torch) and the process-group timeout."""
+    from tokenclean.runtime import set_group_timeout
     from tokenclean.utils import apply_threads
 
-    rt = settings_from_args(Runtime, a, only=[n for n in ("device", "threads") if hasattr(a, n)])
+    names = [n for n in ("device", "threads", "group_timeout") if hasattr(a, n)]
+    rt = settings_from_args(Runtime, a, only=names)
     apply_threads(rt.threads)
+    set_group_timeout(rt.group_timeout)
     return rt
 
 

@@ -25,10 +25,13 @@ def accelerator(device: str) -> Any:
     """The Accelerator of this process: CPU when asked (or when no GPU), else the launcher's GPU."""
     from accelerate import Accelerator
 
+    from tokenclean.runtime import init_kwargs
+
     dev = resolve_device(device)
     # mixed precision is tokenclean's own setting (train.bf16, autocast); None keeps an accelerate state
-    # that this process already set up (e.g. an lm-eval or TRL run before this one in the same process)
-    acc = Accelerator(cpu=dev == "cpu", mixed_precision=None)
+    # that this process already set up (e.g. an lm-eval or TRL run before this one in the same process).
+    # The process-group timeout is --group-timeout (tokenclean.runtime) when this creates the group.
+    acc = Accelerator(cpu=dev == "cpu", mixed_precision=None, kwargs_handlers=[init_kwargs()])
     if acc.mixed_precision != "no":
         log.warning(
             "accelerate mixed precision '%s' is active (from an accelerate config or an earlier Accelerator "
