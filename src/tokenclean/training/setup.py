@@ -32,6 +32,7 @@ def accelerator(device: str) -> Any:
     # that this process already set up (e.g. an lm-eval or TRL run before this one in the same process).
     # The process-group timeout is --group-timeout (tokenclean.runtime) when this creates the group.
     acc = Accelerator(cpu=dev == "cpu", mixed_precision=None, kwargs_handlers=[init_kwargs()])
+    check_distributed_type(acc)
     if acc.mixed_precision != "no":
         log.warning(
             "accelerate mixed precision '%s' is active (from an accelerate config or an earlier Accelerator "
@@ -39,6 +40,19 @@ def accelerator(device: str) -> Any:
             acc.mixed_precision,
         )
     return acc
+
+
+def check_distributed_type(acc: Any) -> None:
+    """DeepSpeed is refused: accelerate steps a DeepSpeed engine whenever ``sync_gradients`` is set, and the
+    loop accumulates a step's micro-batches itself (``no_sync``), so the engine would step every micro-batch
+    and its own accumulation, clipping and loss scaling would replace the loop's loss rule."""
+    kind = str(acc.distributed_type).split(".")[-1]
+    if kind == "DEEPSPEED":
+        raise ConfigError(
+            "accelerate config: distributed_type DEEPSPEED is not supported by tokenclean train (the engine "
+            "would step every micro-batch instead of once per optimizer step); use DDP (MULTI_GPU) or FSDP "
+            "(configs/accelerate/)"
+        )
 
 
 def check_world_size(saved: dict[str, Any], world: int, out: Path) -> None:
