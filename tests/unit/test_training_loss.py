@@ -227,5 +227,5 @@ def test_deepspeed_is_refused_before_training() -> None:
     from tokenclean.training.setup import check_distributed_type
 
     check_distributed_type(SimpleNamespace(distributed_type="DistributedType.MULTI_GPU"))
-    with pytest.raises(ConfigError, match="DEEPSPEED is not supported.*every micro-batch"):
+    with pytest.raises(ConfigError, match=r"DEEPSPEED is not supported.*every micro-batch"):
         check_distributed_type(SimpleNamespace(distributed_type="DistributedType.DEEPSPEED"))
