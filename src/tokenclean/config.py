@@ -27,6 +27,10 @@ T = TypeVar("T")
 
 DEFAULT_DEVICE = "auto"  # the one device default of every command and engine function: CUDA when present
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA when available, else CPU)"
+ATTN_HELP = (
+    "attention of every loaded model (auto: flash_attention_2 on CUDA in bf16/fp16 when flash-attn is "
+    "installed, else transformers' default, sdpa)"
+)
 
 
 def setting(
@@ -83,9 +87,13 @@ def _field(cls: type, name: str) -> dataclasses.Field:
 
 @dataclasses.dataclass(frozen=True)
 class Runtime:
-    """Where torch runs: the settings of every command that loads a model (``--device``, ``--threads``)."""
+    """Where torch runs: the settings of every command that loads a model (``--device``, ``--threads``,
+    ``--attn-implementation``, ``--group-timeout``)."""
 
     device: str = setting(DEFAULT_DEVICE, DEVICE_HELP)
+    attn_implementation: typing.Literal["auto", "sdpa", "flash_attention_2", "eager"] = setting(
+        "auto", ATTN_HELP
+    )
     threads: int | None = setting(
         None,
         "torch CPU threads per process (null: the cores idle at start, or OMP_NUM_THREADS if set)",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,10 +70,52 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise_if_disk_full(e, path)
         raise
+
+
+_DISK_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (a file-size limit)",
+    errno.EIO: "input/output error (the device failed)",
+    errno.EROFS: "read-only file system",
+}
+_DISK_TEXT = (
+    "no space left on device",
+    "disk quota exceeded",
+    "file too large",
+    "storagefull",
+    "os error 28",
+)
+
+
+def storage_error(e: BaseException) -> str | None:
+    """What went wrong, when ``e`` is a full disk, a quota, a file-size limit or a device error (an
+    ``OSError``, or a library error that carries one in its text, such as safetensors'
+    ``SafetensorError``); else None."""
+    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+        return _DISK_ERRNOS[e.errno]
+    text = str(e).lower()
+    return next((t for t in _DISK_TEXT if t in text), None)
+
+
+def raise_if_disk_full(e: BaseException, path: str | Path) -> None:
+    """Turn a full disk while writing ``path`` into one :class:`~tokenclean.errors.OutputError` naming it
+    (the caller has removed the partial output; finished work elsewhere is kept)."""
+    from tokenclean.errors import OutputError
+
+    what = storage_error(e)
+    if what is None or isinstance(e, OutputError):
+        return
+    raise OutputError(
+        f"cannot write {path}: {what} ({type(e).__name__}: {e}); the partial output was removed and "
+        f"finished work is kept: free space on the file system of {Path(path).resolve().parent} (or raise "
+        "the quota / file-size limit) and re-run, which resumes"
+    ) from None
 
 
 class CorruptFileError(TokencleanError, ValueError):
@@ -97,23 +141,28 @@ def read_json(path: str | Path) -> Any:
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Build a directory under a temporary name and move it into place only when the block succeeds.
 
-    A crash leaves at most a ``.DIR.tmp-*`` sibling that is never read as complete; an existing
-    ``final`` directory is replaced only after the new one is fully written.
+    A crash leaves at most a ``.DIR.tokenclean-tmp-*`` sibling that is never read as complete (the next
+    writer of ``final`` removes it, :func:`tokenclean.locks.remove_debris`); an existing ``final``
+    directory is replaced only after the new one is fully written. A full disk removes the partial
+    directory and raises one message naming ``final`` (:func:`raise_if_disk_full`).
     """
+    from tokenclean.locks import scratch_name
+
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=scratch_name(final, "tmp")))
     try:
         yield tmp
         if final.exists():
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            old = final.parent / scratch_name(final, "old", str(os.getpid()))
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise_if_disk_full(e, final)
         raise
 
 
@@ -130,26 +179,57 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def choose_threads(requested: int | None, cores: int | None = None, load: float | None = None) -> int:
-    """torch CPU threads for this process: ``requested`` when given; else ``OMP_NUM_THREADS`` when the
-    user or a launcher set it; else the cores that are idle now (cores minus the 1-minute load average,
-    rounded, at least 1).
+def idle_cores(interval: float = 0.25, cores: int | None = None) -> float:
+    """Cores idle *now*: the idle share of all CPU time in ``/proc/stat`` over ``interval`` seconds, times
+    ``cores`` (this process's usable cores). Unlike the 1-minute load average it does not lag: a job that
+    ended a second ago no longer counts. Without ``/proc/stat`` (not Linux): ``cores``."""
+    cores = cores or usable_cores()
 
-    Why not simply every core: a scoring or training pass is many short parallel regions (norms, SiLU,
-    rotary, small matrix products), each ending in a barrier across the threads. When another process holds
-    one of the cores, every barrier waits for the descheduled thread; measured on 2 cores at load ~6, 2
-    threads spent 13x longer in element-wise ops than 1 thread and scored 2x slower in all
-    (docs/scoring.md, "Under CPU contention")."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [
+                int(x) for x in f.readline().split()[1:9]
+            ]  # user nice system idle iowait irq softirq steal
+        return fields[3] + fields[4], sum(fields)
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(interval)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return float(cores)
+    if total1 <= total0:
+        return float(cores)
+    return cores * (idle1 - idle0) / (total1 - total0)
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def choose_threads(requested: int | None, cores: int | None = None, idle: float | None = None) -> int:
+    """torch CPU threads for this process: ``requested`` when given; else ``OMP_NUM_THREADS`` when the
+    user or a launcher set it; else every usable core when OpenMP waits are passive (``OMP_WAIT_POLICY=
+    PASSIVE``, which every tokenclean command sets before torch loads); else the cores idle now
+    (:func:`idle_cores`, rounded, at least 1).
+
+    Why the policy matters: a scoring or training pass is many short parallel regions (norms, SiLU, rotary,
+    small matrix products), each ending in a barrier across the threads. When another process holds one of
+    the cores, a spinning waiter takes the core the descheduled thread needs: on 2 busy cores, 2 spinning
+    threads scored 6.4x slower than alone, 2 passive threads 2.2x, 1 thread 2.4x (benchmarks/README.md,
+    "Scoring under CPU contention"). With passive waits every core is the best choice, busy or not. The
+    1-minute load average used before lagged: it stayed above 0.5 for minutes after any job, so a stage
+    started right after another ran on one thread of an idle 2-core machine."""
     if requested:
         return int(requested)
     env = os.environ.get("OMP_NUM_THREADS")
     if env and env.isdigit() and int(env) > 0:
         return int(env)
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n = cores
-    busy = os.getloadavg()[0] if load is None else load
-    return max(1, min(n, int(n - busy + 0.5)))
+    cores = cores or usable_cores()
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        return cores
+    free = idle_cores(cores=cores) if idle is None else idle
+    return max(1, min(cores, int(free + 0.5)))
 
 
 def apply_threads(requested: int | None) -> int:
@@ -159,5 +239,18 @@ def apply_threads(requested: int | None) -> int:
     n = choose_threads(requested)
     if n != torch.get_num_threads():
         torch.set_num_threads(n)
-    get_logger("threads").info("torch CPU threads: %d%s", n, "" if requested else " (auto: idle cores now)")
+    get_logger("threads").info("torch CPU threads: %d%s", n, "" if requested else " (auto)")
     return n
+
+
+_UNSAFE = {
+    **{c: f"\\x{c:02x}" for c in (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)},
+    **{c: f"\\u{c:04x}" for c in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))},
+}
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\x1b``, ``\\x07``, ``\\r``, C1
+    controls, bidirectional overrides), so user data printed to a terminal cannot move the cursor, clear
+    the screen, set the title or hide text; newlines and tabs stay."""
+    return text.translate(_UNSAFE)

@@ -151,20 +151,25 @@ def settings_from_args(
 
 
 def add_runtime(parser: argparse.ArgumentParser, device: bool = True) -> None:
-    """``--device``, ``--threads`` and ``--group-timeout`` (:class:`tokenclean.config.Runtime`) of a
-    command where torch runs."""
-    names = ("threads", "group_timeout")
-    add_settings(parser, Runtime, only=("device", *names) if device else names)
+    """``--device``, ``--threads``, ``--attn-implementation`` and ``--group-timeout``
+    (:class:`tokenclean.config.Runtime`) of a command where torch runs; with ``device=False`` (a run config
+    names the device and attention) only ``--threads`` and ``--group-timeout``."""
+    add_settings(parser, Runtime, only=RUNTIME_FLAGS if device else ("threads", "group_timeout"))
+
+
+RUNTIME_FLAGS = ("device", "threads", "attn_implementation", "group_timeout")
 
 
 def apply_runtime(a: argparse.Namespace) -> Runtime:
-    """Check the runtime flags, set torch's CPU threads (imports torch) and the process-group timeout."""
+    """Check the runtime flags, set torch's CPU threads (imports torch), this process's attention
+    implementation and its process-group timeout."""
+    from tokenclean.models.loader import set_attn_implementation
     from tokenclean.runtime import set_group_timeout
     from tokenclean.utils import apply_threads
 
-    names = [n for n in ("device", "threads", "group_timeout") if hasattr(a, n)]
-    rt = settings_from_args(Runtime, a, only=names)
+    rt = settings_from_args(Runtime, a, only=[n for n in RUNTIME_FLAGS if hasattr(a, n)])
     apply_threads(rt.threads)
+    set_attn_implementation(rt.attn_implementation)
     set_group_timeout(rt.group_timeout)
     return rt
 
@@ -176,6 +181,8 @@ def existing(what: str) -> Callable[[str], str]:
     """An argparse ``type`` that fails at once (before heavy imports) when the path does not exist."""
 
     def check(value: str) -> str:
+        if not value.strip():
+            raise argparse.ArgumentTypeError(f"empty path; give a {what}")
         if not Path(value).exists():
             raise argparse.ArgumentTypeError(f"{value}: no such {what}")
         return value

@@ -32,6 +32,7 @@ def _score(a: argparse.Namespace) -> int:
         dtype=cfg.dtype,
         device=rt.device,
         batch_tokens=cfg.batch_tokens,
+        packing=cfg.packing,
         progress=not a.no_progress,
         shard_index=a.shard_index,
         num_shards=a.num_shards,

@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tokenclean.config import DEFAULT_DEVICE, DEVICE_HELP, apply_overrides, from_dict, load_yaml, setting
+from tokenclean.config import (
+    ATTN_HELP,
+    DEFAULT_DEVICE,
+    DEVICE_HELP,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+    setting,
+)
 from tokenclean.errors import ConfigError
 from tokenclean.groundtruth.generator import PoolConfig
 from tokenclean.methods import get as get_method
@@ -56,6 +64,7 @@ class ModelConfig:
         default=None, metadata=_h("external reference model (same tokenizer); null = warm-up reference")
     )
     device: str = setting(DEFAULT_DEVICE, DEVICE_HELP)
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = setting("auto", ATTN_HELP)
 
 
 @dataclass(frozen=True)
@@ -63,8 +72,13 @@ class ScoringConfig:
     dtype: Literal["fp32", "bf16", "fp16", "auto"] = field(default="fp32", metadata=_h("scoring dtype"))
     batch_tokens: int | None = setting(
         None,
-        "padded tokens per scoring batch (null: 1024 on CPU, 16384 on CUDA; scores do not depend on it)",
+        "computed tokens per scoring batch (null: 1024 on CPU, 16384 on CUDA; scores do not depend on it)",
         bounds=">= 16",
+    )
+    packing: Literal["auto", "on", "off"] = setting(
+        "auto",
+        "padding-free packed batches (auto: where the attention is a varlen kernel, flash_attention_2; "
+        "on: also sdpa/eager, measured slower on CPU; off: length-sorted padded batches)",
     )
 
 
@@ -164,6 +178,12 @@ class RunConfig:
     report: bool = field(default=True, metadata=_h("build the HTML/Markdown report at the end"))
 
     def validate(self, prefix: str = "") -> None:
+        if not self.run_dir.strip():
+            raise ConfigError(
+                "run_dir: empty; give a directory (an empty one would mean the current directory)"
+            )
+        if self.run_dir.startswith("~"):
+            raise ConfigError(f"run_dir: '{self.run_dir}' names no home directory tokenclean can expand")
         if not self.data.path and self.data.synthetic is None:
             raise ConfigError(
                 "data.path: required (a file, a directory, hub:NAME[:SPLIT] or builtin:sample), or "
@@ -196,5 +216,17 @@ class RunConfig:
 def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML config (or start from defaults when ``path`` is None), apply ``key=value`` overrides."""
     data: dict[str, Any] = load_yaml(path) if path else {}
-    data = apply_overrides(data, list(overrides))
+    data = _expand_home(apply_overrides(data, list(overrides)))
     return from_dict(RunConfig, data)
+
+
+def _expand_home(node: Any) -> Any:
+    """Every string that starts with ``~`` expanded once, here at the config edge (paths of the config
+    and its overrides); an unknown ``~user`` stays and is refused where the path is used."""
+    from tokenclean.outputs import expand_user
+
+    if isinstance(node, dict):
+        return {k: _expand_home(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_home(v) for v in node]
+    return expand_user(node)

@@ -4,6 +4,7 @@ ground truth (synthetic pools) and build the report."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from tokenclean import methods
@@ -15,18 +16,22 @@ from tokenclean.runtime import rank_zero_only
 log = get_logger("pipeline")
 
 
-def run(cfg: RunConfig) -> dict[str, Any]:
+def run(cfg: RunConfig, adopt: bool = False) -> dict[str, Any]:
     """Run every method of ``cfg`` (finished stages whose identity matches are reused); returns the
-    summary. The run directory is locked: a second ``tokenclean run`` on it stops with "in use by PID".
-    With ``seeds`` every method runs once per seed (:mod:`tokenclean.pipelines.seeds`), each seed's
-    directory locked by its own run."""
-    if cfg.seeds:
-        from tokenclean.pipelines.seeds import run_seeds
+    summary. An existing ``run_dir`` that tokenclean did not make is refused before any work (unless
+    ``adopt``, the CLI's ``--adopt-run-dir``). The run directory is locked and marked as a run's: a second
+    ``tokenclean run`` on it stops with "in use by PID". With ``seeds`` every method runs once per seed
+    (:mod:`tokenclean.pipelines.seeds`): the top-level directory is locked for the whole seeds run, each
+    seed's directory by its own run."""
+    from tokenclean.outputs import check_run_dir, mark_owned, output_lock
 
-        return run_seeds(cfg, run)
-    from tokenclean.outputs import output_lock
-
+    check_run_dir(cfg.run_dir, adopt)
     with output_lock(cfg.run_dir):
+        mark_owned(Path(cfg.run_dir), "run")
+        if cfg.seeds:
+            from tokenclean.pipelines.seeds import run_seeds
+
+            return run_seeds(cfg, run)
         return _run(cfg)
 
 

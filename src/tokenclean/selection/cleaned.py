@@ -389,6 +389,14 @@ def select_many(
             "holds no usable score, whatever the level; re-run tokenclean score (with --force)",
             field=column,
         )
+    if weights is not None and scores.size and not np.isfinite(scores).any():
+        n_inf = int(np.isinf(scores).sum())
+        raise DataError(
+            str(scores_dir),
+            f"no response-token score (column '{column}') is finite ({n_inf} are +-inf, the rest NaN): soft "
+            "weights place their cut between finite scores; re-run tokenclean score, or select without --weights",
+            field=column,
+        )
     results = []
     for settings, key, identity, out, reused in jobs:
         if reused is not None:
@@ -427,14 +435,16 @@ def soft_weights(scores: np.ndarray, hard_keep: np.ndarray, temperature: float) 
     dropped ones below; ``temperature`` (nats of score) sets how soft the cut is (-> 0: the hard selection).
     Unscored (NaN) tokens get 0. The training loss is then ``sum w*l / sum w`` (policy ``weights``)."""
     ok = ~np.isnan(scores)
-    kept, dropped = scores[hard_keep & ok], scores[~hard_keep & ok]
+    finite = np.isfinite(scores)  # the cut sits between finite scores; +-inf get weight 1 / 0
+    kept, dropped = scores[hard_keep & finite], scores[~hard_keep & finite]
     if kept.size and dropped.size:
         tau = 0.5 * (float(kept.min()) + float(dropped.max()))
     elif kept.size:
         tau = float(kept.min())
     else:
         tau = float(dropped.max()) if dropped.size else 0.0
-    z = (scores.astype(np.float64) - tau) / temperature
+    with np.errstate(invalid="ignore"):  # NaN scores: weight 0 below
+        z = (scores.astype(np.float64) - tau) / temperature
     w = 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
     return np.where(ok, w, 0.0).astype(np.float32)
 
