@@ -43,14 +43,18 @@ class TokenBatch:
     """A right-padded batch and the tokens asked about, in flat form.
 
     Token ``k`` is ``input_ids[rows[k], pos[k]]`` (``pos[k] >= 1``), predicted by the logits at
-    ``pos[k] - 1``. ``prompt_mask`` (only needed for ``attn``) marks the prompt positions of each row.
+    ``pos[k] - 1``. ``prompt_mask`` (only needed for ``attn``) marks the prompt positions of each row. A
+    packed (padding-free) batch has ``attention_mask=None`` and ``position_ids`` restarting at 0 at every
+    sample's first token; the model then attends within each sample only (the block-diagonal mask
+    transformers derives from such ``position_ids``).
     """
 
     input_ids: Any  # torch.LongTensor (B, T), right-padded
-    attention_mask: Any  # torch.LongTensor (B, T), 0 on padding
+    attention_mask: Any  # torch.LongTensor (B, T), 0 on padding; None for a packed batch
     rows: Any  # torch.LongTensor (N,)
     pos: Any  # torch.LongTensor (N,) token positions j >= 1
     prompt_mask: Any = None  # torch.BoolTensor (B, T) or None
+    position_ids: Any = None  # torch.LongTensor (B, T) or None: 0..T-1 in every row
 
     @property
     def targets(self) -> Any:
@@ -60,7 +64,17 @@ class TokenBatch:
     def to(self, device: Any) -> TokenBatch:
         move = [None if t is None else t.to(device) for t in (self.input_ids, self.attention_mask)]
         rest = [None if t is None else t.to(device) for t in (self.rows, self.pos, self.prompt_mask)]
-        return TokenBatch(move[0], move[1], rest[0], rest[1], rest[2])
+        pids = None if self.position_ids is None else self.position_ids.to(device)
+        return TokenBatch(move[0], move[1], rest[0], rest[1], rest[2], pids)
+
+    def positions(self) -> Any:
+        """``position_ids`` (B, T): as given (packed rows), else ``0..T-1`` in every row."""
+        import torch
+
+        if self.position_ids is not None:
+            return self.position_ids
+        b, t = self.input_ids.shape
+        return torch.arange(t, device=self.input_ids.device).unsqueeze(0).expand(b, t)  # (B, T)
 
 
 def make_token_batch(
@@ -262,22 +276,18 @@ def signal_model(model: Any) -> Any:
 
 
 def _compute(model: Any, batch: TokenBatch, want: frozenset[str], chunk_rows: int) -> dict[str, Any]:
-    import torch
-
     bad = want - set(SIGNALS)
     if bad:
         raise ValueError(f"unknown signal(s) {sorted(bad)}; valid: {', '.join(SIGNALS)}")
     decoder, head, inner = model_parts(model)
-    b, t = batch.input_ids.shape
-    position_ids = torch.arange(t, device=batch.input_ids.device).unsqueeze(0).expand(b, t)  # (B, T)
     attn = _LastLayerAttention(decoder) if "attn" in want else None
-    if attn is not None and batch.prompt_mask is None:
-        raise ValueError("the attn signal needs batch.prompt_mask")
+    if attn is not None and (batch.prompt_mask is None or batch.position_ids is not None):
+        raise ValueError("the attn signal needs batch.prompt_mask and an unpacked (padded) batch")
     with attn.hooked() if attn is not None else contextlib.nullcontext():
         hidden = decoder(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
-            position_ids=position_ids,
+            position_ids=batch.positions(),
             use_cache=False,
         ).last_hidden_state  # (B, T, H), final norm applied
     h = hidden[batch.rows, batch.pos - 1]  # (N, H) hidden states at the logit positions j - 1
@@ -316,6 +326,48 @@ def token_signals(
         return run()
 
 
+def forward_token_signals(
+    model: Any, batch: TokenBatch, want: Sequence[str] = ("loss",), *, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> dict[str, Any]:
+    """:func:`token_signals` with ``grad=True`` (``attn`` excepted), computed through ``model``'s own
+    ``forward`` so that a wrapper around it (DDP's gradient hooks, a trainer's patched forward) sees the pass.
+
+    The forward is asked for no logits (``logits_to_keep`` an empty index); a forward hook on the decoder
+    takes its final hidden states, and the LM head runs on the ``N`` asked rows only, in chunks, exactly as in
+    :func:`token_signals` (same numbers). ``model`` is a causal LM or PEFT model, possibly wrapped by
+    accelerate/DDP (``.module``)."""
+    import torch
+
+    if "attn" in want:
+        raise ValueError("forward_token_signals does not compute the attn signal; use token_signals")
+    inner_model = model
+    while hasattr(inner_model, "module"):
+        inner_model = inner_model.module
+    decoder, head, inner = model_parts(inner_model)
+    dev = batch.input_ids.device
+    if batch.rows.numel() == 0:
+        return {k: torch.empty(0, device=dev) for k in {"loss", *want}}
+    got: dict[str, Any] = {}
+
+    def keep(_mod: Any, _args: Any, out: Any) -> None:
+        got["h"] = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    handle = decoder.register_forward_hook(keep)
+    try:
+        model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.positions(),
+            logits_to_keep=torch.zeros(0, dtype=torch.long, device=dev),  # no (B, T, V) logits
+            use_cache=False,
+        )
+    finally:
+        handle.remove()
+    h = got.pop("h")[batch.rows, batch.pos - 1]  # (N, H) hidden states at the logit positions j - 1
+    out = _head_signals(head, inner, h, batch.targets, frozenset(want), chunk_rows)
+    return {k: v for k, v in out.items() if k in want or k == "loss"}
+
+
 def naive_token_signals(model: Any, batch: TokenBatch, want: Sequence[str] = ("loss",)) -> dict[str, Any]:
     """The twin: full ``(B, T, V)`` logits from ``model(...)``, ``log_softmax`` in fp32, ``gather``; the
     attention from ``output_attentions=True`` (load the model with ``attn_implementation="eager"``)."""
@@ -325,6 +377,7 @@ def naive_token_signals(model: Any, batch: TokenBatch, want: Sequence[str] = ("l
         out = model(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
             output_attentions="attn" in want,
             use_cache=False,
         )
@@ -354,6 +407,7 @@ def prompt_mask_from_completion(
 __all__ = [
     "SIGNALS",
     "TokenBatch",
+    "forward_token_signals",
     "head_transform",
     "make_token_batch",
     "model_parts",
