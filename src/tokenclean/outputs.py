@@ -46,6 +46,7 @@ MARKERS = {
     "select": "manifest.json",
     "score": "manifest.json",
     "train": "done.json",
+    "export": "manifest.json",
 }
 """The file whose ``stage`` field says what a finished output is."""
 PARTIAL = {"score": ".work/plan.json", "train": "checkpoint/state.json"}
