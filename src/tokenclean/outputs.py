@@ -47,6 +47,7 @@ MARKERS = {
     "score": "manifest.json",
     "train": "done.json",
     "export": "manifest.json",
+    "import": "manifest.json",
 }
 """The file whose ``stage`` field says what a finished output is."""
 PARTIAL = {"score": ".work/plan.json", "train": "checkpoint/state.json"}
