@@ -214,7 +214,7 @@ def test_compute_loss_func_and_multi_pass_policies_are_refused(
         tr.train()
 
 
-@pytest.mark.parametrize("policy", ["labels", "dft"])
+@pytest.mark.parametrize("policy", ["labels", "dft", "eaft"])
 def test_trl_plugin_trains_the_adapter_tokenclean_train_does(
     policy: str, sets: dict[str, Path], tiny_model_dir: Path, tiny_tok: Any, tmp_path: Path
 ) -> None:

@@ -127,7 +127,7 @@ def _micro_batch(inputs: dict[str, Any]) -> Any:
     data_w = tw[rows, pos].float() if tw is not None else torch.ones(len(rows))
     r, p = rows.cpu().numpy(), pos.cpu().numpy()
     tb = TokenBatch(
-        inputs["input_ids"], inputs.get("attention_mask"), rows, pos, None, inputs.get("position_ids")
+        inputs["input_ids"], inputs.get("attention_mask"), rows, pos, position_ids=inputs.get("position_ids")
     )
     return MicroBatch(
         tb,
@@ -222,7 +222,11 @@ class TokenPolicyMixin:
             wt = w.new_zeros(1)
         policy = self.token_policy
         tb = TokenBatch(
-            inputs["input_ids"], inputs.get("attention_mask"), rows, pos, None, inputs.get("position_ids")
+            inputs["input_ids"],
+            inputs.get("attention_mask"),
+            rows,
+            pos,
+            position_ids=inputs.get("position_ids"),
         )
         sig = forward_token_signals(model, tb, ("loss", *policy.forward_signals))
         m = policy.multiplier(sig)
