@@ -243,4 +243,6 @@ def test_trl_plugin_trains_the_adapter_tokenclean_train_does(
     assert set(mapped) == set(ours)
     worst = max(float((mapped[k] - ours[k]).abs().max()) for k in ours)
     print(f"{policy}: largest |TRL - tokenclean| LoRA entry after 3 steps: {worst:.2e}")
-    assert_same_adapter(mapped, ours, rtol=1e-3, atol=1e-5)  # measured: labels 2.8e-07, dft 2.6e-06, eaft 1.1e-07
+    assert_same_adapter(
+        mapped, ours, rtol=1e-3, atol=1e-5
+    )  # measured: labels 2.8e-07, dft 2.6e-06, eaft 1.1e-07

@@ -50,6 +50,7 @@ def _import_args(s: argparse.ArgumentParser) -> None:
 
 
 def _import(a: argparse.Namespace) -> int:
+    from tokenclean.errors import ConfigError
     from tokenclean.interop.imports import import_weights
     from tokenclean.models.loader import load_tokenizer
     from tokenclean.utils import read_json
@@ -60,6 +61,8 @@ def _import(a: argparse.Namespace) -> int:
     tok = None
     if kind != "tokens":
         name = a.tokenizer or (read_json(f"{a.prepared}/manifest.json").get("tokenizer") or {}).get("source")
+        if not name:
+            raise ConfigError(f"--tokenizer: {a.prepared}/manifest.json names no tokenizer; pass --tokenizer")
         tok = load_tokenizer(name)
     m = import_weights(a.prepared, kind, src, a.out, tokenizer=tok, force=a.force)
     c = m["counts"]

@@ -158,7 +158,8 @@ def import_weights(
         raise ConfigError("tokenizer: message and span weights re-render the samples; pass the tokenizer")
     by_id = _weights_for(kind, source, prepared, ds, tokenizer, fmt)
     cols, counts = _apply(ds, by_id, kind)
-    manifest = {"stage": "import", "identity": identity, "kind": kind, "source": str(source.resolve())}
+    manifest: dict[str, Any] = {"stage": "import", "identity": identity, "kind": kind}
+    manifest["source"] = str(source.resolve())
     manifest |= {"prepared": str(prepared.resolve()), "tokenizer": pm.get("tokenizer"), "counts": counts}
     manifest |= {
         "template": pm.get("template"),
