@@ -246,3 +246,44 @@ def test_trl_plugin_trains_the_adapter_tokenclean_train_does(
     assert_same_adapter(
         mapped, ours, rtol=1e-3, atol=1e-5
     )  # measured: labels 2.8e-07, dft 2.6e-06, eaft 1.1e-07
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(sets: dict[str, Path], tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Data parallel (2 gloo processes under torchrun) with micro-batch B equals 1 process with 2B: the
+    window's weight sum is gathered over both devices and DDP's gradient mean is undone."""
+    require("trl")
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from tokenclean.interop import token_dataset
+
+    n = len(token_dataset(sets["soft"], 128))
+    worker = str(Path(__file__).with_name("trl_dp_worker.py"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENCLEAN_LOGLEVEL="WARNING")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    b = math.ceil(n / 4)
+    one = [
+        sys.executable,
+        worker,
+        str(sets["soft"]),
+        str(tiny_model_dir),
+        str(tmp_path / "one.st"),
+        str(2 * b),
+        "2",
+    ]
+    two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", port, worker, str(sets["soft"]), str(tiny_model_dir), str(tmp_path / "two.st"), str(b), "2"]  # fmt: skip
+    for cmd in (one, two):
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-4000:]
+    one_st, two_st = load_file(str(tmp_path / "one.st")), load_file(str(tmp_path / "two.st"))
+    assert max(float(v.abs().max()) for k, v in one_st.items() if "lora_B" in k) > 1e-4  # it trained
+    worst = assert_same_adapter(two_st, one_st, 1e-5, 1e-7)
+    print(f"2 processes vs 1: largest LoRA entry difference {worst:.2e}")
