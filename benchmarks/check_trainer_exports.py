@@ -25,9 +25,7 @@ def source_kept(source: Path) -> dict[tuple[int, ...], list[int]]:
     import datasets
 
     ds = datasets.load_from_disk(str(source))
-    return {
-        tuple(r["input_ids"]): [j for j, x in enumerate(r["labels"]) if j >= 1 and x != -100] for r in ds
-    }
+    return {tuple(r["input_ids"]): [j for j, x in enumerate(r["labels"]) if j >= 1 and x != -100] for r in ds}
 
 
 def check_batch(batch: dict[str, Any], kept: dict[tuple[int, ...], list[int]], model: Any) -> dict[str, Any]:
@@ -51,12 +49,21 @@ def check_batch(batch: dict[str, Any], kept: dict[tuple[int, ...], list[int]], m
         tool = float(model(input_ids=ids, attention_mask=att if att is not None and att.dim() == 2 else None,
                            labels=labels).loss)  # fmt: skip
     assert abs(tool - by_hand) <= 1e-5 * max(1.0, abs(by_hand)), (tool, by_hand)
-    return {"rows": int(ids.shape[0]), "kept_tokens": n_kept, "tool_loss": tool, "kept_token_mean_ce": by_hand}
+    return {
+        "rows": int(ids.shape[0]),
+        "kept_tokens": n_kept,
+        "tool_loss": tool,
+        "kept_token_mean_ce": by_hand,
+    }
 
 
 def llamafactory(a: argparse.Namespace) -> dict[str, Any]:
     import yaml
-    from llamafactory.data import SFTDataCollatorWith4DAttentionMask, get_dataset, get_template_and_fix_tokenizer
+    from llamafactory.data import (
+        SFTDataCollatorWith4DAttentionMask,
+        get_dataset,
+        get_template_and_fix_tokenizer,
+    )
     from llamafactory.hparams import get_train_args
     from llamafactory.model import load_tokenizer
     from transformers import AutoModelForCausalLM
@@ -76,7 +83,31 @@ def llamafactory(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def axolotl(a: argparse.Namespace) -> dict[str, Any]:
-    raise SystemExit("see benchmarks/README.md: axolotl's loader is run by check_axolotl (below) when installed")
+    """axolotl's own config loader and dataset preparation (``load_cfg`` + ``load_datasets``) on the export's
+    ``axolotl.yaml``, then transformers' seq2seq padding collator (the one axolotl pads SFT batches with)."""
+    import yaml
+    from axolotl.cli.config import load_cfg
+    from axolotl.common.datasets import load_datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq
+
+    cfg = yaml.safe_load((a.export / "axolotl.yaml").read_text())
+    cfg.update(base_model=str(a.model), tokenizer_config=str(a.model), output_dir=tempfile.mkdtemp(),
+               micro_batch_size=a.batch, gradient_accumulation_steps=1, num_epochs=1, learning_rate=1e-4,
+               val_set_size=0, dataset_prepared_path=tempfile.mkdtemp(), adapter="lora", lora_r=4,
+               lora_alpha=8, lora_target_linear=True, sample_packing=False)  # fmt: skip
+    path = Path(tempfile.mkdtemp()) / "axolotl.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    meta = load_datasets(cfg=load_cfg(str(path)))
+    train = meta.train_dataset
+    tok = AutoTokenizer.from_pretrained(str(a.model))
+    coll = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, return_tensors="pt")
+    rows = [
+        {k: train[i][k] for k in ("input_ids", "attention_mask", "labels")}
+        for i in range(min(a.batch, len(train)))
+    ]
+    batch = coll(rows)
+    model = AutoModelForCausalLM.from_pretrained(str(a.model))
+    return check_batch(dict(batch), source_kept(a.source), model)
 
 
 def main() -> None:
