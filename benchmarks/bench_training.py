@@ -107,7 +107,9 @@ def worker_trl(
 
     torch.set_num_threads(threads)
     tok = load_tokenizer("smollm2")
-    ds = datasets.load_from_disk(str(work / "clean")).select_columns(
+    # in memory: TRL's own preparation (trlpack) would write datasets cache files into the cleaned set
+    # directory, which tokenclean then refuses as changed since it was written
+    ds = datasets.load_from_disk(str(work / "clean"), keep_in_memory=True).select_columns(
         ["input_ids", "attention_mask", "labels"]
     )
     model = get_peft_model(
