@@ -287,3 +287,15 @@ def test_two_processes_equal_one(sets: dict[str, Path], tiny_model_dir: Path, tm
     assert max(float(v.abs().max()) for k, v in one_st.items() if "lora_B" in k) > 1e-4  # it trained
     worst = assert_same_adapter(two_st, one_st, 1e-5, 1e-7)
     print(f"2 processes vs 1: largest LoRA entry difference {worst:.2e}")
+
+
+def test_token_dataset_from_a_dataset_equals_from_the_directory(sets: dict[str, Path]) -> None:
+    """A ``datasets.Dataset`` source is cut to max_length and filtered like a tokenclean directory."""
+    import datasets
+
+    from tokenclean.interop import token_dataset
+
+    for length in (128, 24):
+        a = token_dataset(sets["soft"], length)
+        b = token_dataset(datasets.load_from_disk(str(sets["soft"]), keep_in_memory=True), length)
+        assert a.to_dict() == {k: v for k, v in b.to_dict().items() if k in a.column_names}
