@@ -4,10 +4,11 @@ token truth (character spans, :mod:`tokenclean.groundtruth.user_truth`)."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
-from tokenclean.cli.args import Command, existing
+from tokenclean.cli.args import Command, HelpFormatter, existing
 from tokenclean.errors import DataError
 
 
@@ -159,7 +160,79 @@ def _groundtruth_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--out", default=None, help="write the summary JSON here")
 
 
+def _from_steps(a: argparse.Namespace) -> int:
+    from tokenclean.groundtruth.steps import Split, StepFields
+    from tokenclean.groundtruth.steps_io import from_steps
+
+    fields = StepFields(a.input_field, a.steps_field, a.mistake_field, a.ratings_field, a.id_field)
+    limit = tuple(int(x) for x in a.limit.split(",")) if a.limit else ()
+    split = Split(a.heldout, limit, a.max_chars, a.seed)
+    sep = a.sep.replace("\\\\", "\0").replace("\\n", "\n").replace("\\t", "\t").replace("\0", "\\")
+    m = from_steps(a.data, a.out, fields, a.style, sep, split, force=a.force)
+    what = "reused" if m.get("reused") else "wrote"
+    print(f"{what} {a.out}: {m['samples']} samples (data.jsonl, truth.jsonl), {m['heldout']} held out")
+    for path, c in m["per_file"].items():
+        print(f"  {path}: {json.dumps(c)}")
+    print(f"  steps by label: {json.dumps(m['steps_by_label'])}")
+    return 0
+
+
+def _from_steps_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--data", required=True, action="append", type=existing("file"), help="JSONL traces (repeatable)"
+    )
+    s.add_argument("--out", required=True, help="output directory (a truth output of tokenclean)")
+    s.add_argument(
+        "--style",
+        default="auto",
+        choices=("auto", "first_mistake", "ratings"),
+        help="annotation style; auto: the field each record has",
+    )
+    s.add_argument("--input-field", default="input", help="the prompt field")
+    s.add_argument("--steps-field", default="steps", help="the list of steps")
+    s.add_argument("--mistake-field", default="mistake_index", help="0-based first wrong step (null: none)")
+    s.add_argument("--ratings-field", default="ratings", help="per-step -1/0/+1 ratings (PRM800K style)")
+    s.add_argument("--id-field", default=None, help="record id field (default: FILE_STEM-LINE)")
+    s.add_argument("--sep", default="\\n", help="separator between steps (backslash escapes allowed)")
+    s.add_argument(
+        "--heldout", type=int, default=0, help="error-free traces per file held out (heldout.jsonl)"
+    )
+    s.add_argument(
+        "--limit", default=None, help="at most N pool traces per file (N, or N1,N2,... one per --data file)"
+    )
+    s.add_argument("--max-chars", type=int, default=None, help="skip traces whose steps exceed N characters")
+    s.add_argument("--seed", type=int, default=0, help="seed of the held-out pick and the --limit sample")
+    s.add_argument("--force", action="store_true", help="replace an output of other inputs or settings")
+
+
+def _truth(a: argparse.Namespace) -> int:
+    return int(a.truth_handler(a))
+
+
+def _truth_args(s: argparse.ArgumentParser) -> None:
+    sub = s.add_subparsers(dest="truth_command", required=True, metavar="SUBCOMMAND")
+    p = sub.add_parser(
+        "from-steps",
+        help="SFT samples + span truth from step-annotated reasoning traces",
+        description="Reasoning traces with a first-mistake index (BIG-Bench Mistake) or per-step ratings "
+        "(PRM800K) -> DIR/data.jsonl (input as the user turn, steps joined by --sep as the assistant turn) "
+        "and DIR/truth.jsonl (steps before the first mistake 'correct', the first wrong step 'mistake', "
+        "later steps 'after'; ratings -1/0/+1 -> 'wrong'/'neutral'/'correct').",
+        epilog="example:\n  tokenclean truth from-steps --data word_sorting.jsonl --out bbm --heldout 10",
+        formatter_class=HelpFormatter,
+    )
+    _from_steps_args(p)
+    p.set_defaults(truth_handler=_from_steps)
+
+
 COMMANDS = (
+    Command(
+        "truth",
+        "convert annotated data into SFT samples plus token truth (from-steps)",
+        _truth_args,
+        _truth,
+        example="tokenclean truth from-steps --data traces.jsonl --out truth_dir",
+    ),
     Command(
         "groundtruth",
         "recovery metrics of a selection against annotated token truth",
