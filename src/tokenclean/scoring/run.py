@@ -262,15 +262,13 @@ def score_dataset(
 def _launched_group(num_shards: int, device: str) -> Any:
     """The accelerate ``PartialState`` when this process was started by a launcher with several processes
     (and no explicit ``--num-shards``), else None."""
-    from tokenclean.runtime import launched_world
+    from tokenclean.runtime import launched_world, process_group
 
     if launched_world()[1] <= 1 or num_shards != 1:
         return None
     import torch
-    from accelerate import PartialState
 
-    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    return PartialState(cpu=cpu)
+    return process_group(cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()))
 
 
 def _assemble_on_rank0(
@@ -287,24 +285,28 @@ def _assemble_on_rank0(
     layout: Packing = PADDED,
 ) -> dict[str, Any]:
     """Every rank has written its parts: each rank writes its own data file (its block of prepared rows, from
-    every rank's parts), then rank 0 writes the index and manifest; no rank assembles or re-hashes the store."""
+    every rank's parts), then rank 0 waits for them and writes the index and manifest; no rank assembles or
+    re-hashes the store. The waits are outside any collective (a large store may outlast the group timeout)."""
     from accelerate.utils import gather_object
+
+    from tokenclean.runtime import after_rank_zero
 
     group.wait_for_everyone()
     gathered = gather_object([check])  # the worst self-check over ranks goes in the manifest
     worst = max((c for c in gathered if c is not None), default=None)
-    with_ref = pair.mode != "base_only"
     if store.shard_done(out, group.process_index, num_shards) is None:
         args = (data.sample_ids, data.lengths, store.n_chunks(len(data), plan["shard_size"]), plan["scorer"])
-        store.write_shard(out, group.process_index, num_shards, *args, with_ref)
-    group.wait_for_everyone()
-    if group.is_main_process:
-        manifest = store_manifest(plan, data, device, batch_tokens, num_shards, worst, pair.merge_reference)
-        manifest.update(processes=group.num_processes, **layout_entries(pair, layout))
-        total = store.n_chunks(len(data), plan["shard_size"])
-        merge_parts(out, data.sample_ids, data.lengths, manifest, total, t0)
-        warn_if_reference_is_base(out, pair.mode, pair.ref_spec.adapter if pair.ref_spec else None)
-    group.wait_for_everyone()
+        store.write_shard(out, group.process_index, num_shards, *args, pair.mode != "base_only")
+    with after_rank_zero("writing the score store's index") as first:
+        if first:
+            store.wait_for_shards(out, num_shards)  # every rank's data file (polls their markers)
+            manifest = store_manifest(
+                plan, data, device, batch_tokens, num_shards, worst, pair.merge_reference
+            )
+            manifest.update(processes=group.num_processes, **layout_entries(pair, layout))
+            total = store.n_chunks(len(data), plan["shard_size"])
+            merge_parts(out, data.sample_ids, data.lengths, manifest, total, t0)
+            warn_if_reference_is_base(out, pair.mode, pair.ref_spec.adapter if pair.ref_spec else None)
     done = store.complete_manifest(out, plan, verify=False)  # rank 0 wrote it just now: no re-hash
     if done is None:
         raise store.StoreError(f"{out}: rank 0 did not assemble the store")

@@ -398,6 +398,19 @@ def write_shard(
     return info
 
 
+def wait_for_shards(out: Path, num: int, poll_s: float = 0.5) -> None:
+    """Wait (outside any collective) until the ``num`` processes' data files are written."""
+    import time
+
+    waited = 0.0
+    while any(shard_done(out, i, num) is None for i in range(num)):
+        time.sleep(poll_s)
+        waited += poll_s
+        if waited % 300 < poll_s:
+            missing = [i for i in range(num) if shard_done(out, i, num) is None]
+            log.info("%s: waiting for the data files of processes %s", out, missing)
+
+
 def write_index(out: Path, num: int, fingerprint: str) -> tuple[dict[str, Any], dict[str, int]]:
     """Move the ``num`` data files (all written) into ``out`` in row order and write ``state.json`` and
     ``dataset_info.json`` beside them. Returns the file digests (data files from their markers) and the
