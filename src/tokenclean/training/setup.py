@@ -107,6 +107,29 @@ def check_tokenizer(manifest: dict[str, Any], spec: ModelSpec, data_dir: Path) -
         )
 
 
+def packed_rows(net: Any, cfg: TrainConfig, data: TrainData) -> int | None:
+    """How training micro-batches are laid out: :data:`~tokenclean.training.collate.NOT_PACKED` (right-
+    padded) unless ``cfg.pack``, the data has no ``attention_mask`` and the model keeps packed samples apart
+    (:func:`tokenclean.packing.packing_works`, probed in eval mode); else the packed row length
+    (:func:`tokenclean.packing.row_tokens_for`: None = one row for flash-attention varlen)."""
+    from tokenclean.packing import packing_works, row_tokens_for
+    from tokenclean.training.collate import NOT_PACKED
+
+    if not cfg.pack or data.attention_mask is not None:
+        return NOT_PACKED
+    was_training = net.training
+    net.eval()  # no dropout in the probe
+    try:
+        ok = packing_works(net)
+    finally:
+        net.train(was_training)
+    if not ok:
+        log.warning("this model mixes packed samples (attention ignores position_ids); training pads instead")
+        return NOT_PACKED
+    attn = getattr(getattr(net, "config", None), "_attn_implementation", None)
+    return row_tokens_for(attn, cfg.batch_size * cfg.max_length)
+
+
 def autocast(dev: str, bf16: bool) -> Callable[[], contextlib.AbstractContextManager[Any]]:
     """A factory of the forward passes' autocast context (a no-op without ``bf16``)."""
     dev_type = dev.split(":")[0]

@@ -26,6 +26,7 @@ class TrainState:
     step: int = 0  # optimizer steps done = the data position
     tokens_input: int = 0  # non-padding input tokens of the gradient passes, all ranks
     tokens_kept: int = 0  # counted tokens, all ranks
+    tokens_computed: int = 0  # tokens the gradient passes computed (padding included), all ranks
     seconds: float = 0.0  # training-loop seconds over every session
     skipped_steps: int = 0  # steps with no counted token
     nonfinite_steps: int = 0  # steps skipped for a non-finite loss or gradient norm
@@ -62,6 +63,7 @@ class TrainRun:
     scheduler: Any = None
     n_steps: int = 0
     global_batch: int = 0  # samples per optimizer step over all ranks
+    row_tokens: int | None = -1  # packed micro-batch rows (None: one row; -1: not packed, right-padded)
     resumed_from: int | None = None
 
     @property
