@@ -14,8 +14,9 @@ and seeds (tokenclean.stats.bootstrap):
 
 Signals: ``tc`` = base loss - reference loss (Token Cleaning); ``ref_ll`` = -reference loss (what the reference
 finds likely); ``base_ll`` = -base loss; ``random``; ``step:X`` = X averaged over each reasoning step (a step
-starts at its decisive token); ``cut:X`` = the running minimum of step:X along the trace (a step inherits the
-worst step before it, so what follows an error goes with it).
+starts at its decisive token); ``stepmin:X`` = the step's lowest X (its least likely / least learnable
+token); ``cut:X`` / ``cutmin:X`` = the running minimum of step:X / stepmin:X along the trace (a step inherits
+the worst step before it, so what follows an error goes with it).
 
     python benchmarks/real_mistakes_analysis.py [--refs runs/rm-refs] [--run runs/real-mistakes/seed_0]
 """
@@ -80,8 +81,16 @@ def step_mean(x: np.ndarray, step: np.ndarray, scored: np.ndarray) -> np.ndarray
     return out
 
 
-def running_min(x: np.ndarray, step: np.ndarray, scored: np.ndarray) -> np.ndarray:
-    sm = step_mean(x, step, scored)
+def step_min(x: np.ndarray, step: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    out = x.copy()
+    for k in np.unique(step[scored]):
+        m = scored & (step == k)
+        out[m] = x[m].min()
+    return out
+
+
+def running_min(x: np.ndarray, step: np.ndarray, scored: np.ndarray, agg: Callable = step_mean) -> np.ndarray:
+    sm = agg(x, step, scored)
     out = x.copy()
     out[scored] = np.minimum.accumulate(sm[scored])
     return out
@@ -101,12 +110,15 @@ def signals(lo: dict[str, list], truth: dict[str, Any], seed: int) -> dict[str, 
         raw[f"ref_ll[{ref}]"] = [-x for x in r]
     out = dict(raw)
     for name in [n for n in raw if n.startswith(("tc", "ref_ll"))]:
-        out[f"step:{name}"], out[f"cut:{name}"] = [], []
+        for v in ("step", "cut", "stepmin", "cutmin"):
+            out[f"{v}:{name}"] = []
         for x, d in zip(raw[name], truth["decisive"]):
             sc = ~np.isnan(x)
             st = steps_of(d, sc)
             out[f"step:{name}"].append(step_mean(x, st, sc))
             out[f"cut:{name}"].append(running_min(x, st, sc))
+            out[f"stepmin:{name}"].append(step_min(x, st, sc))
+            out[f"cutmin:{name}"].append(running_min(x, st, sc, step_min))
     return out
 
 

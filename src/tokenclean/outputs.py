@@ -53,6 +53,8 @@ MARKERS = {
     "merge": "merge.json",
     "report": "manifest.json",
     "truth": "manifest.json",
+    "export": "manifest.json",
+    "import": "manifest.json",
 }
 """The file whose ``stage`` field says what a finished output is."""
 PARTIAL = {"score": ".work/plan.json", "train": "checkpoint/state.json"}
