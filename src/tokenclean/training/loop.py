@@ -71,13 +71,12 @@ from tokenclean.training.model import (
     adapter_path,
     build_lora_model,
     no_split_modules,
-    portable_base_name,
     trainable_parameters,
 )
 from tokenclean.training.policies import StepView, build_policy
 from tokenclean.training.schedule import warn_if_no_update
-from tokenclean.training.state import TrainRun, TrainState
-from tokenclean.utils import apply_threads, get_logger, read_json, sha256_tree
+from tokenclean.training.state import TrainRun, TrainState, run_identity
+from tokenclean.utils import apply_threads, get_logger, read_json
 
 log = get_logger("training")
 
@@ -87,18 +86,6 @@ INTERRUPT_ENV = "TOKENCLEAN_TRAIN_INTERRUPT_AFTER"
 
 class TrainingInterrupted(TokencleanError):
     """Raised by the ``TOKENCLEAN_TRAIN_INTERRUPT_AFTER`` hook; a re-run resumes from the last checkpoint."""
-
-
-def run_identity(
-    cfg: TrainConfig, data_dir: Path, spec: ModelSpec, init_adapter: str | None
-) -> dict[str, Any]:
-    """What makes two runs the same run: result-affecting config, data bytes, base model, initial adapter."""
-    return {
-        "config": cfg.identity(),
-        "data_sha256": sha256_tree(data_dir),
-        "model": portable_base_name(spec),
-        "init_adapter_sha256": sha256_tree(init_adapter) if init_adapter else None,
-    }
 
 
 @guarded("train", inputs=("data_dir", "init_adapter", "model"), in_place=True, before=check_finished)
@@ -197,13 +184,7 @@ def _setup_optimizer(run: TrainRun, identity: dict[str, Any], saved: dict[str, A
     wrapper = signal_model(run.net)
     wrapper._no_split_modules = no_split_modules(run.net)  # FSDP wraps the model's own layer classes
     run.model, run.optimizer = acc.prepare(wrapper, optimizer)
-    run.global_batch, accum = cfg.step_batch(acc.num_processes)
-    if acc.num_processes > 1 and cfg.global_batch is None and cfg.grad_accum is not None:
-        log.warning(
-            "global batch %d = batch_size %d x grad_accum %d x %d processes (it grows with the processes); "
-            "set train.global_batch to train the same steps on any number of processes",
-            *(run.global_batch, cfg.batch_size, accum, acc.num_processes),
-        )
+    run.global_batch = setup.global_batch(cfg, acc.num_processes)
     run.n_steps = total_steps(len(run.data), run.global_batch, cfg.epochs, cfg.max_steps)
     warn_if_no_update(len(run.data), cfg, run.n_steps, acc.num_processes)
     run.scheduler = setup.scheduler(run.optimizer, cfg, run.n_steps)

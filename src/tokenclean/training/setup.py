@@ -74,6 +74,19 @@ def scheduler(optimizer: Any, cfg: TrainConfig, n_steps: int) -> Any:
     return get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * n_steps), n_steps)
 
 
+def global_batch(cfg: TrainConfig, world: int) -> int:
+    """Samples per optimizer step on ``world`` processes (:meth:`TrainConfig.step_batch`); warns when the
+    Hugging Face convention makes it grow with the processes."""
+    batch, accum = cfg.step_batch(world)
+    if world > 1 and cfg.global_batch is None and cfg.grad_accum is not None:
+        log.warning(
+            "global batch %d = batch_size %d x grad_accum %d x %d processes (it grows with the processes); "
+            "set train.global_batch to train the same steps on any number of processes",
+            *(batch, cfg.batch_size, accum, world),
+        )
+    return batch
+
+
 def check_vocab(data: TrainData, net: Any, data_dir: Path) -> None:
     """Every token id of the data must be inside the model's embedding table."""
     vocab = net.get_input_embeddings().num_embeddings

@@ -11,7 +11,22 @@ from typing import Any
 from tokenclean.models.loader import ModelSpec
 from tokenclean.training.config import TrainConfig
 from tokenclean.training.data import TrainData
+from tokenclean.training.model import portable_base_name
 from tokenclean.training.policies import Policy
+from tokenclean.utils import sha256_tree
+
+
+def run_identity(
+    cfg: TrainConfig, data_dir: Path, spec: ModelSpec, init_adapter: str | None
+) -> dict[str, Any]:
+    """What makes two runs the same run: result-affecting config, data bytes, base model, initial adapter."""
+    return {
+        "config": cfg.identity(),
+        "data_sha256": sha256_tree(data_dir),
+        "model": portable_base_name(spec),
+        "init_adapter_sha256": sha256_tree(init_adapter) if init_adapter else None,
+    }
+
 
 # kept in memory only: the counters of this process's session (a resumed run starts them at 0)
 _SESSION = ("session_seconds", "session_tokens", "session_kept")
@@ -75,4 +90,4 @@ class TrainRun:
         return int(self.acc.num_processes)
 
 
-__all__ = ["TrainRun", "TrainState"]
+__all__ = ["TrainRun", "TrainState", "run_identity"]
