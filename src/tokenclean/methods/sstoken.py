@@ -154,7 +154,7 @@ class SsTokenPolicy(Policy):
                     ) from None
                 cur = sig["loss"].float().cpu().numpy()
                 attn = sig["attn"].float().cpu().numpy() if "attn" in sig else np.zeros_like(cur)
-                rows, pos = mb.batch.rows.cpu().numpy(), mb.batch.pos.cpu().numpy()
+                rows, pos = mb.batch.token_sample.cpu().numpy(), mb.batch.token_pos.cpu().numpy()
                 if attn_only:
                     score = attn.astype(np.float64)
                 else:

@@ -75,6 +75,8 @@ def done_record(run: TrainRun, state: TrainState) -> dict[str, Any]:
         "skipped_steps": state.skipped_steps,
         "nonfinite_steps": state.nonfinite_steps,
         "tokens": {"input": state.tokens_input, "kept": state.tokens_kept},
+        "packed": run.row_tokens != -1,
+        "padding_efficiency": round(state.tokens_input / max(state.tokens_computed, 1), 4),
         "final_loss": state.last_loss,
         "tokens_per_s": round(state.session_tokens / max(secs, 1e-9), 2),
         "kept_tokens_per_s": round(state.session_kept / max(secs, 1e-9), 2),
