@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tokenclean.cli.args import Command, add_settings, data_source, existing, settings_from_args
+from tokenclean.cli.args import Command, add_settings, data_source, existing, model_name, settings_from_args
 from tokenclean.pipelines.config import DataConfig
 
 _PREPARE_SETTINGS = ("format", "template", "max_length", "skip_invalid")
@@ -17,7 +17,12 @@ def _prepare_args(s: argparse.ArgumentParser) -> None:
         type=data_source,
         help="JSONL/JSON/Parquet file, save_to_disk dir, hub:NAME[:SPLIT] or builtin:sample",
     )
-    s.add_argument("--tokenizer", required=True, help="Hub id, local dir, .gguf file or alias (smollm2)")
+    s.add_argument(
+        "--tokenizer",
+        required=True,
+        type=model_name("tokenizer"),
+        help="Hub id, local dir, .gguf file or alias (smollm2)",
+    )
     s.add_argument("--out", required=True, help="output directory (the prepared dataset)")
     add_settings(s, DataConfig, "data", only=_PREPARE_SETTINGS)
     s.add_argument(
@@ -62,7 +67,12 @@ def _inspect_args(s: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--n", type=int, default=5, help="samples to show")
     s.add_argument("--start", type=int, default=0, help="index of the first sample shown")
-    s.add_argument("--tokenizer", default=None, help="tokenizer to decode with (default: the manifest's)")
+    s.add_argument(
+        "--tokenizer",
+        default=None,
+        type=model_name("tokenizer"),
+        help="tokenizer to decode with (default: the manifest's)",
+    )
     s.add_argument("--markers", action="store_true", help="[+kept+] [-dropped-] markers instead of colour")
     s.add_argument("--scores", action="store_true", help="also list each response token's score")
 

@@ -11,6 +11,7 @@ from tokenclean.cli.args import (
     add_settings,
     apply_runtime,
     existing,
+    model_name,
     settings_from_args,
 )
 from tokenclean.config import check_bounds
@@ -146,7 +147,12 @@ def _xtf_args(x: argparse.ArgumentParser) -> None:
         type=existing("prepared dataset"),
         help="prepared dataset (tokenclean prepare)",
     )
-    x.add_argument("--base", required=True, help="base model (Hub id, dir, .gguf or alias smollm2)")
+    x.add_argument(
+        "--base",
+        required=True,
+        type=model_name("base model"),
+        help="base model (Hub id, dir, .gguf or alias smollm2)",
+    )
     x.add_argument("--out", required=True, help="cleaned dataset directory")
     add_settings(x, XtfSettings, "xtf")
     x.add_argument(
