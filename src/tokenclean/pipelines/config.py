@@ -200,6 +200,7 @@ class RunConfig:
                 "model.base: required (a Hub id, a local directory, a .gguf file or the alias smollm2); "
                 "the config gives none"
             )
+        self._validate_heldout()
         for i, m in enumerate(self.methods):
             if m not in METHODS:
                 raise ConfigError(f"methods[{i}]: unknown method '{m}' (valid: {', '.join(METHODS)})")
@@ -215,6 +216,23 @@ class RunConfig:
             self.data.synthetic is None or self.data.synthetic.clean_repeats < 1
         ):
             raise ConfigError("warmup.data: synthetic:clean needs data.synthetic.clean_repeats >= 1")
+
+    def _validate_heldout(self) -> None:
+        """No silent default: the bundled sample is never the held-out set of the user's own data, and the
+        quick suite (held-out response loss) needs a held-out set."""
+        d = self.data
+        cut = f"(cut one: tokenclean split --data {d.path or 'FILE'} --heldout 0.1 --out splits)"
+        if d.heldout == "builtin:sample" and d.path != "builtin:sample" and d.synthetic is None:
+            raise ConfigError(
+                f"data.heldout: builtin:sample is the bundled sample, but data.path is '{d.path}'; a loss on it "
+                f"says nothing about your data. Give data.heldout=YOUR_HELDOUT.jsonl {cut}, or "
+                "data.heldout=null eval.suite=none to skip the evaluation"
+            )
+        if self.eval.suite == "quick" and not d.heldout and not self.eval.tasks and d.synthetic is None:
+            raise ConfigError(
+                f"data.heldout: required by eval.suite=quick (the response loss on held-out data) {cut}; "
+                "or eval.suite=none to skip the evaluation"
+            )
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

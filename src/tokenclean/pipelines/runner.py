@@ -36,7 +36,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     """Run every method of ``cfg`` (finished stages whose identity matches are reused); returns the
     summary. The run directory is locked: a second ``tokenclean run`` on it stops with "in use by PID".
     With ``seeds`` every method runs once per seed (:mod:`tokenclean.pipelines.seeds`), each seed's
-    directory locked by its own run."""
+    directory locked by its own run. Models and data files are checked first: a typo creates nothing."""
+    from tokenclean.pipelines.inputs import check_inputs
+
+    check_inputs(cfg)
     if cfg.seeds:
         from tokenclean.pipelines.seeds import run_seeds
 

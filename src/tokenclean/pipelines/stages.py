@@ -400,9 +400,9 @@ def prepare_pool(run: Run) -> Path:
         gen = run.root / "data" / "source"
         _generate_once(generate_pool, d.synthetic, gen)
         source, heldout = str(gen / "pool.jsonl"), str(gen / "test.jsonl")
-    prepare_file(run, source, out)
-    if heldout:
+    if heldout:  # first: a held-out file with bad records stops the run before the (larger) pool is prepared
         prepare_file(run, heldout, run.root / "data" / "heldout")
+    prepare_file(run, source, out)
     run._pool = out
     return out
 
