@@ -16,7 +16,7 @@ from tokenclean.errors import TokencleanError
 # Every command, in the order of the data flow (data -> scoring -> selection -> training -> evaluation ->
 # report), then the pipelines that arrange them.
 COMMANDS: tuple[Command, ...] = (
-    *data.COMMANDS,  # prepare, inspect
+    *data.COMMANDS,  # prepare, inspect, split
     *scoring.COMMANDS,  # score
     *selection.COMMANDS,  # select, xtf
     *training.COMMANDS,  # train, merge

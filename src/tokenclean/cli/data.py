@@ -88,6 +88,33 @@ def _inspect(a: argparse.Namespace) -> int:
     return 0
 
 
+def _split_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--data", required=True, type=data_source, help="JSONL/JSON/Parquet file or save_to_disk dir"
+    )
+    s.add_argument("--out", required=True, help="output directory (train.jsonl, heldout.jsonl, part_N.jsonl)")
+    s.add_argument(
+        "--heldout", type=float, default=0.0, help="share of the rows held out (heldout.jsonl; 0: none)"
+    )
+    s.add_argument(
+        "--parts",
+        type=int,
+        default=1,
+        help="cut the rest into N seeded, equal parts (part_0.jsonl: the warm-up slice; run cuts its pool "
+        "into self_evolving.rounds + 1)",
+    )
+    s.add_argument("--seed", type=int, default=42, help="seed of the cut (run: selection.seed)")
+
+
+def _split(a: argparse.Namespace) -> int:
+    from tokenclean.data.split import split_file
+
+    info = split_file(a.data, a.out, heldout=a.heldout, parts=a.parts, seed=a.seed)
+    files = ", ".join(f"{name} {n}" for name, n in info["files"].items())
+    print(f"wrote {a.out}: {info['rows']} rows -> {files}")
+    return 0
+
+
 COMMANDS = (
     Command(
         "prepare",
@@ -102,5 +129,12 @@ COMMANDS = (
         _inspect_args,
         _inspect,
         example="tokenclean inspect runs/clean --n 3 --markers",
+    ),
+    Command(
+        "split",
+        "cut an SFT file into a held-out file and seeded parts (part_0: the warm-up slice)",
+        _split_args,
+        _split,
+        example="tokenclean split --data my.jsonl --heldout 0.1 --parts 3 --out splits",
     ),
 )

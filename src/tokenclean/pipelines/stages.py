@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenclean.config import to_dict
+from tokenclean.data.split import split_indices
 from tokenclean.outputs import (
     StaleOutputError,
     check_target,
@@ -154,14 +155,6 @@ def prepare_file(run: Run, source: str | Path, out: Path) -> Path:
         replace_stale=True,
     )
     return out
-
-
-def split_indices(n: int, parts: int, seed: int) -> list[list[int]]:
-    """A seeded permutation of ``range(n)`` cut into ``parts`` near-equal parts (sorted within each part)."""
-    import numpy as np
-
-    perm = np.random.default_rng(seed).permutation(n)
-    return [sorted(int(i) for i in chunk) for chunk in np.array_split(perm, parts)]
 
 
 def artifact_id(path: Path, marker: str = "manifest.json") -> str:
