@@ -26,6 +26,9 @@ COMMANDS: tuple[Command, ...] = (
     *pipelines.COMMANDS,  # run, demo, validate-config, settings
 )
 
+PRINTS_ITS_RESULT = frozenset({"prepare", "score", "select", "xtf", "train", "merge"})
+"""Commands that print their result line themselves (to stdout)."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -69,7 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parse(build_parser(), argv)
     except SystemExit as e:  # --help, --version, or a usage error already printed (a missing path: 2)
         return e.code if isinstance(e.code, int) else 2
+    from tokenclean.utils import quiet_libraries, result_printed_by_caller
+
+    quiet_libraries()
     try:
+        if args.command in PRINTS_ITS_RESULT:
+            with (
+                result_printed_by_caller()
+            ):  # the command's own line says it: the stage's log line would repeat it
+                return int(args.handler(args))
         return int(args.handler(args))
     except TokencleanError as e:
         print(f"tokenclean {args.command}: error: {e}", file=sys.stderr)

@@ -32,13 +32,18 @@ def _run(a: argparse.Namespace) -> int:
     cfg = load_run_config(a.config, a.overrides)  # a bad key fails here, before torch loads
     apply_runtime(a)
     from tokenclean.pipelines.runner import run
+    from tokenclean.report.text import eval_text_table
     from tokenclean.report.truth_tables import print_all
 
     summary = run(cfg)
     if _not_rank0():
         return 0
-    if cfg.data.synthetic is not None or cfg.data.truth is not None:
+    print()
+    truth = cfg.data.synthetic is not None or cfg.data.truth is not None
+    if truth:
         print_all(summary)
+    if not truth or any((m.get("eval") or {}).get("tasks") for m in summary.get("methods", {}).values()):
+        print(eval_text_table(summary))
     print(f"run directory: {cfg.run_dir} (summary.json, config.yaml)")
     _print_report(summary)
     return 0

@@ -66,20 +66,10 @@ def _select(a: argparse.Namespace) -> int:
         weights=a.weights,
         temperature=a.temperature,
     )
+    from tokenclean.selection.stats import describe
+
     for out, st in zip(outs, all_stats):
-        what = f"score > {st['threshold']}" if a.level == "threshold" else f"K={st['requested_ratio']}"
-        print(
-            f"{'reused' if st.get('reused') else 'wrote'} {out}: {a.level} {what}: kept "
-            f"{st['kept_tokens']} of {st['total_response_tokens']} response tokens "
-            f"(achieved {st['achieved_ratio']:.4f}); {st['samples_emptied']} of {st['samples_total']} "
-            f"samples emptied and dropped; {st['nan_scores']} NaN scores"
-            + (
-                f"; soft weights ({st['weights']['mapping']}, T={st['weights']['temperature']}): "
-                f"sum {st['weights']['sum']:.1f}, mean {st['weights']['mean']:.3f}"
-                if st.get("weights")
-                else ""
-            )
-        )
+        print(f"{'reused' if st.get('reused') else 'wrote'} {out}: {describe(st, a.level)}")
     return 0
 
 

@@ -69,12 +69,23 @@ def _run(cfg: RunConfig) -> dict[str, Any]:
         from tokenclean.pipelines.groundtruth import evaluate_ground_truth
 
         rank_zero_only(evaluate_ground_truth)(r)  # rank 0 measures; the others skip
-        r.save_summary()
+    else:
+        rank_zero_only(_record_budgets)(r)  # (ground-truth runs record theirs with their measurements)
+    r.save_summary()
     r.summary["total_seconds"] = round(time.time() - t0, 1)
     r.save_summary()
     if cfg.report:
         report_stage(r.root, r.summary, r.tokenizer)
     return r.summary
+
+
+def _record_budgets(r: Run) -> None:
+    """What every method's result cost (updates, trained tokens, token-passes) into its summary entry."""
+    from tokenclean.pipelines.budget import method_budget
+
+    rounds = r.summary.get("rounds", [])
+    for name, m in r.summary.get("methods", {}).items():
+        m["budget"] = method_budget(r.root, name, m, rounds)
 
 
 def _order(cfg: RunConfig) -> list[str]:

@@ -101,7 +101,7 @@ def report_stage(root: Path, summary: dict[str, Any], tokenizer: Any = None) -> 
     paths = build_report([str(root)], tokenizer=tokenizer)
     summary["report"] = {k: str(v) for k, v in paths.items()}
     write_summary(root, summary)
-    log.info("report: %s", paths.get("index.html") or paths.get("report.md"))
+    log.debug("report: %s", paths.get("index.html") or paths.get("report.md"))  # the CLI prints it
 
 
 @rank_zero_first
@@ -373,8 +373,17 @@ def eval_stage(run: Run, name: str, adapter: Path | None, out: Path) -> dict[str
         dtype=e.dtype,
     )
     write_json_atomic(out, dict(res, stage_identity=identity))
-    log.info("eval %s: %s", name, res.get("average"))
+    log.info("eval %s: %s", name, _eval_line(res))
     return res
+
+
+def _eval_line(res: dict[str, Any]) -> str:
+    """``average 41.20 (mmlu 0.4100, ...)`` or ``heldout_loss 1.2345, ...``: what an evaluation measured."""
+    tasks = ", ".join(
+        f"{k} {v['value']:.4f}" for k, v in (res.get("tasks") or {}).items() if v.get("value") is not None
+    )
+    avg = res.get("average")
+    return (f"average {avg:.4f} ({tasks})" if avg is not None else tasks) or "no task measured"
 
 
 # ------------------------------------------------------------------------------------------------ shared

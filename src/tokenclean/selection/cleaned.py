@@ -31,9 +31,10 @@ from tokenclean import IGNORE_INDEX
 from tokenclean.errors import ConfigError, DataError
 from tokenclean.outputs import check_target, content_id, decide, file_digests, guarded, verify_input
 from tokenclean.selection.masks import LEVELS, TIE_RULE, keep_mask, ratio_fraction
-from tokenclean.selection.stats import kept_per_sample, selection_stats, tie_decided
+from tokenclean.selection.stats import describe, kept_per_sample, selection_stats, tie_decided
 from tokenclean.selection.table import TokenTable, load_token_table, resolve_prepared_dir
 from tokenclean.utils import (
+    RESULT,
     atomic_dir,
     get_logger,
     package_versions,
@@ -260,17 +261,7 @@ def _select_one(
         stats["weights"] = weight_stats(weights, keep, s)
         manifest["weights"] = stats["weights"]
     write_cleaned(out, table, keep, stats, dict(manifest, seconds=round(time.time() - t0, 3)), weights)
-    log.info(
-        "%s K=%s: kept %d of %d response tokens (%.4f), %d of %d samples emptied -> %s",
-        s["level"],
-        s["ratio"] if s["level"] != "threshold" else f"score>{s['threshold']}",
-        stats["kept_tokens"],
-        stats["total_response_tokens"],
-        stats["achieved_ratio"],
-        stats["samples_emptied"],
-        stats["samples_total"],
-        out,
-    )
+    log.info("%s -> %s", describe(stats, s["level"]), out, extra=RESULT)
     return stats
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from tokenclean.config import DEFAULT_DEVICE, check_fields, setting
 from tokenclean.errors import ConfigError
 from tokenclean.outputs import guarded
-from tokenclean.utils import get_logger, package_versions, sha256_json, sha256_tree
+from tokenclean.utils import RESULT, get_logger, package_versions, sha256_json, sha256_tree
 
 log = get_logger("select")
 
@@ -232,7 +232,11 @@ def xtf_select(
         manifest["tokenizer"] = read_json(pm).get("tokenizer")
     write_cleaned(out, table, keep, stats, manifest)
     log.info(
-        "xtf: kept %d of %d response tokens -> %s", stats["kept_tokens"], stats["total_response_tokens"], out
+        "xtf: kept %d of %d response tokens -> %s",
+        stats["kept_tokens"],
+        stats["total_response_tokens"],
+        out,
+        extra=RESULT,
     )
     return stats
 

@@ -80,6 +80,7 @@ from tokenclean.training.model import (
 from tokenclean.training.policies import Policy, StepView, build_policy
 from tokenclean.training.schedule import warn_if_no_update
 from tokenclean.utils import (
+    RESULT,
     apply_threads,
     atomic_dir,
     get_logger,
@@ -503,6 +504,7 @@ def _finish(
             "-" if state["last_loss"] is None else f"{state['last_loss']:.4f}",
             done["tokens_per_s"],
             out / "adapter",
+            extra=RESULT,
         )
     acc.wait_for_everyone()
     return done

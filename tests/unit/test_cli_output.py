@@ -1,0 +1,63 @@
+"""The CLI says each result once, on one line, without the libraries' progress bars and FutureWarnings."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+from tokenclean.cli import main
+from tokenclean.selection.stats import describe
+from tokenclean.utils import quiet_libraries
+
+
+def test_prepare_prints_one_result_line_and_no_library_bars(
+    tmp_path: Path, tiny_tok_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "d.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(7)))
+    assert (
+        main(["prepare", "--data", str(src), "--tokenizer", str(tiny_tok_dir), "--out", str(tmp_path / "p")])
+        == 0
+    )
+    out, err = capfd.readouterr()
+    assert out.count("7 samples") == 1 and out.startswith("wrote ")
+    assert "prepared 7 samples" not in err  # the library's own result line is not repeated
+    assert "Saving the dataset" not in err
+    assert "7/7" in err  # the prepare bar has its total
+
+
+def test_library_future_warnings_are_silenced_but_not_the_users() -> None:
+    with warnings.catch_warnings(record=True) as seen:  # the filters are restored afterwards
+        warnings.simplefilter("always")
+        quiet_libraries()
+        warnings.warn_explicit(
+            "old API", FutureWarning, "modeling_utils.py", 1, module="transformers.modeling_utils"
+        )
+        warnings.warn_explicit("old API", FutureWarning, "tuners.py", 1, module="peft.tuners")
+        warnings.warn_explicit("old API", FutureWarning, "mine.py", 1, module="mine")
+    assert [w.filename for w in seen] == ["mine.py"]
+
+
+def test_a_soft_selection_says_it_weights_every_token() -> None:
+    st = {
+        "total_response_tokens": 593,
+        "kept_tokens": 593,
+        "requested_ratio": 0.6,
+        "achieved_ratio": 1.0,
+        "samples_emptied": 0,
+        "samples_total": 30,
+        "weights": {
+            "mapping": "sigmoid",
+            "temperature": 1.0,
+            "mean": 0.61,
+            "effective_tokens": 361.7,
+            "share_above_half": 0.6,
+        },
+    }
+    line = describe(st, "global")
+    assert "kept 593 of 593" not in line and "achieved" not in line
+    assert line.startswith("soft weights (sigmoid, T=1.0) around the global K=0.6 cut: all 593 of 593")
+    assert "mean weight 0.610 (361.7 effective tokens), 60.0% weighted above 0.5" in line
