@@ -61,3 +61,17 @@ def test_a_soft_selection_says_it_weights_every_token() -> None:
     assert "kept 593 of 593" not in line and "achieved" not in line
     assert line.startswith("soft weights (sigmoid, T=1.0) around the global K=0.6 cut: all 593 of 593")
     assert "mean weight 0.610 (361.7 effective tokens), 60.0% weighted above 0.5" in line
+
+
+def test_validate_config_checks_every_file_and_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml"
+    (tmp_path / "a.yaml").write_text("selection:\n  ratio: 2\n")
+    (tmp_path / "b.yaml").write_text("bogus_key: 1\n")
+    assert main(["validate-config", str(tmp_path / "a.yaml"), str(good), str(tmp_path / "b.yaml")]) == 2
+    out, err = capsys.readouterr()
+    assert f"{good}: ok" in out
+    assert f"{tmp_path / 'a.yaml'}: error: " in err and "selection.ratio" in err
+    assert f"{tmp_path / 'b.yaml'}: error: " in err and "bogus_key" in err
+    assert "2 of 3 config(s) invalid" in err

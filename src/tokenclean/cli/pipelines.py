@@ -80,13 +80,24 @@ def _demo(a: argparse.Namespace) -> int:
 
 
 def _validate(a: argparse.Namespace) -> int:
+    import sys
+
     from tokenclean.config import to_yaml
+    from tokenclean.errors import TokencleanError
     from tokenclean.pipelines.config import load_run_config
 
-    for path in a.configs:
-        cfg = load_run_config(path, a.set or [])
+    failed = 0
+    for path in a.configs:  # every file is checked; each error names its file
+        try:
+            cfg = load_run_config(path, a.set or [])
+        except TokencleanError as e:
+            print(f"{path}: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
         print(f"{path}: ok" if not a.show else f"# {path}\n{to_yaml(cfg)}")
-    return 0
+    if failed:
+        print(f"{failed} of {len(a.configs)} config(s) invalid", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _settings(a: argparse.Namespace) -> int:
