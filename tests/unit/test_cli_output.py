@@ -75,3 +75,29 @@ def test_validate_config_checks_every_file_and_names_it(
     assert f"{tmp_path / 'a.yaml'}: error: " in err and "selection.ratio" in err
     assert f"{tmp_path / 'b.yaml'}: error: " in err and "bogus_key" in err
     assert "2 of 3 config(s) invalid" in err
+
+
+def test_help_texts_say_each_thing_once_and_truly(capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from tokenclean.cli import COMMANDS
+    from tokenclean.cli.settings_doc import settings_markdown
+
+    assert main(["eval", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "dtype of the evaluated model (on --device)" in text and "model.device" not in text
+    assert "| `seeds` | `[]` |" in settings_markdown()  # as written in YAML, not ''
+    demo = next(c for c in COMMANDS if c.name == "demo").help
+    names = {"base": "base", "full": "full tokens", "random": "random", "rho": "RHO"}
+    names |= {"fixed_model": "fixed-model", "self_evolving": "self-evolving"}
+    root = Path(__file__).resolve().parents[2]
+    methods = yaml.safe_load((root / "src/tokenclean/resources/demo.yaml").read_text())["methods"]
+    assert all(names[m] in demo for m in methods) and "every method on" not in demo
+
+
+def test_a_dashed_override_says_how_overrides_are_written(capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml"
+    assert main(["run", str(cfg), "--data.path", "x.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tokenclean run: error: unrecognized arguments: --data.path")
+    assert "config overrides are key=value, e.g. data.path=VALUE" in err and "usage:" not in err

@@ -56,6 +56,14 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     args, extra = parser.parse_known_args(argv)
     if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
         args.overrides = [*(args.overrides or []), *extra]
+    elif extra and hasattr(args, "overrides"):  # `run CONFIG --data.path x`: say how overrides are written
+        dotted = [x.lstrip("-") for x in extra if x.startswith("--") and "." in x]
+        hint = f"; config overrides are key=value, e.g. {dotted[0].split('=')[0]}=VALUE" if dotted else ""
+        print(
+            f"tokenclean {args.command}: error: unrecognized arguments: {' '.join(extra)}{hint}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args

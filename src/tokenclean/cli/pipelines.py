@@ -135,7 +135,8 @@ COMMANDS = (
     ),
     Command(
         "demo",
-        "offline demo: every method on a ground-truth pool with SmolLM2-135M",
+        "offline demo: base, full tokens, random, RHO, fixed-model and self-evolving cleaning on a ground-truth "
+        "pool with SmolLM2-135M (every method: configs/compare_smollm2.yaml)",
         _demo_args,
         _demo,
         example="tokenclean demo --out runs/demo",

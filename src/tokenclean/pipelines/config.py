@@ -136,7 +136,7 @@ class EvalConfig:
     limit: int | None = setting(None, "samples per task (null: all)", bounds=">= 1")
     data_dir: str | None = field(default=None, metadata=_h("local benchmark copies (see docs/evaluation.md)"))
     dtype: Literal["fp32", "bf16", "fp16", "auto"] = field(
-        default="fp32", metadata=_h("dtype of the evaluated model (on model.device)")
+        default="fp32", metadata=_h("dtype of the evaluated model")
     )
 
 
