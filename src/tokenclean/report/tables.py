@@ -45,7 +45,7 @@ TASK_LABELS = {
 METHOD_ORDER = ("base", "warmup", "ds2", *(m for m in METHODS if m not in ("base", "warmup")))
 METHOD_LABELS = {
     "base": "Base",
-    "warmup": "DS2 (warm-up)",
+    "warmup": "Warm-up reference",  # DS2 in the paper's runs, whose pool is DS2's; not on other data
     "ds2": "DS2 (warm-up)",
     "full": "Full tokens",
     "random": "Uniform random",
