@@ -26,6 +26,10 @@ T = TypeVar("T")
 
 DEFAULT_DEVICE = "auto"  # the one device default of every command and engine function: CUDA when present
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA when available, else CPU)"
+ATTN_HELP = (
+    "attention of every loaded model (auto: flash_attention_2 on CUDA in bf16/fp16 when flash-attn is "
+    "installed, else transformers' default, sdpa)"
+)
 
 
 def setting(
@@ -82,9 +86,13 @@ def _field(cls: type, name: str) -> dataclasses.Field:
 
 @dataclasses.dataclass(frozen=True)
 class Runtime:
-    """Where torch runs: the settings of every command that loads a model (``--device``, ``--threads``)."""
+    """Where torch runs: the settings of every command that loads a model (``--device``, ``--threads``,
+    ``--attn-implementation``)."""
 
     device: str = setting(DEFAULT_DEVICE, DEVICE_HELP)
+    attn_implementation: typing.Literal["auto", "sdpa", "flash_attention_2", "eager"] = setting(
+        "auto", ATTN_HELP
+    )
     threads: int | None = setting(
         None,
         "torch CPU threads per process (null: the cores idle at start, or OMP_NUM_THREADS if set)",
@@ -185,6 +193,15 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
     return obj
 
 
+def settings_dict(settings: Any) -> dict[str, Any]:
+    """A JSON-able mapping of a settings dataclass (tuples as lists); a mapping is copied; None is empty."""
+    if settings is None:
+        return {}
+    if isinstance(settings, Mapping):
+        return dict(settings)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+
+
 def check_fields(obj: Any, prefix: str = "") -> None:
     """Check (and normalise in place: list -> tuple, int -> float) every field of a frozen dataclass
     instance, as :func:`from_dict` does; for ``__post_init__`` of settings also built in code."""
@@ -281,8 +298,3 @@ def to_yaml(obj: Any) -> str:
     import yaml
 
     return yaml.safe_dump(to_dict(obj), sort_keys=False)
-
-
-def help_text(cls: type) -> dict[str, str]:
-    """Field name -> its one-line docstring (for docs and ``--help``)."""
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}

@@ -28,3 +28,7 @@ class DataError(TokencleanError):
 
 class ModelError(TokencleanError):
     """A model, tokenizer or adapter cannot be loaded or the pair is incompatible."""
+
+
+class OutputError(TokencleanError):
+    """An output cannot be written: foreign, in use, an input, damaged or not writable, or the disk is full."""

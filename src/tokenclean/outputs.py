@@ -28,12 +28,12 @@ import functools
 import inspect
 import json
 import os
-import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from tokenclean.errors import ConfigError, TokencleanError
+from tokenclean.errors import ConfigError, OutputError
+from tokenclean.locks import LockError, lock_path, output_lock  # noqa: F401 (re-exported: one mechanism)
 from tokenclean.utils import CorruptFileError, get_logger, read_json, sha256_file, sha256_json
 
 log = get_logger("outputs")
@@ -46,16 +46,15 @@ MARKERS = {
     "select": "manifest.json",
     "score": "manifest.json",
     "train": "done.json",
+    "merge": "merge.json",
+    "report": "manifest.json",
+    "truth": "manifest.json",
 }
 """The file whose ``stage`` field says what a finished output is."""
 PARTIAL = {"score": ".work/plan.json", "train": "checkpoint/state.json"}
 """What an unfinished output of the stages that write in place holds (resumable work)."""
 OWNER_FILE = ".tokenclean-output.json"
 """Written first into the outputs built in place (score, train), so an unfinished one is known as ours."""
-
-
-class OutputError(TokencleanError):
-    """An output directory cannot be written: foreign, in use, an input, damaged or not writable."""
 
 
 class StaleOutputError(OutputError, ConfigError):
@@ -105,22 +104,51 @@ def _paths(values: Iterable[Any]) -> list[Path]:
     return out
 
 
-def check_target(out: str | Path, kind: str, inputs: Iterable[Any] = ()) -> None:
-    """Refuse, before any work, an ``out`` that is an input, inside one or holds one, that exists and is
-    not a tokenclean ``kind`` output, or that cannot be written."""
-    out = Path(out)
+def check_path_text(value: str | Path, flag: str = "--out") -> None:
+    """Refuse an empty path (it would mean the current directory) and one that still starts with ``~``
+    (the CLI and config loaders expand ``~`` and ``~user``; one left here names no known user, and
+    libraries such as ``datasets`` would expand it again, writing half of an output elsewhere)."""
+    text = str(value)
+    if not text.strip():
+        raise OutputError(
+            f"{flag}: empty path; give a directory (an empty one would mean the current directory)"
+        )
+    if text.startswith("~"):
+        raise OutputError(
+            f"{flag} {text}: starts with '~' but names no home directory tokenclean can expand; write the full "
+            "path (e.g. $HOME/...), or ./~... for a directory really named '~'"
+        )
+
+
+def expand_user(value: Any) -> Any:
+    """``~`` and ``~user`` expanded in a path string (once, where the CLI and the config are read); other
+    values unchanged. An unknown ``~user`` stays as it is and is refused by :func:`check_path_text`."""
+    if isinstance(value, str) and value.startswith("~"):
+        return os.path.expanduser(value)
+    return value
+
+
+def _check_inputs(out: Path, inputs: Iterable[Any], flag: str = "--out") -> None:
     o = out.resolve()
     for inp in _paths(inputs):
         p = inp.resolve()
         if o == p or p in o.parents:
             where = "is" if o == p else "is inside"
             raise OutputError(
-                f"--out {out} {where} the input {inp}; writing it would destroy the input: choose another --out"
+                f"{flag} {out} {where} the input {inp}; writing it would destroy the input: choose another {flag}"
             )
         if o in p.parents:
             raise OutputError(
-                f"the input {inp} is inside --out {out}; replacing {out} would delete it: choose another --out"
+                f"the input {inp} is inside {flag} {out}; replacing {out} would delete it: choose another {flag}"
             )
+
+
+def check_target(out: str | Path, kind: str, inputs: Iterable[Any] = ()) -> None:
+    """Refuse, before any work, an ``out`` that is empty or an unexpanded ``~``, an input, inside one or
+    holds one, that exists and is not a tokenclean ``kind`` output, or that cannot be written."""
+    check_path_text(out)
+    out = Path(out)
+    _check_inputs(out, inputs)
     if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise OutputError(f"--out {out} exists and is not a directory; choose another --out")
@@ -156,83 +184,74 @@ def check_writable(out: Path) -> None:
         raise OutputError(f"cannot write --out {out}: no write permission on {p}")
 
 
-# ------------------------------------------------------------------------------------------------ locks
+# ------------------------------------------------------------------------------------------------ run dirs
 
-_HELD: dict[str, int] = {}  # lock path -> depth, for this process (a stage inside a locked pipeline)
-
-
-def _launcher_rank() -> str:
-    """``rankN`` under a launcher with several processes (torchrun, accelerate launch), else ``""``: the
-    processes of one launched job write one output together, each under its own lock."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return f"rank{os.environ.get('RANK', '0')}"
-    return ""
+RUN_ENTRIES = "config.yaml, summary.json, data/, methods/, report/"
+"""What ``tokenclean run`` writes into its run directory."""
 
 
-def lock_path(out: Path, tag: str = "") -> Path:
-    out = Path(out).resolve()
-    tag = ".".join(t for t in (tag, _launcher_rank()) if t)
-    return out.parent / f".{out.name}{'.' + tag if tag else ''}.lock"
-
-
-@contextlib.contextmanager
-def output_lock(out: str | Path, tag: str = "") -> Iterator[None]:
-    """Hold the exclusive lock of ``out`` (``tag`` separates locks that may be held together, e.g. score
-    shards); a second process gets :class:`OutputError` "in use by PID N". Re-entrant in one process.
-    Leftovers of an earlier writer that was killed (``.NAME.tmp-*``, ``.NAME.old-*``) are removed."""
-    path = lock_path(Path(out), tag)
-    key = str(path)
-    if key in _HELD:
-        _HELD[key] += 1
-        try:
-            yield
-        finally:
-            _HELD[key] -= 1
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(path, Path(out))
-    _HELD[key] = 1
+def is_run_dir(path: Path) -> bool:
+    """A directory ``tokenclean run`` made: its owner mark says so, or (made before marks) its
+    ``summary.json`` is a run summary."""
+    owner = path / OWNER_FILE
+    if owner.is_file():
+        return _stage_of(owner) == "run"
+    summary = path / "summary.json"
     try:
-        if not tag and not _launcher_rank():
-            _remove_debris(Path(out).resolve())
-        yield
-    finally:
-        del _HELD[key]
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        os.close(fd)  # closing releases the flock
+        s = read_json(summary) if summary.is_file() else None
+    except CorruptFileError:
+        return False
+    return isinstance(s, dict) and "pipeline" in s
 
 
-def _acquire(path: Path, out: Path) -> int:
-    import fcntl
-
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.read(fd, 64).decode(errors="replace").strip()
-            os.close(fd)
-            who = f"PID {pid}" if pid else "another process"
+def check_run_dir(run_dir: str | Path, adopt: bool = False, flag: str = "--adopt-run-dir") -> None:
+    """Refuse, before any work, an empty or unexpanded-``~`` ``run_dir``, one that is a file, and an
+    existing non-empty directory tokenclean did not make (unless ``adopt``: the user's own files stay, but
+    the entries tokenclean writes, :data:`RUN_ENTRIES`, are its own from then on)."""
+    check_path_text(run_dir, "run_dir")
+    p = Path(run_dir)
+    if p.exists() or p.is_symlink():
+        if not p.is_dir():
+            raise OutputError(f"run_dir {p} exists and is not a directory; choose another run_dir")
+        foreign = [e.name for e in p.iterdir() if not _own_scratch(e.name)]
+        if foreign and not adopt and not is_run_dir(p):
             raise OutputError(
-                f"--out {out} is in use by {who} (another tokenclean process is writing it; lock {path}); "
-                "wait for it to finish or choose another --out"
-            ) from None
+                f"run_dir {p} exists and was not made by tokenclean (it holds {', '.join(sorted(foreign)[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}); a run writes {RUN_ENTRIES} into its directory: choose "
+                f"another run_dir (a new or empty directory), or pass {flag} to use this one anyway"
+            )
+    check_writable(p)
+
+
+def check_file_target(
+    out: str | Path, kind: str, ours: Callable[[Any], bool] | None, inputs: Iterable[Any] = ()
+) -> Path:
+    """Refuse, before any work, a result file ``out`` that is empty or an unexpanded ``~``, an input or
+    inside one, a directory, or an existing file that is not a tokenclean ``kind`` result (``ours`` judges
+    its parsed JSON; None: the caller judges). Returns the path."""
+    check_path_text(out)
+    out = Path(out)
+    _check_inputs(out, inputs)
+    if out.is_symlink() or out.is_dir():
+        raise OutputError(f"--out {out} is a {'link' if out.is_symlink() else 'directory'}; give a file name")
+    if out.exists() and ours is not None:
         try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:  # not unlinked by a writer that finished between our open and flock
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
-            return fd
-        os.close(fd)
+            mine = ours(read_json(out))
+        except CorruptFileError:
+            mine = False
+        if not mine:
+            raise OutputError(
+                f"--out {out} exists and is not a tokenclean {kind} result; tokenclean replaces only its own: "
+                f"choose another --out (or remove {out} yourself)"
+            )
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"--out {out}: {parent} is a file, not a directory")
+    check_writable(out.parent)  # a result file is replaced through its directory
+    return out
 
 
-def _remove_debris(out: Path) -> None:
-    for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*"):
-        for p in out.parent.glob(pattern):
-            shutil.rmtree(p, ignore_errors=True)
+# ------------------------------------------------------------------------------------------------ owned
 
 
 def mark_owned(out: Path, kind: str) -> None:
@@ -379,15 +398,13 @@ def decide(
     reusable: bool = True,
     marker: str | None = None,
     identity_key: str = "identity",
-    legacy_key: tuple[str, str] | None = None,
 ) -> dict[str, Any] | None:
     """Whether ``out`` (checked by :func:`check_target`, locked) can be reused for ``identity``.
 
     Returns the old marker when ``out`` holds a verified output of this identity (reuse); None when it is
     to be (re)computed: nothing there, ``force``, a damaged output of the same identity, or a stale one
     with ``replace_stale``. A stale output without either raises :class:`OutputError` naming what differs.
-    The log says which, and why. ``legacy_key`` (field, value): a marker written before identities were
-    recorded counts as the same identity when its field equals the value (its files still get checked)."""
+    The log says which, and why."""
     path = Path(out) / (marker or MARKERS[kind])
     if not path.is_file():
         return None
@@ -396,8 +413,7 @@ def decide(
     if force:
         log.info("recomputing %s (--force)", out)
         return None
-    legacy = legacy_key is not None and identity_key not in old and old.get(legacy_key[0]) == legacy_key[1]
-    if old.get(identity_key) == identity or legacy:
+    if old.get(identity_key) == identity:
         if not reusable:
             log.info("recomputing %s: its input cannot be hashed (a Hub dataset), so it is never reused", out)
             return None

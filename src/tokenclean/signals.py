@@ -11,6 +11,8 @@ logits at ``j - 1``):
 - ``prob``: ``P(x_j | x_<j) = exp(-loss)``;
 - ``entropy``: entropy (nats) of the predictive distribution at ``j - 1``;
 - ``hit``: whether the greedy (argmax) prediction at ``j - 1`` is ``x_j``;
+- ``topk_entropy:K``: entropy (nats) of the softmax over the ``K`` largest logits at ``j - 1`` (EAFT's
+  approximation of the entropy; ``K`` an integer, e.g. ``topk_entropy:20``);
 - ``attn``: the last decoder layer's attention *of token j* (query ``j``) to the prompt positions of its row
   (``prompt_mask``), averaged over heads. Computed by a forward pre-hook on that one attention module which
   recomputes its query/key projections for the asked rows only; never ``output_attentions=True``.
@@ -26,6 +28,7 @@ model and see one forward per micro-batch. :func:`naive_token_signals` is the tw
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,33 +37,91 @@ import numpy as np
 
 from tokenclean.alignment import logit_positions
 
-SIGNALS = ("loss", "prob", "entropy", "hit", "attn")
+PLAIN_SIGNALS = ("loss", "prob", "entropy", "hit", "attn")
+SIGNALS = (*PLAIN_SIGNALS, "topk_entropy:K")
+
+
+def _topk_of(name: str) -> int | None:
+    """``K`` of a ``topk_entropy:K`` signal name, else None."""
+    base, _, k = name.partition(":")
+    return int(k) if base == "topk_entropy" and k.isdigit() and int(k) > 0 else None
+
+
+def _unknown(want: frozenset[str]) -> list[str]:
+    return sorted(w for w in want if w not in PLAIN_SIGNALS and _topk_of(w) is None)
+
+
+def _topk_entropy(logits: Any, k: int) -> Any:
+    """Entropy of the softmax over the ``k`` largest of ``logits`` (C, V) -> (C,), no grad."""
+    top = logits.detach().topk(min(k, logits.shape[-1]), dim=-1).values  # (C, k)
+    lp = top.log_softmax(-1)  # (C, k)
+    return -(lp.exp() * lp).sum(-1)
+
+
 DEFAULT_CHUNK_ROWS = 256  # LM-head rows per chunk: 256 x vocab fp32 logits (49k vocab: 50 MB)
+# attention implementations that read packed samples from the position_ids of a single row (varlen kernels)
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn")
 
 
 @dataclass
 class TokenBatch:
-    """A right-padded batch and the tokens asked about, in flat form.
+    """A batch and the tokens asked about, in flat form.
 
-    Token ``k`` is ``input_ids[rows[k], pos[k]]`` (``pos[k] >= 1``), predicted by the logits at
-    ``pos[k] - 1``. ``prompt_mask`` (only needed for ``attn``) marks the prompt positions of each row.
+    Token ``k`` is ``input_ids[rows[k], pos[k]]`` (``pos[k] >= 1`` within its sample), predicted by the
+    logits at ``pos[k] - 1``. ``prompt_mask`` (only needed for ``attn``) marks the prompt positions.
+
+    Two layouts: *padded* (:func:`make_token_batch`: one sample per row, right-padded, ``attention_mask``
+    0 on padding, ``position_ids`` None = ``0..T-1``) and *packed* (:func:`tokenclean.packing.
+    make_packed_batch`: several samples per row, ``attention_mask`` None, ``position_ids`` restarting at 0
+    at every sample, which transformers turns into a block-diagonal causal mask or flash-attention varlen).
+    ``sample``/``sample_pos`` name each asked token's sample (0-based, in the order the batch was built
+    from) and its position inside that sample; None means ``rows``/``pos`` (the padded layout).
     """
 
-    input_ids: Any  # torch.LongTensor (B, T), right-padded
-    attention_mask: Any  # torch.LongTensor (B, T), 0 on padding
+    input_ids: Any  # torch.LongTensor (B, T)
+    attention_mask: Any  # torch.LongTensor (B, T), 0 on padding; None when packed
     rows: Any  # torch.LongTensor (N,)
-    pos: Any  # torch.LongTensor (N,) token positions j >= 1
+    pos: Any  # torch.LongTensor (N,) token positions in the row, j >= 1 within its sample
     prompt_mask: Any = None  # torch.BoolTensor (B, T) or None
+    position_ids: Any = None  # torch.LongTensor (B, T) restarting per packed sample; None: 0..T-1
+    sample: Any = None  # torch.LongTensor (N,) sample of each asked token; None: rows
+    sample_pos: Any = None  # torch.LongTensor (N,) position inside its sample; None: pos
 
     @property
     def targets(self) -> Any:
         """Token ids of the asked tokens, (N,)."""
         return self.input_ids[self.rows, self.pos]
 
+    @property
+    def token_sample(self) -> Any:
+        """(N,) the sample each asked token belongs to."""
+        return self.rows if self.sample is None else self.sample
+
+    @property
+    def token_pos(self) -> Any:
+        """(N,) each asked token's position inside its own sample."""
+        return self.pos if self.sample_pos is None else self.sample_pos
+
+    @property
+    def packed(self) -> bool:
+        return self.position_ids is not None
+
     def to(self, device: Any) -> TokenBatch:
-        move = [None if t is None else t.to(device) for t in (self.input_ids, self.attention_mask)]
-        rest = [None if t is None else t.to(device) for t in (self.rows, self.pos, self.prompt_mask)]
-        return TokenBatch(move[0], move[1], rest[0], rest[1], rest[2])
+        moved = {
+            f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+            for f in dataclasses.fields(self)
+        }
+        return TokenBatch(**moved)
+
+    def select(self, idx: Any) -> TokenBatch:
+        """The same batch asking only for tokens ``idx`` (a LongTensor into the N asked tokens)."""
+        per_token = {"rows", "pos", "sample", "sample_pos"}
+        kept = {
+            f.name: (v[idx] if f.name in per_token and v is not None else v)
+            for f in dataclasses.fields(self)
+            for v in [getattr(self, f.name)]
+        }
+        return TokenBatch(**kept)
 
 
 def make_token_batch(
@@ -134,7 +195,9 @@ def _head_signals(head: Any, inner: Any, h: Any, tgt: Any, want: frozenset[str],
     """Loss (and entropy/hit on request) of the ``N`` rows of ``h`` (N, H) against ``tgt`` (N,), chunked."""
     import torch
 
-    parts: dict[str, list[Any]] = {k: [] for k in ("loss", "entropy", "hit") if k in want or k == "loss"}
+    topk = {w: k for w in want if (k := _topk_of(w)) is not None}
+    keys = ("loss", "entropy", "hit", *topk)
+    parts: dict[str, list[Any]] = {k: [] for k in keys if k in want or k == "loss"}
     for lo in range(0, len(tgt), chunk_rows):
         logits = head_transform(inner, head(h[lo : lo + chunk_rows]).float())  # (C, V) fp32
         t = tgt[lo : lo + chunk_rows, None]  # (C, 1)
@@ -146,6 +209,8 @@ def _head_signals(head: Any, inner: Any, h: Any, tgt: Any, want: frozenset[str],
                 parts["entropy"].append(-(logp.exp() * logp).sum(-1))  # (C,)
         if "hit" in want:
             parts["hit"].append(logits.detach().argmax(-1) == t.squeeze(1))  # (C,)
+        for name, k in topk.items():
+            parts[name].append(_topk_entropy(logits, k))  # (C,)
     out = {k: torch.cat(v) if v else torch.empty(0, device=h.device) for k, v in parts.items()}
     if "prob" in want:
         out["prob"] = torch.exp(-out["loss"].detach())
@@ -226,7 +291,10 @@ class _LastLayerAttention:
             ks = k[batch.rows]  # (N, nh, T, d)
             scores = torch.einsum("nhd,nhtd->nht", qs.float(), ks.float()) * (d**-0.5)  # (N, nh, T)
             ar = torch.arange(t, device=h.device)
-            allowed = (ar[None, :] <= batch.pos[:, None]) & batch.attention_mask[batch.rows].bool()  # (N, T)
+            first = batch.pos - batch.token_pos  # (N,) row position where each token's sample starts
+            allowed = (ar[None, :] <= batch.pos[:, None]) & (ar[None, :] >= first[:, None])  # (N, T)
+            if batch.attention_mask is not None:
+                allowed &= batch.attention_mask[batch.rows].bool()
             scores = scores.masked_fill(~allowed[:, None, :], float("-inf"))
             probs = scores.softmax(-1).mean(1)  # (N, T) averaged over heads
             prompt = batch.prompt_mask[batch.rows].to(probs.dtype)  # (N, T)
@@ -264,12 +332,19 @@ def signal_model(model: Any) -> Any:
 def _compute(model: Any, batch: TokenBatch, want: frozenset[str], chunk_rows: int) -> dict[str, Any]:
     import torch
 
-    bad = want - set(SIGNALS)
+    bad = _unknown(want)
     if bad:
-        raise ValueError(f"unknown signal(s) {sorted(bad)}; valid: {', '.join(SIGNALS)}")
+        raise ValueError(f"unknown signal(s) {bad}; valid: {', '.join(SIGNALS)}")
     decoder, head, inner = model_parts(model)
     b, t = batch.input_ids.shape
-    position_ids = torch.arange(t, device=batch.input_ids.device).unsqueeze(0).expand(b, t)  # (B, T)
+    position_ids = batch.position_ids
+    if position_ids is None:
+        position_ids = torch.arange(t, device=batch.input_ids.device).unsqueeze(0).expand(b, t)  # (B, T)
+    elif b > 1 and getattr(inner.config, "_attn_implementation", "") in VARLEN_ATTENTION:
+        raise ValueError(
+            f"{inner.config._attn_implementation} reads packed samples from position_ids of ONE row; "
+            f"this packed batch has {b} rows (pack with row_tokens=None)"
+        )
     attn = _LastLayerAttention(decoder) if "attn" in want else None
     if attn is not None and batch.prompt_mask is None:
         raise ValueError("the attn signal needs batch.prompt_mask")
@@ -325,6 +400,7 @@ def naive_token_signals(model: Any, batch: TokenBatch, want: Sequence[str] = ("l
         out = model(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
             output_attentions="attn" in want,
             use_cache=False,
         )
@@ -334,21 +410,16 @@ def naive_token_signals(model: Any, batch: TokenBatch, want: Sequence[str] = ("l
         res["prob"] = res["loss"].neg().exp()
         res["entropy"] = -(lp.exp() * lp).sum(-1)
         res["hit"] = lp.argmax(-1) == batch.targets
+        for w in want:
+            if (k := _topk_of(w)) is not None:  # softmax over the k largest logits, entropy in full
+                top = lp.topk(min(k, lp.shape[-1]), dim=-1).values  # (N, k); log_softmax keeps the order
+                q = torch.softmax(top, -1)
+                res[w] = -(q * torch.log(q)).sum(-1)
         if "attn" in want:
-            a = out.attentions[-1].float().mean(1)  # (B, T, T) last layer, mean over heads
+            a = out.attentions[-1].float().mean(1)  # (B, T, T) last layer, mean over heads (packed: masked)
             row = a[batch.rows, batch.pos]  # (N, T) attention of token j
             res["attn"] = (row * batch.prompt_mask[batch.rows].float()).sum(-1)
     return {k: v for k, v in res.items() if k in want or k == "loss"}
-
-
-def prompt_mask_from_completion(
-    completion_mask: np.ndarray, attention: np.ndarray | None = None
-) -> np.ndarray:
-    """Prompt positions of one row: every real (attended) position that is not a response token. In
-    multi-turn data that is every user/system/template token, wherever it sits, never a count of labels."""
-    cm = np.asarray(completion_mask).astype(bool)
-    real = np.ones_like(cm) if attention is None else np.asarray(attention).astype(bool)
-    return real & ~cm
 
 
 __all__ = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -114,10 +115,52 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise_if_disk_full(e, path)
         raise
+
+
+_DISK_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (a file-size limit)",
+    errno.EIO: "input/output error (the device failed)",
+    errno.EROFS: "read-only file system",
+}
+_DISK_TEXT = (
+    "no space left on device",
+    "disk quota exceeded",
+    "file too large",
+    "storagefull",
+    "os error 28",
+)
+
+
+def storage_error(e: BaseException) -> str | None:
+    """What went wrong, when ``e`` is a full disk, a quota, a file-size limit or a device error (an
+    ``OSError``, or a library error that carries one in its text, such as safetensors'
+    ``SafetensorError``); else None."""
+    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+        return _DISK_ERRNOS[e.errno]
+    text = str(e).lower()
+    return next((t for t in _DISK_TEXT if t in text), None)
+
+
+def raise_if_disk_full(e: BaseException, path: str | Path) -> None:
+    """Turn a full disk while writing ``path`` into one :class:`~tokenclean.errors.OutputError` naming it
+    (the caller has removed the partial output; finished work elsewhere is kept)."""
+    from tokenclean.errors import OutputError
+
+    what = storage_error(e)
+    if what is None or isinstance(e, OutputError):
+        return
+    raise OutputError(
+        f"cannot write {path}: {what} ({type(e).__name__}: {e}); the partial output was removed and "
+        f"finished work is kept: free space on the file system of {Path(path).resolve().parent} (or raise "
+        "the quota / file-size limit) and re-run, which resumes"
+    ) from None
 
 
 class CorruptFileError(TokencleanError, ValueError):
@@ -143,23 +186,28 @@ def read_json(path: str | Path) -> Any:
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Build a directory under a temporary name and move it into place only when the block succeeds.
 
-    A crash leaves at most a ``.DIR.tmp-*`` sibling that is never read as complete; an existing
-    ``final`` directory is replaced only after the new one is fully written.
+    A crash leaves at most a ``.DIR.tokenclean-tmp-*`` sibling that is never read as complete (the next
+    writer of ``final`` removes it, :func:`tokenclean.locks.remove_debris`); an existing ``final``
+    directory is replaced only after the new one is fully written. A full disk removes the partial
+    directory and raises one message naming ``final`` (:func:`raise_if_disk_full`).
     """
+    from tokenclean.locks import scratch_name
+
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=scratch_name(final, "tmp")))
     try:
         yield tmp
         if final.exists():
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            old = final.parent / scratch_name(final, "old", str(os.getpid()))
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise_if_disk_full(e, final)
         raise
 
 
@@ -207,3 +255,16 @@ def apply_threads(requested: int | None) -> int:
         torch.set_num_threads(n)
     get_logger("threads").info("torch CPU threads: %d%s", n, "" if requested else " (auto: idle cores now)")
     return n
+
+
+_UNSAFE = {
+    **{c: f"\\x{c:02x}" for c in (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)},
+    **{c: f"\\u{c:04x}" for c in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))},
+}
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\x1b``, ``\\x07``, ``\\r``, C1
+    controls, bidirectional overrides), so user data printed to a terminal cannot move the cursor, clear
+    the screen, set the title or hide text; newlines and tabs stay."""
+    return text.translate(_UNSAFE)

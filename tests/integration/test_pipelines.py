@@ -26,8 +26,8 @@ def adapter_state(path: Path) -> dict:
 
 def assert_schema(root: Path) -> None:
     """The run's summary.json holds only keys its schema declares, of their types, and the report reads it."""
-    from tokenclean.pipelines.summary import SCHEMA_VERSION, check_summary
     from tokenclean.report.runs import load_run
+    from tokenclean.summary import SCHEMA_VERSION, check_summary
 
     written = json.loads((root / "summary.json").read_text())
     assert written["schema_version"] == SCHEMA_VERSION
@@ -317,13 +317,72 @@ def test_ground_truth_recovery_of_peer_methods(tmp_path: Path, tiny_model_dir: P
             assert any(0.0 < r["mean_weight"] < 1.0 for r in rows), name
 
 
+NEW = ["eaft", "top_entropy", "toss", "neg_prob"]
+
+
+@pytest.mark.requires("matplotlib")  # the report
+def test_methods_added_through_the_registry_run_and_are_measured(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """EAFT, top-entropy, TOSS (second reference: the full-tokens adapter of the same run) and the -p loss
+    run from `tokenclean run` with nothing but their registry entries: trained, measured against the truth,
+    budgeted by their declared passes, drawn in the report."""
+    cfg = tiny_cfg(
+        tmp_path,
+        tiny_model_dir,
+        f"methods=[full,{','.join(NEW)}]",
+        "data.synthetic={n_facts: 4, repeats: 3, noise_rate: 0.5, seed: 0}",
+        "selection.sweep=[]",
+        "peers.toss.reference_a=method:full",
+        "peers.neg_prob.exponent=2",
+        "report=true",
+    )
+    summary = run(cfg)
+    root = tmp_path / "run"
+    assert_schema(root)
+    ms = summary["methods"]
+    assert {n: ms[n]["policy"]["name"] for n in NEW} == {
+        "eaft": "eaft",
+        "top_entropy": "top_entropy",
+        "toss": "labels",
+        "neg_prob": "neg_prob",
+    }
+    assert ms["neg_prob"]["policy"]["settings"]["exponent"] == 2.0  # typed settings reached the policy
+    total = ms["full"]["recovery"]["response_tokens"]
+    assert all(ms[n]["recovery"]["response_tokens"] == total for n in NEW)
+    assert ms["eaft"]["recovery"]["kept_tokens"] == ms["full"]["recovery"]["kept_tokens"]  # soft: all count
+    assert 0 < ms["top_entropy"]["recovery"]["kept_tokens"] < total
+    assert 0 < ms["toss"]["recovery"]["kept_tokens"] < total and ms["toss"]["recovery"]["auroc"] is not None
+    b = {n: ms[n]["budget"] for n in ["full", *NEW]}
+    assert b["eaft"]["forward_tokens"] == b["eaft"]["backward_tokens"] == b["full"]["backward_tokens"]
+    assert b["neg_prob"]["forward_tokens"] == b["full"]["forward_tokens"]
+    assert b["top_entropy"]["forward_tokens"] == 2 * b["top_entropy"]["backward_tokens"]  # one no-grad pass
+    # TOSS: its training, the trainings behind its references (the warm-up; full's training) and two stores
+    # (base + reference passes each)
+    stores = [json.loads((root / p / "manifest.json").read_text()) for p in ms["toss"]["score_stores"]]
+    assert len(stores) == 2
+    scored = sum(2 * st["counts"]["tokens"] for st in stores)
+    warm = json.loads((root / "warmup" / "done.json").read_text())["tokens"]["input"]
+    assert b["toss"]["forward_tokens"] == b["toss"]["backward_tokens"] + scored
+    assert b["toss"]["backward_tokens"] == warm + _trained(root, ms["full"]) + _trained(root, ms["toss"])
+    for name in ("eaft", "neg_prob"):  # soft: each truth label's mean training weight
+        assert all("mean_weight" in r for r in ms[name]["classes"].values()), name
+    html = (root / "report" / "index.html").read_text()
+    for label in ("EAFT", "Top-entropy tokens", "TOSS", "-p loss"):
+        assert label in html
+
+
+def _trained(root: Path, m: dict) -> int:
+    return json.loads((root / m["adapter"] / ".." / "done.json").read_text())["tokens"]["input"]
+
+
 def _check_peer_report(root: Path, summary: dict) -> None:
     """The report of a peer run: the per-label figure, ProFit's samples show exactly the tokens it counted
     in its last epoch, DFT's and soft Token Cleaning's tokens carry their weights (shaded)."""
     import re
     from html import unescape
 
-    from tokenclean.training.loop import counted_tokens
+    from tokenclean.training.counted import counted_tokens
 
     report = root / "report"
     assert (report / "figures" / "classes.png").is_file()

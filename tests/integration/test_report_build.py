@@ -11,7 +11,7 @@ import datasets
 import numpy as np
 import pytest
 
-from tokenclean.errors import ConfigError, DataError
+from tokenclean.errors import ConfigError, DataError, OutputError
 from tokenclean.report import ReportConfig, build_report
 from tokenclean.report.inspect import token_classes, token_pieces
 from tokenclean.report.runs import View
@@ -166,7 +166,7 @@ def test_rebuild_refuses_foreign_dirs_and_cli(tiny_run: Path, built: dict[str, P
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="refusing"):
+    with pytest.raises(OutputError, match="not a tokenclean output"):
         build_report(tiny_run, out=foreign)
     assert (foreign / "keep.txt").read_text() == "mine"
     out = tmp_path / "rep"

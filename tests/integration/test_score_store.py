@@ -195,3 +195,39 @@ def test_cli_score_and_errors(setup, tmp_path, capsys) -> None:
     rc = main([*args, "--out", str(tmp_path / "t")])  # token_cleaning without a reference
     assert rc == 2
     assert "'token_cleaning' needs a reference" in capsys.readouterr().err
+
+
+def _close(a: dict, b: dict, tol: float) -> float:
+    assert a["sample_id"] == b["sample_id"]
+    worst = 0.0
+    for c in ("base_loss", "ref_loss"):
+        for x, y in zip(a[c], b[c]):
+            x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+            assert np.array_equal(np.isnan(x), np.isnan(y))
+            worst = max(worst, float(np.nanmax(np.abs(x - y), initial=0.0)))
+    assert worst < tol
+    return worst
+
+
+def test_packed_scoring_equals_padded_and_records_padding_efficiency(setup, uninterrupted, tmp_path) -> None:
+    """packing=on (sdpa on CPU, samples back to back in a row) gives the padded store's losses to 1e-5
+    (fp32) and records padding efficiency 1.0; the padded store records < 1 (chunks in global length
+    order), and both record the attention implementation that ran."""
+    ref_out, ref_m = uninterrupted
+    m = _score(setup, tmp_path / "packed", packing="on")
+    _close(_cols(ref_out), _cols(tmp_path / "packed"), 1e-5)
+    assert m["packing"] == {"packed": True, "row_tokens": 200} and m["padding_efficiency"] == 1.0
+    assert ref_m["packing"]["packed"] is False and 0.5 < ref_m["padding_efficiency"] < 1.0
+    assert m["attn_implementation"] == ref_m["attn_implementation"] == "sdpa"
+    assert m["chunk_order"] == "length"
+
+
+def test_chunks_hold_samples_of_similar_length(setup) -> None:
+    from tokenclean.scoring.run import PreparedData
+
+    data = PreparedData(setup["prep"])
+    chunks = [data.chunk(k, 3) for k in range(4)]
+    assert sorted(int(r) for c in chunks for r in c) == list(range(N))
+    firsts = [data.lengths[c].max() for c in chunks]
+    assert firsts == sorted(firsts, reverse=True)  # chunk 0 holds the longest samples
+    assert all(data.lengths[chunks[k]].min() >= data.lengths[chunks[k + 1]].max() for k in range(3))

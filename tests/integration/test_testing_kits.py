@@ -19,8 +19,8 @@ import datasets
 import pytest
 
 from tokenclean.data.prepare import prepare
-from tokenclean.pipelines.summary import SCHEMA_VERSION, check_summary
 from tokenclean.selection import select
+from tokenclean.summary import SCHEMA_VERSION, check_summary
 from tokenclean.testing.runs import make_synthetic_run, write_records
 from tokenclean.testing.stores import write_prepared, write_score_store
 from tokenclean.utils import read_json

@@ -19,6 +19,7 @@ from tokenclean.errors import ConfigError, TokencleanError
 from tokenclean.testing import WORDS
 from tokenclean.training import TrainConfig, TrainingInterrupted, merge, train
 from tokenclean.training import loop as loop_mod
+from tokenclean.training.counted import counted_tokens
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -179,7 +180,7 @@ def test_online_policies_train_and_resume_exactly(
     counted = sum(r["kept_tokens"] for r in log_records(tmp_path / "ref"))
     assert counted == ref["tokens"]["kept"]
     assert (counted < _candidates(prepared, ref)) == (policy != "dft")
-    recorded = loop_mod.counted_tokens(tmp_path / "ref", prepared)  # the tokens each step counted
+    recorded = counted_tokens(tmp_path / "ref", prepared)  # the tokens each step counted
     assert sum(len(v) for v in recorded.values()) == counted  # 4 steps of one epoch: each sample seen once
     monkeypatch.setenv(loop_mod.INTERRUPT_ENV, "3")
     with pytest.raises(TrainingInterrupted):

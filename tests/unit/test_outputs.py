@@ -197,13 +197,32 @@ def test_lock_is_reentrant_in_one_process_and_released(tmp_path: Path) -> None:
     assert not lock_path(out).exists()
 
 
-def test_leftovers_of_a_killed_writer_are_removed(src: Path, tmp_path: Path, tiny_tok) -> None:
+def test_leftovers_of_a_killed_writer_are_removed_and_only_they(src: Path, tmp_path: Path, tiny_tok) -> None:
+    """Issue 21 case 6: only names atomic_dir writes are removed (a user's ``.out.old-mybackup`` stays), and
+    a leftover symbolic link is unlinked without touching what it points to."""
     out = tmp_path / "out"
-    for name in (".out.tmp-abc", ".out.old-12345"):
+    for name in (
+        ".out.tokenclean-tmp-abcd_123",
+        ".out.tokenclean-old-12345",
+        ".out.old-mybackup",
+        ".out.tmp-abc",
+    ):
         (tmp_path / name).mkdir()
         (tmp_path / name / "data-00000-of-00001.arrow").write_bytes(b"x")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    (tmp_path / ".out.tokenclean-old-999").symlink_to(victim)
     prepare(src, tiny_tok, out, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".out.old-mybackup",
+        ".out.tmp-abc",
+        "in.jsonl",
+        "out",
+        "victim",
+    ]
+    assert (victim / "keep.txt").read_text() == "mine"
+    assert (tmp_path / ".out.old-mybackup" / "data-00000-of-00001.arrow").read_bytes() == b"x"
 
 
 # ---------------------------------------------------------------- case 6: clear errors

@@ -168,7 +168,9 @@ def test_no_data_gives_no_table():
 def _write_run(d: Path, name: str, methods: dict, **extra) -> Path:
     d.mkdir(parents=True)
     (d / "summary.json").write_text(
-        json.dumps({"pipeline": "x", "name": name, "model": "m", "methods": methods, **extra})
+        json.dumps(
+            {"schema_version": 1, "pipeline": "x", "name": name, "model": "m", "methods": methods, **extra}
+        )
     )
     return d
 
@@ -218,7 +220,7 @@ def test_self_evolving_rounds_become_views_without_duplicates(tmp_path: Path):
     ],
 )
 def test_bad_summary_names_the_key(tmp_path: Path, summary: dict, needle: str):
-    tmp_path.joinpath("summary.json").write_text(json.dumps(summary))
+    tmp_path.joinpath("summary.json").write_text(json.dumps(dict(summary, schema_version=1)))
     with pytest.raises(DataError, match=re.escape(needle)) as e:
         load_run(tmp_path)
     assert "summary.json" in str(e.value)

@@ -11,10 +11,13 @@ import torch
 
 from tokenclean import IGNORE_INDEX
 from tokenclean.scoring.engine import (
+    PADDED,
+    Packing,
     Sample,
     batch_token_losses,
     iter_token_losses,
     make_batches,
+    make_packed_batches,
     model_parts,
     naive_token_losses,
 )
@@ -86,13 +89,27 @@ def test_sample_alone_equals_sample_in_mixed_padded_batch(model) -> None:
     assert len({len(x.input_ids) for x in s}) > 3  # the batch really mixes lengths (padding)
 
 
+@pytest.mark.parametrize("packing", [PADDED, Packing(True, None), Packing(True, 50)])
 @pytest.mark.parametrize("budget", [1, 60, 200, 10_000])
-def test_iter_token_losses_independent_of_budget(model, budget: int) -> None:
+def test_iter_token_losses_independent_of_budget(model, budget: int, packing: Packing) -> None:
+    """Padded or packed padding-free (one row, or rows of <= 50 tokens): the same losses to 1e-5."""
     s = _samples(9, seed=4)
     ref = {x.index: x for x in batch_token_losses(model, s)}
-    got = [x for batch in iter_token_losses(model, s, batch_tokens=budget) for x in batch]
+    got = [x for batch in iter_token_losses(model, s, batch_tokens=budget, packing=packing) for x in batch]
     assert sorted(x.index for x in got) == list(range(9))  # every sample exactly once
     assert _max_diff([ref[x.index] for x in got], got) < 1e-5
+
+
+def test_packed_batches_fill_the_budget_with_real_tokens() -> None:
+    lengths = [5, 30, 12, 12, 40, 3, 29, 100]
+    batches = make_packed_batches(lengths, 64)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert batches[0] == [7]  # longer than the budget: alone
+    assert all(sum(lengths[i] for i in b) <= 64 for b in batches[1:])
+    assert Packing(True, None).computed_tokens([lengths[i] for i in batches[1]]) == sum(
+        lengths[i] for i in batches[1]
+    )  # one packed row: no padding
+    assert PADDED.computed_tokens([40, 30]) == 80
 
 
 def test_make_batches_budget_and_order() -> None:

@@ -15,7 +15,9 @@ BASE = np.array([np.nan, 1.0, 2.0, np.nan, np.nan, 0.5], dtype=np.float32)
 
 
 def _part(k: int = 0, phase: str = "base") -> store.Part:
-    return store.Part(k, phase, 4 * k, np.array([0, 3, 6]), BASE if phase == "base" else BASE - 0.25)
+    return store.Part(
+        k, phase, np.arange(2 * k, 2 * k + 2), np.array([0, 3, 6]), BASE if phase == "base" else BASE - 0.25
+    )
 
 
 def _plan(**kw) -> dict:
@@ -30,7 +32,7 @@ def test_chunk_roundtrip_and_marker(tmp_path: Path) -> None:
     assert store.part_done(tmp_path / "o", 0, "base") and not store.part_done(tmp_path / "o", 0, "ref")
     got = store.read_part(tmp_path / "o", 0, "base")
     np.testing.assert_array_equal(got.values, BASE)
-    assert got.offsets.tolist() == [0, 3, 6] and got.start == 0 and got.phase == "base"
+    assert got.offsets.tolist() == [0, 3, 6] and got.rows.tolist() == [0, 1] and got.phase == "base"
     assert not list((tmp_path / "o" / ".work").glob("*.tmp"))  # no temporary left behind
 
 
@@ -89,3 +91,21 @@ def test_assemble_checks_lengths_and_writes_dataset(tmp_path: Path) -> None:
     ds = datasets.load_from_disk(str(out))
     assert ds["sample_id"] == ["a", "b"]
     np.testing.assert_allclose(ds[1]["score"], [np.nan, np.nan, 0.25])
+
+
+def test_chunks_in_any_row_order_assemble_in_prepared_order() -> None:
+    """Chunks are runs of the global length order; assembly puts every sample back at its prepared row."""
+    lengths = np.array([2, 5, 3, 5, 1])
+    order = store.length_order(lengths)
+    assert order.tolist() == [1, 3, 2, 0, 4]  # longest first, ties by row
+    assert store.chunk_rows(lengths, 2, 1).tolist() == [2, 0]
+    flat = [np.arange(n, dtype=np.float32) + 10 * r for r, n in enumerate(lengths)]  # sample r: 10r + j
+    parts = []
+    for k in range(3):
+        rows = store.chunk_rows(lengths, 2, k)
+        offsets = np.concatenate([[0], np.cumsum(lengths[rows])])
+        parts.append(store.Part(k, "base", rows, offsets, np.concatenate([flat[r] for r in rows])))
+    got = store._in_prepared_order(Path("o"), parts, lengths, "base")
+    np.testing.assert_array_equal(got, np.concatenate(flat))
+    with pytest.raises(store.StoreError, match="exactly once"):
+        store._in_prepared_order(Path("o"), parts[:2], lengths, "base")

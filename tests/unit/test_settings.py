@@ -113,9 +113,9 @@ def test_engine_defaults_are_the_config_defaults() -> None:
 
 
 def _soft():
-    from tokenclean.pipelines.config import SoftWeightsConfig
+    from tokenclean.methods.soft_token_cleaning import SoftWeightsSettings
 
-    return SoftWeightsConfig()
+    return SoftWeightsSettings()
 
 
 @pytest.mark.parametrize(
@@ -130,7 +130,7 @@ def _soft():
         (["select", "--ratio", "0.5,1.5", "--out", "o-{ratio}"], "--ratio: must be in (0, 1], got 1.5"),
         (
             ["select", "--temperature", "0", "--weights", "sigmoid"],
-            "peers.soft_weights.temperature: must be > 0",
+            "peers.soft_token_cleaning.temperature: must be > 0",
         ),
         (["train", "--threads", "0"], "threads: must be >= 1, got 0"),
     ],
@@ -211,10 +211,19 @@ def test_cli_import_and_a_typo_load_no_heavy_library(tmp_path: Path) -> None:
     assert "no such file or directory" in res.stderr
 
 
-def test_method_names_are_the_pipelines() -> None:
-    """``methods:`` is validated against the config's list (importing the pipelines would load every stage);
-    this keeps it equal, in order, to the runner's table of pipeline functions."""
-    from tokenclean.pipelines.config import METHODS
-    from tokenclean.pipelines.runner import PIPELINES
+def test_every_registered_method_resolves_its_pipeline_and_settings() -> None:
+    """Every method of the registry has a pipeline callable, a ``peers:`` section exactly when it declares
+    settings, and a policy registered under its policy name."""
+    import dataclasses
 
-    assert tuple(PIPELINES) == METHODS
+    from tokenclean import methods
+    from tokenclean.pipelines.config import METHODS, PeersConfig
+
+    assert methods.names() == METHODS
+    sections = {f.name for f in dataclasses.fields(PeersConfig)}
+    for spec in methods.specs():
+        assert callable(spec.pipeline()), spec.name
+        assert (spec.name in sections) == (spec.settings is not None), spec.name
+        if spec.policy is not None:
+            assert methods.policy_class(spec.policy.name) is spec.policy
+            assert spec.policy.Settings is spec.settings, spec.name

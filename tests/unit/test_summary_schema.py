@@ -1,4 +1,4 @@
-"""summary.json has one schema (tokenclean.pipelines.summary): written strictly, read with the file and key
+"""summary.json has one schema (tokenclean.summary): written strictly, read with the file and key
 named, every declared key read by the report or listed as not shown."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tokenclean.errors import DataError
-from tokenclean.pipelines.summary import (
+from tokenclean.summary import (
     NOT_SHOWN,
     SCHEMA_VERSION,
     check_summary,
@@ -82,10 +82,13 @@ def test_write_sets_the_version_and_refuses_undeclared_keys_and_wrong_types(tmp_
     assert not (tmp_path / "x" / "summary.json").exists()
 
 
-def test_read_accepts_version_0_and_refuses_a_newer_version(tmp_path: Path) -> None:
-    old = _minimal()  # no schema_version: written before the field existed
+def test_read_refuses_a_missing_or_newer_version(tmp_path: Path) -> None:
+    old = _minimal()  # no schema_version
     (tmp_path / "summary.json").write_text(json.dumps(old))
-    assert read_summary(tmp_path / "summary.json") == old
+    with pytest.raises(DataError, match=r"summary\.json.*no schema_version"):
+        read_summary(tmp_path / "summary.json")
+    (tmp_path / "summary.json").write_text(json.dumps(dict(old, schema_version=SCHEMA_VERSION)))
+    assert read_summary(tmp_path / "summary.json") == dict(old, schema_version=SCHEMA_VERSION)
     (tmp_path / "summary.json").write_text(json.dumps(dict(old, schema_version=SCHEMA_VERSION + 1)))
     with pytest.raises(DataError, match=r"summary\.json.*newer than this tokenclean reads.*upgrade"):
         read_summary(tmp_path / "summary.json")

@@ -135,14 +135,15 @@ def test_empty_step_and_empty_micro_batch_never_nan(lora_model) -> None:
 
 def test_optimizer_step_skips_empty_and_nonfinite_steps() -> None:
     from tokenclean.training.loop import _optimizer_step
+    from tokenclean.training.state import TrainState
 
     p = torch.nn.Parameter(torch.ones(3))
     opt = torch.optim.AdamW([p], lr=0.1)
-    state = {"skipped_steps": 0, "nonfinite_steps": 0}
-    assert _optimizer_step(None, [p], opt, 1.0, state) is None and state["skipped_steps"] == 1
+    state = TrainState(identity={}, world_size=1)
+    assert _optimizer_step(None, [p], opt, 1.0, state) is None and state.skipped_steps == 1
     p.grad = torch.tensor([1.0, float("nan"), 0.0])
-    assert _optimizer_step(1.5, [p], opt, 1.0, state) is None and state["nonfinite_steps"] == 1
-    assert _optimizer_step(float("inf"), [p], opt, 1.0, state) is None and state["nonfinite_steps"] == 2
+    assert _optimizer_step(1.5, [p], opt, 1.0, state) is None and state.nonfinite_steps == 1
+    assert _optimizer_step(float("inf"), [p], opt, 1.0, state) is None and state.nonfinite_steps == 2
     assert torch.equal(p.detach(), torch.ones(3))  # no update from a NaN gradient or an empty step
     p.grad = torch.full((3,), 2.0)
     norm = _optimizer_step(1.5, [p], opt, 1.0, state)

@@ -69,6 +69,21 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     return args
 
 
+def expand_argv(argv: Sequence[str]) -> list[str]:
+    """``~`` expanded once, here at the edge, in every argument that is a path: ``~/x``, ``--out=~/x`` and
+    ``key=~/x`` (a quoted ``'~/x'`` reaches tokenclean unexpanded by the shell). A ``~`` left after this
+    (an unknown ``~user``) is refused where the path is used, never expanded later by a library."""
+    from tokenclean.outputs import expand_user
+
+    out = []
+    for a in argv:
+        if "=" in a and not a.startswith("~"):
+            k, v = a.split("=", 1)
+            a = f"{k}={expand_user(v)}" if v.startswith("~") and v != "~" else a
+        out.append(expand_user(a))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # OpenMP threads that wait for work sleep instead of spinning (set before torch loads its OpenMP
     # runtime; OMP_WAIT_POLICY set by the user wins). Beside another busy job, spinning waits made scoring
@@ -77,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        args = _parse(build_parser(), argv)
+        args = _parse(build_parser(), expand_argv(sys.argv[1:] if argv is None else argv))
     except SystemExit as e:  # --help, --version, or a usage error already printed (a missing path: 2)
         return e.code if isinstance(e.code, int) else 2
     from tokenclean.utils import quiet_libraries, result_printed_by_caller
@@ -92,6 +107,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except TokencleanError as e:
         print(f"tokenclean {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a full disk or a failing device: one message naming the path, not a traceback
+        from tokenclean.utils import storage_error
+
+        what = storage_error(e)
+        if what is None:
+            raise
+        where = getattr(e, "filename", None) or "its output"
+        print(
+            f"tokenclean {args.command}: error: cannot write {where}: {what} ({e}); free space (or fix the "
+            "device) and re-run: finished work is kept and the command resumes",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished work is saved and a re-run resumes", file=sys.stderr)

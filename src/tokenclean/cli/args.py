@@ -151,16 +151,23 @@ def settings_from_args(
 
 
 def add_runtime(parser: argparse.ArgumentParser, device: bool = True) -> None:
-    """``--device`` and ``--threads`` (:class:`tokenclean.config.Runtime`) of a command where torch runs."""
-    add_settings(parser, Runtime, only=("device", "threads") if device else ("threads",))
+    """``--device``, ``--threads`` and ``--attn-implementation`` (:class:`tokenclean.config.Runtime`) of a
+    command where torch runs; with ``device=False`` (a run config names them) only ``--threads``."""
+    add_settings(parser, Runtime, only=RUNTIME_FLAGS if device else ("threads",))
+
+
+RUNTIME_FLAGS = ("device", "threads", "attn_implementation")
 
 
 def apply_runtime(a: argparse.Namespace) -> Runtime:
-    """Check ``--device``/``--threads`` and set torch's CPU threads (imports torch)."""
+    """Check ``--device``/``--threads``/``--attn-implementation``, set torch's CPU threads (imports torch)
+    and this process's attention implementation."""
+    from tokenclean.models.loader import set_attn_implementation
     from tokenclean.utils import apply_threads
 
-    rt = settings_from_args(Runtime, a, only=[n for n in ("device", "threads") if hasattr(a, n)])
+    rt = settings_from_args(Runtime, a, only=[n for n in RUNTIME_FLAGS if hasattr(a, n)])
     apply_threads(rt.threads)
+    set_attn_implementation(rt.attn_implementation)
     return rt
 
 
@@ -171,6 +178,8 @@ def existing(what: str) -> Callable[[str], str]:
     """An argparse ``type`` that fails at once (before heavy imports) when the path does not exist."""
 
     def check(value: str) -> str:
+        if not value.strip():
+            raise argparse.ArgumentTypeError(f"empty path; give a {what}")
         if not Path(value).exists():
             raise argparse.ArgumentTypeError(f"{value}: no such {what}")
         return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from tokenclean.cli.args import Command, add_settings, data_source, existing, model_name, settings_from_args
 from tokenclean.pipelines.config import DataConfig
@@ -61,12 +62,25 @@ def _prepare(a: argparse.Namespace) -> int:
     return 0
 
 
+def _count(least: int) -> Callable[[str], int]:
+    def check(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got '{value}'") from None
+        if n < least:
+            raise argparse.ArgumentTypeError(f"must be >= {least}, got {n}")
+        return n
+
+    return check
+
+
 def _inspect_args(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "dir", type=existing("directory"), help="a prepared dataset, score store or cleaned dataset"
     )
-    s.add_argument("--n", type=int, default=5, help="samples to show")
-    s.add_argument("--start", type=int, default=0, help="index of the first sample shown")
+    s.add_argument("--n", type=_count(1), default=5, help="samples to show (>= 1)")
+    s.add_argument("--start", type=_count(0), default=0, help="index of the first sample shown (>= 0)")
     s.add_argument(
         "--tokenizer",
         default=None,

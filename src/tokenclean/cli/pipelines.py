@@ -21,7 +21,7 @@ def _print_report(summary: dict) -> None:
 
 
 def _not_rank0() -> bool:
-    from tokenclean.training.distributed import launched_world
+    from tokenclean.runtime import launched_world
 
     return launched_world()[0] != 0  # under a launcher rank 0 prints
 
@@ -35,7 +35,7 @@ def _run(a: argparse.Namespace) -> int:
     from tokenclean.report.text import eval_text_table
     from tokenclean.report.truth_tables import print_all
 
-    summary = run(cfg)
+    summary = run(cfg, adopt=a.adopt_run_dir)
     if _not_rank0():
         return 0
     print()
@@ -61,7 +61,7 @@ def _demo(a: argparse.Namespace) -> int:
     from tokenclean.pipelines.runner import run
     from tokenclean.report.truth_tables import print_all
 
-    summary = run(cfg)
+    summary = run(cfg, adopt=a.adopt_run_dir)
     if _not_rank0():
         return 0
     print()
@@ -107,16 +107,29 @@ def _settings(a: argparse.Namespace) -> int:
     return 0
 
 
+def _adopt_arg(s: argparse.ArgumentParser, where: str) -> None:
+    from tokenclean.outputs import RUN_ENTRIES
+
+    s.add_argument(
+        "--adopt-run-dir",
+        action="store_true",
+        help=f"use an existing {where} that tokenclean did not make (refused otherwise); your files in it "
+        f"stay, and the run writes {RUN_ENTRIES} there",
+    )
+
+
 def _run_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("config", type=existing("config file"), help="YAML config (see configs/)")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. selection.ratio=0.5")
     add_runtime(s, device=False)  # the device is model.device of the config
+    _adopt_arg(s, "run_dir")
 
 
 def _demo_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--out", default="runs/demo", help="run directory (re-running resumes / reuses it)")
     s.add_argument("overrides", nargs="*", help="key=value overrides of the demo config")
     add_runtime(s, device=False)
+    _adopt_arg(s, "--out")
 
 
 def _validate_args(s: argparse.ArgumentParser) -> None:

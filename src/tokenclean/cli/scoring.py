@@ -21,19 +21,19 @@ from tokenclean.scoring import DEFAULT_SHARD_SIZE, SCORERS  # numpy only: the mo
 def _score(a: argparse.Namespace) -> int:
     cfg = settings_from_args(ScoringConfig, a, "scoring")
     rt = apply_runtime(a)
+    from tokenclean.runtime import launched_world
     from tokenclean.scoring import score_dataset
-    from tokenclean.training.distributed import launched_world
 
     m = score_dataset(
         a.data,
         a.base,
         reference=a.reference,
-        adapter=a.adapter,
         out=a.out,
         scorer=a.scorer,
         dtype=cfg.dtype,
         device=rt.device,
         batch_tokens=cfg.batch_tokens,
+        packing=cfg.packing,
         progress=not a.no_progress,
         shard_index=a.shard_index,
         num_shards=a.num_shards,
@@ -75,12 +75,6 @@ def _score_args(s: argparse.ArgumentParser) -> None:
         default=None,
         type=model_name("reference"),
         help="reference model (same tokenizer), or a PEFT adapter dir on --base (one-model scoring)",
-    )
-    s.add_argument(
-        "--adapter",
-        default=None,
-        type=existing("adapter directory"),
-        help="the same as --reference ADAPTER_DIR, kept for older scripts (give one of the two)",
     )
     s.add_argument("--out", required=True, help="output directory (score store)")
     s.add_argument(

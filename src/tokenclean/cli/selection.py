@@ -16,7 +16,8 @@ from tokenclean.cli.args import (
 )
 from tokenclean.config import check_bounds
 from tokenclean.errors import ConfigError
-from tokenclean.pipelines.config import SelectionConfig, SoftWeightsConfig
+from tokenclean.methods.soft_token_cleaning import SoftWeightsSettings
+from tokenclean.pipelines.config import SelectionConfig
 from tokenclean.selection.xtf import XtfSettings
 
 LEVELS = ("global", "sample", "random", "threshold")  # kept in sync with selection.masks.LEVELS (tested)
@@ -49,7 +50,7 @@ def sweep_outs(out: str, ratios: list[float | None]) -> list[str]:
 def _select(a: argparse.Namespace) -> int:
     ratios: list[float | None] = [None] if a.level == "threshold" else parse_ratios(a.ratio)
     settings_from_args(SelectionConfig, a, "selection", only=["seed"])
-    settings_from_args(SoftWeightsConfig, a, "peers.soft_weights")
+    settings_from_args(SoftWeightsSettings, a, "peers.soft_token_cleaning")
     outs = sweep_outs(a.out, ratios)
     from tokenclean.selection import select_many
 
@@ -124,7 +125,9 @@ def _select_args(s: argparse.ArgumentParser) -> None:
         help="soft Token Cleaning: keep every scored token with weight sigmoid((score - tau) / T), tau = the "
         "global top-K cut; writes a weights column for `tokenclean train --policy weights`",
     )
-    add_setting(s, SoftWeightsConfig, "temperature", "peers.soft_weights", note=" (with --weights sigmoid)")
+    add_setting(
+        s, SoftWeightsSettings, "temperature", "peers.soft_token_cleaning", note=" (with --weights sigmoid)"
+    )
     s.add_argument(
         "--force", action="store_true", help="recompute, or replace an OUT selected from other inputs"
     )

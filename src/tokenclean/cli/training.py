@@ -44,7 +44,7 @@ def _policy_settings(pairs: list[str]) -> dict[str, Any]:
 def _train(a: argparse.Namespace) -> int:
     cfg = train_config_from_args(a)
     rt = apply_runtime(a)
-    from tokenclean.training.distributed import launched_world
+    from tokenclean.runtime import launched_world
     from tokenclean.training.loop import train
 
     d = train(

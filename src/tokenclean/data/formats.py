@@ -113,12 +113,11 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
                 raise DataError(loc, f"invalid UTF-8 at byte {e.start} of the line") from None
             if not text.strip():
                 continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(loc, f"malformed JSON: {e.msg} (column {e.colno})") from None
+            obj = _loads(text, loc)
             if not isinstance(obj, dict):
                 raise DataError(loc, f"expected a JSON object, got {type(obj).__name__}")
+            if "\\u" in text:  # a lone surrogate can only arrive as an escape (raw ones are invalid UTF-8)
+                _check_unicode(obj, loc, "")
             yield row, loc, obj
             row += 1
 
@@ -129,10 +128,7 @@ def _iter_json(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
         text = data.decode("utf-8-sig")  # a leading BOM is stripped
     except UnicodeDecodeError as e:
         raise DataError(f"{path}:{_decode_error_line(data, e)}", "invalid UTF-8") from None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}", f"malformed JSON: {e.msg} (column {e.colno})") from None
+    obj = _loads(text, str(path), whole_file=True)
     if isinstance(obj, dict) and isinstance(obj.get("data"), list):
         obj = obj["data"]
     if not isinstance(obj, list):
@@ -141,13 +137,49 @@ def _iter_json(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
         loc = f"{path}[row {i}]"
         if not isinstance(item, dict):
             raise DataError(loc, f"expected a JSON object, got {type(item).__name__}")
+        _check_unicode(item, loc, "")
         yield i, loc, item
 
 
+def _loads(text: str, loc: str, whole_file: bool = False) -> Any:
+    """``json.loads`` with every failure a :class:`DataError` at ``loc`` (a JSONL file's FILE:LINE, or a
+    whole .json file whose parse errors carry their own line)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        where = f"{loc}:{e.lineno}" if whole_file else loc
+        raise DataError(where, f"malformed JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise DataError(loc, "JSON nested too deeply (thousands of levels); not an SFT record") from None
+
+
+def _check_unicode(obj: Any, loc: str, field: str) -> None:
+    """Refuse a string holding a lone UTF-16 surrogate (``"\\ud800"`` in JSON): valid JSON, but no valid
+    text; a tokenizer would fail on it with a TypeError."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError as e:
+            bad = f"\\u{ord(obj[e.start]):04x}"
+            raise DataError(
+                loc, f"invalid Unicode: a lone surrogate {bad} at character {e.start}", field=field or None
+            ) from None
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_unicode(v, loc, f"{field}.{k}" if field else str(k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _check_unicode(v, loc, f"{field}[{i}]")
+
+
 def _iter_parquet(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(str(path), f"cannot be read as Parquet ({e})") from None
     for i, item in enumerate(table.to_pylist()):
         yield i, f"{path}[row {i}]", item
 

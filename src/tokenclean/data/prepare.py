@@ -120,7 +120,6 @@ def prepare(
         force=force,
         replace_stale=replace_stale,
         reusable=bool(ident["sha256"]),
-        legacy_key=("cache_key", key),
     )
     if old is not None:
         return dict(old, reused=True)

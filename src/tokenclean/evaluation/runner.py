@@ -42,9 +42,22 @@ def resolve_tasks(suite: str, tasks: Sequence[str] | None) -> tuple[list[TaskSpe
 
 
 def _output_path(out: str | Path, suite: str) -> Path:
-    """``out`` itself when it ends in .json, else ``out/eval_{suite}.json``."""
+    """``out`` itself when it ends in .json or is an existing file, else ``out/eval_{suite}.json``."""
     p = Path(out)
-    return p if p.suffix == ".json" else p / f"eval_{suite}.json"
+    return p if p.suffix == ".json" or p.is_file() else p / f"eval_{suite}.json"
+
+
+def is_eval_result(obj: Any) -> bool:
+    """A JSON value :func:`evaluate` wrote (the only kind of file ``eval --out`` replaces)."""
+    return isinstance(obj, dict) and {"suite", "tasks", "average"} <= set(obj)
+
+
+def check_eval_out(out: str | Path, suite: str, inputs: Sequence[Any]) -> Path:
+    """The result file of ``out``, refused before any work when it is an input, inside one, or an existing
+    file that is not an earlier result (:func:`tokenclean.outputs.check_file_target`)."""
+    from tokenclean.outputs import check_file_target
+
+    return check_file_target(_output_path(out, suite), "eval", is_eval_result, inputs)
 
 
 def _load(model: Any, adapter: str | None, tokenizer: Any, dtype: str, device: str) -> tuple[Any, Any]:
@@ -106,6 +119,7 @@ def evaluate(
     Missing benchmark data fails before the model is loaded (see ``harness.plan_sources``).
     """
     t0 = time.perf_counter()
+    target = None if out is None else check_eval_out(out, suite, [model, adapter, heldout, data_dir, tasks])
     specs, customs = resolve_tasks(suite, tasks)
     if not specs and not customs and heldout is None:
         raise ConfigError(
@@ -142,6 +156,9 @@ def evaluate(
         "versions": _versions(),
         "harness_config": {k: raw.get(k) for k in ("n-shot", "versions", "config") if k in raw},
     }
-    if out is not None:
-        write_json_atomic(_output_path(out, suite), result)
+    if target is not None:
+        from tokenclean.outputs import output_lock
+
+        with output_lock(target):
+            write_json_atomic(target, result)
     return result

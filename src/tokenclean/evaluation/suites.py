@@ -32,7 +32,6 @@ class TaskSpec:
     """One benchmark of a suite."""
 
     name: str  # our task name; also the stem of the local file ``DATA_DIR/{name}.jsonl``
-    label: str  # column name in the paper's tables
     harness_task: str  # the lm-evaluation-harness task whose prompt and metric are reproduced
     harness_yaml: str | None  # that task's YAML, relative to lm_eval/tasks (None: tokenclean's own task)
     shots: int  # few-shot examples in each prompt
@@ -116,7 +115,6 @@ MMLU_SUBJECTS: tuple[str, ...] = (
 _TASKS = (
     TaskSpec(
         name="truthfulqa_mc2",
-        label="TruthfulQA",
         harness_task="truthfulqa_mc2",
         harness_yaml="truthfulqa/truthfulqa_mc2.yaml",
         shots=0,
@@ -130,7 +128,6 @@ _TASKS = (
     ),
     TaskSpec(
         name="tydiqa",
-        label="TydiQA",
         harness_task="tydiqa (tokenclean; not in lm-evaluation-harness)",
         harness_yaml=None,
         shots=1,
@@ -144,7 +141,6 @@ _TASKS = (
     ),
     TaskSpec(
         name="logiqa",
-        label="LogiQA",
         harness_task="logiqa",
         harness_yaml="logiqa/logiqa.yaml",
         shots=0,
@@ -156,7 +152,6 @@ _TASKS = (
     ),
     TaskSpec(
         name="mmlu",
-        label="MMLU",
         harness_task="mmlu",
         harness_yaml="mmlu/default/mmlu_{subject}.yaml",
         shots=5,
@@ -171,7 +166,6 @@ _TASKS = (
     ),
     TaskSpec(
         name="hellaswag",
-        label="HellaSwag",
         harness_task="hellaswag",
         harness_yaml="hellaswag/hellaswag.yaml",
         shots=0,
@@ -185,7 +179,6 @@ _TASKS = (
     ),
     TaskSpec(
         name="arc_challenge",
-        label="ARC-C",
         harness_task="arc_challenge",
         harness_yaml="arc/arc_challenge.yaml",
         shots=0,
@@ -198,7 +191,6 @@ _TASKS = (
     ),
     TaskSpec(
         name="boolq",
-        label="BoolQ",
         harness_task="boolq",
         harness_yaml="super_glue/boolq/default.yaml",
         shots=0,

@@ -143,6 +143,41 @@ def resolve_device(device: str) -> str:
     return device
 
 
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "flash_attention_2", "eager")
+_attn_default = ["auto"]  # this process's choice: set once per command by set_attn_implementation
+
+
+def set_attn_implementation(choice: str) -> None:
+    """This process's attention implementation for every model :func:`load_model` loads from now on
+    (``model.attn_implementation`` of a run, ``--attn-implementation`` of a command). Like the torch
+    thread count, it is a per-process setting: every stage that loads a model goes through here."""
+    if choice not in ATTN_IMPLEMENTATIONS:
+        raise ModelError(f"unknown attn_implementation '{choice}' (valid: {', '.join(ATTN_IMPLEMENTATIONS)})")
+    _attn_default[0] = choice
+
+
+def attn_implementation_for(choice: str | None, dtype: str, device: str) -> str | None:
+    """The ``attn_implementation`` handed to transformers (None: its own default, sdpa where available).
+
+    ``auto``: ``flash_attention_2`` on CUDA in bf16/fp16 when the ``flash_attn`` package is installed (its
+    varlen kernel scores packed samples with no padding at all), else transformers' default. An explicit
+    ``flash_attention_2`` without CUDA or without the package fails here, before any weights are read."""
+    choice = choice or _attn_default[0]
+    if choice not in ATTN_IMPLEMENTATIONS:
+        raise ModelError(f"unknown attn_implementation '{choice}' (valid: {', '.join(ATTN_IMPLEMENTATIONS)})")
+    cuda = resolve_device(device).startswith("cuda")
+    half = str(torch_dtype(dtype)) in ("torch.bfloat16", "torch.float16")
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    if choice == "auto":
+        return "flash_attention_2" if cuda and half and has_flash else None
+    if choice == "flash_attention_2" and not (cuda and has_flash):
+        raise ModelError(
+            "attn_implementation 'flash_attention_2' needs a CUDA device and the flash-attn package "
+            f"(device {device}, flash_attn {'installed' if has_flash else 'not installed'}); use sdpa or auto"
+        )
+    return choice
+
+
 def load_model(
     name: str | ModelSpec,
     dtype: str = "fp32",
@@ -150,13 +185,18 @@ def load_model(
     adapter: str | None = None,
     trust_remote_code: bool = False,
     adapter_trainable: bool = False,
+    attn_implementation: str | None = None,
 ) -> Any:
-    """Load a causal LM (and its LoRA adapter, when given) in eval mode on ``device``."""
+    """Load a causal LM (and its LoRA adapter, when given) in eval mode on ``device``, with the attention
+    implementation ``attn_implementation`` (None: this process's choice, :func:`set_attn_implementation`)."""
     from transformers import AutoModelForCausalLM
 
     spec = name if isinstance(name, ModelSpec) else resolve_model(name, adapter)
     adapter = adapter or spec.adapter
     kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    attn = attn_implementation_for(attn_implementation, dtype, device)
+    if attn is not None:
+        kwargs["attn_implementation"] = attn
     if spec.gguf_file:
         kwargs["gguf_file"] = spec.gguf_file
     else:

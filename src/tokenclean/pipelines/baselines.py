@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from tokenclean.methods.spec import MethodSpec
 from tokenclean.pipelines import fixed_model
 from tokenclean.pipelines.stages import (
     Run,
@@ -21,28 +22,28 @@ from tokenclean.pipelines.stages import (
 )
 
 
-def base(run: Run) -> None:
-    m = run.method("base")
-    m["eval"] = eval_stage(run, "base", None, run.root / "methods" / "base" / "eval.json")
+def base(run: Run, spec: MethodSpec) -> None:
+    m = run.method(spec.name)
+    m["eval"] = eval_stage(run, spec.name, None, run.root / "methods" / spec.name / "eval.json")
     run.save_summary()
 
 
-def warmup(run: Run) -> None:
+def warmup(run: Run, spec: MethodSpec) -> None:
     adapter = warmup_adapter(run)
-    m = run.method("warmup")
+    m = run.method(spec.name)
     m.update(adapter=run.rel(adapter), cleaned=run.rel(run.root / "data" / "split_0"))
-    m["eval"] = eval_stage(run, "warmup", adapter, run.root / "methods" / "warmup" / "eval.json")
+    m["eval"] = eval_stage(run, spec.name, adapter, run.root / "methods" / spec.name / "eval.json")
     run.save_summary()
 
 
-def full(run: Run) -> None:
+def full(run: Run, spec: MethodSpec) -> None:
     pool = prepare_pool(run)
-    d = run.root / "methods" / "full"
+    d = run.root / "methods" / spec.name
     out, steps = matched_train_dir(run, d)
     adapter = train_stage(run, pool, out, max_steps=steps)
-    m = run.method("full")
+    m = run.method(spec.name)
     m.update(adapter=run.rel(adapter), cleaned=run.rel(pool))
-    m["eval"] = eval_stage(run, "full", adapter, d / "eval.json")
+    m["eval"] = eval_stage(run, spec.name, adapter, d / "eval.json")
     run.save_summary()
 
 
@@ -58,9 +59,9 @@ def _selected(run: Run, name: str, level: str) -> None:
     run.save_summary()
 
 
-def random(run: Run) -> None:
-    _selected(run, "random", "random")
+def random(run: Run, spec: MethodSpec) -> None:
+    _selected(run, spec.name, "random")
 
 
-def rho(run: Run) -> None:
-    _selected(run, "rho", "sample")
+def rho(run: Run, spec: MethodSpec) -> None:
+    _selected(run, spec.name, "sample")

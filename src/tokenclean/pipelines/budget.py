@@ -7,11 +7,10 @@
 - ``forward_tokens`` / ``backward_tokens``: token-passes of the whole method, counting everything it needs:
   every training it depends on (warm-up, cross-fitted references; one forward and one backward pass per
   input token) and every scoring pass (two forward passes per scored token: base and reference).
-  The random baseline needs no score, so none is counted for it. Online token policies add their
-  no-grad passes over every step's input tokens (:data:`NO_GRAD_PASSES`: online RHO-1 one, two with
-  ``reference: base``; ssToken two, current and history model; ProFit one; DFT none: its weight comes from
-  the gradient pass), online RHO-1 with stored reference losses and soft Token Cleaning also the warm-up and
-  scoring behind their store, XTF one base forward pass over the prepared pool.
+  Only methods whose spec is ``scored`` pay for a score store (the random baseline needs none). Online token
+  policies add their no-grad passes over every step's input tokens (``MethodSpec.no_grad_passes`` of their
+  settings), methods with ``pool_passes`` their forward passes over the prepared pool (XTF's base pass).
+  Every trait comes from the method registry (:mod:`tokenclean.methods`).
 
 Counts come from the stages' own records (``done.json`` ``tokens.input``/``tokens.kept``/``steps``, score
 ``manifest.json`` ``counts.tokens``), not from the config.
@@ -22,6 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tokenclean import methods
+from tokenclean.methods import MethodSpec
 from tokenclean.utils import read_json
 
 
@@ -40,24 +41,23 @@ def _scored(d: Path) -> int:
 
 
 def _reference_cost(root: Path, scores: Path) -> tuple[list[Path], list[Path]]:
-    """(trainings, score stores) behind a fixed-reference score store."""
+    """(trainings, score stores) behind a fixed-reference score store: the training that made its reference
+    adapter (read from the store's manifest; none for an external model), or every cross-fitted fold's."""
     m = read_json(scores / "manifest.json")
     if "joined_from" in m:
         trains = sorted((root / "crossfit").glob("fold_*/warmup"))
         return trains, [scores]
-    return ([root / "warmup"] if (root / "warmup" / "done.json").exists() else []), [scores]
+    adapter = (m.get("reference") or {}).get("adapter")
+    trained = Path(adapter).parent if adapter else None
+    return ([trained] if trained is not None and (trained / "done.json").exists() else []), [scores]
 
 
-NO_GRAD_PASSES = {"rho1": 1, "sstoken": 2, "profit": 1, "dft": 0}
-"""Forward passes per input token a token policy runs without gradient in every step, before the gradient
-pass (tokenclean.training.policies)."""
-
-
-def _policy_passes(m: dict[str, Any]) -> int:
+def _policy_passes(spec: MethodSpec, m: dict[str, Any]) -> int:
+    """No-grad passes per input token of the policy the method trained with (its recorded settings)."""
     pol = m.get("policy") or {}
-    name, settings = pol.get("name"), pol.get("settings") or {}
-    extra = 1 if name == "rho1" and settings.get("reference") == "base" else 0
-    return NO_GRAD_PASSES.get(str(name), 0) + extra
+    if spec.policy is None or pol.get("name") != spec.policy.name:
+        return 0
+    return spec.passes(pol.get("settings"))
 
 
 def _pool_tokens(cleaned: Path) -> int:
@@ -72,32 +72,29 @@ def _pool_tokens(cleaned: Path) -> int:
 
 def method_budget(root: Path, name: str, m: dict[str, Any], rounds: list[dict[str, Any]]) -> dict[str, int]:
     """The budget of method ``name`` (its summary entry ``m``) in run directory ``root``."""
-    if name == "base" or not m.get("adapter"):
+    spec = methods.get(name)
+    if not m.get("adapter"):
         return {"updates": 0, "trained_tokens": 0, "forward_tokens": 0, "backward_tokens": 0}
-    own = (root / m["adapter"]).parent
-    lineage: list[Path]  # trainings whose updates built the evaluated weights
+    lineage: list[Path] = [(root / m["adapter"]).parent]  # trainings whose updates built the weights
     extra: list[Path] = []  # other trainings the method needs (references)
     stores: list[Path] = []
-    if name == "self_evolving":
+    if spec.rounds:
         lineage = [root / "warmup"] + [(root / r["adapter"]).parent for r in rounds]
         stores = [root / r["scores"] for r in rounds]
-    elif name in ("fixed_model", "rho", "soft_token_cleaning"):
-        lineage = [own]
-        extra, stores = _reference_cost(root, root / m["scores"])
-    else:  # full, random, warmup, xtf, and the online policies
-        lineage = [own]
-        ref_store = ((m.get("policy") or {}).get("settings") or {}).get("scores")
-        if ref_store:  # online RHO-1 against stored reference losses
-            extra, stores = _reference_cost(root, root / ref_store)
+    elif spec.scored and m.get("scores"):
+        for store in m.get("score_stores") or [m["scores"]]:
+            trains, own_stores = _reference_cost(root, root / store)
+            extra += [t for t in trains if t not in extra]
+            stores += own_stores
     t_lin = [_train(d) for d in lineage]
     t_all = t_lin + [_train(d) for d in extra]
     passes = sum(t["input"] for t in t_all)
-    no_grad = _policy_passes(m) * t_lin[-1]["input"]
-    xtf = _pool_tokens(root / m["cleaned"]) if name == "xtf" else 0
+    no_grad = _policy_passes(spec, m) * t_lin[-1]["input"]
+    pool = spec.pool_passes * _pool_tokens(root / m["cleaned"]) if spec.pool_passes else 0
     return {
         "updates": sum(t["updates"] for t in t_lin),
         "trained_tokens": sum(t["kept"] for t in t_lin),
-        "forward_tokens": passes + sum(_scored(s) for s in stores) + no_grad + xtf,
+        "forward_tokens": passes + sum(_scored(s) for s in stores) + no_grad + pool,
         "backward_tokens": passes,
     }
 

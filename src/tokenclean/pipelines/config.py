@@ -2,32 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tokenclean.config import DEFAULT_DEVICE, DEVICE_HELP, apply_overrides, from_dict, load_yaml, setting
+from tokenclean.config import (
+    ATTN_HELP,
+    DEFAULT_DEVICE,
+    DEVICE_HELP,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+    setting,
+)
 from tokenclean.errors import ConfigError
 from tokenclean.groundtruth.generator import PoolConfig
-from tokenclean.selection.xtf import XtfSettings
+from tokenclean.methods import get as get_method
+from tokenclean.methods import names as method_names
+from tokenclean.methods import specs
 from tokenclean.training.config import TrainConfig
-from tokenclean.training.policies import DftSettings, ProfitSettings, SsTokenSettings
 
-METHODS = (
-    "base",
-    "warmup",
-    "full",
-    "random",
-    "rho",
-    "fixed_model",
-    "self_evolving",
-    "online_rho1",
-    "sstoken",
-    "xtf",
-    "dft",
-    "profit",
-    "soft_token_cleaning",
-)
+METHODS = method_names()
 
 
 def _h(text: str) -> dict[str, str]:
@@ -68,6 +64,7 @@ class ModelConfig:
         default=None, metadata=_h("external reference model (same tokenizer); null = warm-up reference")
     )
     device: str = setting(DEFAULT_DEVICE, DEVICE_HELP)
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = setting("auto", ATTN_HELP)
 
 
 @dataclass(frozen=True)
@@ -75,8 +72,13 @@ class ScoringConfig:
     dtype: Literal["fp32", "bf16", "fp16", "auto"] = field(default="fp32", metadata=_h("scoring dtype"))
     batch_tokens: int | None = setting(
         None,
-        "padded tokens per scoring batch (null: 1024 on CPU, 16384 on CUDA; scores do not depend on it)",
+        "computed tokens per scoring batch (null: 1024 on CPU, 16384 on CUDA; scores do not depend on it)",
         bounds=">= 16",
+    )
+    packing: Literal["auto", "on", "off"] = setting(
+        "auto",
+        "padding-free packed batches (auto: where the attention is a varlen kernel, flash_attention_2; "
+        "on: also sdpa/eager, measured slower on CPU; off: length-sorted padded batches)",
     )
 
 
@@ -121,8 +123,8 @@ class BudgetConfig:
     match_updates: bool = field(
         default=False,
         metadata=_h(
-            "train full, random, rho and fixed_model for as many optimizer updates as the "
-            "self-evolving adapter received (warm-up + rounds)"
+            "train every method that trains one adapter from the base (all but base, warmup and "
+            "self_evolving) for as many optimizer updates as the self-evolving adapter received (warm-up + rounds)"
         ),
     )
 
@@ -140,27 +142,13 @@ class EvalConfig:
     )
 
 
-@dataclass(frozen=True)
-class OnlineRho1Config:
-    ratio: float = setting(0.6, "share of each step's tokens that count (top excess loss)", bounds="(0, 1]")
-    reference: Literal["warmup", "base"] = field(
-        default="warmup", metadata=_h("warmup: the pool's stored reference losses; base: the adapter off")
-    )
-
-
-@dataclass(frozen=True)
-class SoftWeightsConfig:
-    temperature: float = setting(1.0, "T of w = sigmoid((score - tau) / T), nats of score", bounds="> 0")
-
-
-@dataclass(frozen=True)
-class PeersConfig:
-    online_rho1: OnlineRho1Config = field(default_factory=OnlineRho1Config)
-    sstoken: SsTokenSettings = field(default_factory=SsTokenSettings)
-    xtf: XtfSettings = field(default_factory=XtfSettings)
-    dft: DftSettings = field(default_factory=DftSettings)
-    profit: ProfitSettings = field(default_factory=ProfitSettings)
-    soft_weights: SoftWeightsConfig = field(default_factory=SoftWeightsConfig)
+PeersConfig = dataclasses.make_dataclass(
+    "PeersConfig",
+    [(m.name, m.settings, field(default_factory=m.settings)) for m in specs() if m.settings is not None],
+    frozen=True,
+)
+PeersConfig.__module__ = __name__
+PeersConfig.__doc__ = "Settings of each method, one section per method (tokenclean.methods registry)."
 
 
 @dataclass(frozen=True)
@@ -178,7 +166,7 @@ class RunConfig:
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    peers: PeersConfig = field(default_factory=PeersConfig)
+    peers: PeersConfig = field(default_factory=PeersConfig)  # type: ignore[valid-type]
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     seeds: tuple[int, ...] = field(
         default=(),
@@ -190,6 +178,12 @@ class RunConfig:
     report: bool = field(default=True, metadata=_h("build the HTML/Markdown report at the end"))
 
     def validate(self, prefix: str = "") -> None:
+        if not self.run_dir.strip():
+            raise ConfigError(
+                "run_dir: empty; give a directory (an empty one would mean the current directory)"
+            )
+        if self.run_dir.startswith("~"):
+            raise ConfigError(f"run_dir: '{self.run_dir}' names no home directory tokenclean can expand")
         if not self.data.path and self.data.synthetic is None:
             raise ConfigError(
                 "data.path: required (a file, a directory, hub:NAME[:SPLIT] or builtin:sample), or "
@@ -202,14 +196,16 @@ class RunConfig:
             )
         self._validate_heldout()
         for i, m in enumerate(self.methods):
-            if m not in METHODS:
-                raise ConfigError(f"methods[{i}]: unknown method '{m}' (valid: {', '.join(METHODS)})")
+            get_method(m, f"methods[{i}]")
         if self.warmup.cross_fit == 1:
             raise ConfigError(f"warmup.cross_fit: must be 0 (off) or >= 2, got {self.warmup.cross_fit}")
         if self.warmup.cross_fit and (self.warmup.data or self.model.reference):
             raise ConfigError("warmup.cross_fit: cannot be combined with warmup.data or model.reference")
-        if self.budget.match_updates and "self_evolving" not in self.methods:
-            raise ConfigError("budget.match_updates: needs self_evolving in methods")
+        if self.budget.match_updates and not any(get_method(m).rounds for m in self.methods):
+            with_rounds = [m.name for m in specs() if m.rounds]
+            raise ConfigError(
+                f"budget.match_updates: needs a method that sets the budget in methods ({with_rounds})"
+            )
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds: must be distinct, got {list(self.seeds)}")
         if self.warmup.data == "synthetic:clean" and (
@@ -238,5 +234,17 @@ class RunConfig:
 def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML config (or start from defaults when ``path`` is None), apply ``key=value`` overrides."""
     data: dict[str, Any] = load_yaml(path) if path else {}
-    data = apply_overrides(data, list(overrides))
+    data = _expand_home(apply_overrides(data, list(overrides)))
     return from_dict(RunConfig, data)
+
+
+def _expand_home(node: Any) -> Any:
+    """Every string that starts with ``~`` expanded once, here at the config edge (paths of the config
+    and its overrides); an unknown ``~user`` stays and is refused where the path is used."""
+    from tokenclean.outputs import expand_user
+
+    if isinstance(node, dict):
+        return {k: _expand_home(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_home(v) for v in node]
+    return expand_user(node)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tokenclean.methods.spec import MethodSpec
 from tokenclean.pipelines.stages import (
     Run,
     eval_stage,
@@ -40,15 +41,15 @@ def pool_scores(run: Run) -> Path:
     return score_stage(run, pool, run.root / "scores" / "pool", adapter=warmup_adapter(run))
 
 
-def run(run: Run) -> None:
+def run(run: Run, spec: MethodSpec) -> None:
     scores = pool_scores(run)
-    d = run.root / "methods" / "fixed_model"
+    d = run.root / "methods" / spec.name
     cleaned = select_stage(run, scores, d / "cleaned", level="global")
     out, steps = matched_train_dir(run, d)
     adapter = train_stage(run, cleaned, out, max_steps=steps)
-    m = run.method("fixed_model")
+    m = run.method(spec.name)
     m.update(adapter=run.rel(adapter), cleaned=run.rel(cleaned), scores=run.rel(scores))
-    m["eval"] = eval_stage(run, "fixed_model", adapter, d / "eval.json")
+    m["eval"] = eval_stage(run, spec.name, adapter, d / "eval.json")
     run.save_summary()
 
     sweep = run.summary.setdefault("sweep", [])
@@ -58,11 +59,11 @@ def run(run: Run) -> None:
         adapter_k = train_stage(run, cleaned_k, s / "train")
         entry = {
             "ratio": ratio,
-            "method": "fixed_model",
+            "method": spec.name,
             "adapter": run.rel(adapter_k),
             "cleaned": run.rel(cleaned_k),
             "eval": eval_stage(run, f"sweep {ratio:g}", adapter_k, s / "eval.json"),
             "heldout": None,
         }
-        sweep[:] = [e for e in sweep if not (e["ratio"] == ratio and e["method"] == "fixed_model")] + [entry]
+        sweep[:] = [e for e in sweep if not (e["ratio"] == ratio and e["method"] == spec.name)] + [entry]
         run.save_summary()

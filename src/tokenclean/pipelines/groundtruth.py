@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from tokenclean import IGNORE_INDEX
+from tokenclean import IGNORE_INDEX, methods
 from tokenclean.groundtruth.metrics import heldout_per_sample, label_breakdown, recovery_metrics
 from tokenclean.groundtruth.truth import classes, is_noise_label, pool_truth
 from tokenclean.groundtruth.user_truth import TokenTruth
+from tokenclean.methods import MethodSpec
 from tokenclean.pipelines.budget import method_budget
 from tokenclean.pipelines.stages import Run, get_logger
 from tokenclean.stats import Interval, bootstrap, clustered, weighted_mean
@@ -50,17 +51,16 @@ def _scores_by_id(scores_dir: Path) -> dict[str, np.ndarray]:
     return {r["sample_id"]: np.asarray(r["score"], dtype=np.float64) for r in ds}
 
 
-def _sources(root: Path, name: str, m: dict[str, Any], rounds: list[dict[str, Any]]) -> tuple[list, list]:
-    """(cleaned dirs, score dirs) behind a method's kept tokens (self-evolving: every cleaned split)."""
-    if name == "self_evolving":
+def _sources(
+    root: Path, spec: MethodSpec, m: dict[str, Any], rounds: list[dict[str, Any]]
+) -> tuple[list, list]:
+    """(cleaned dirs, score dirs) behind a method's kept tokens, as its spec's ``recovery`` says
+    (``rounds``: every cleaned split; a soft selection keeps every scored token, with a weight)."""
+    if spec.recovery == "rounds":
         return [root / r["cleaned"] for r in rounds], [root / r["scores"] for r in rounds]
-    if name in ("fixed_model", "rho"):
-        return [root / m["cleaned"]], [root / m["scores"]]
-    if name in ("random", "full", "xtf"):
-        return [root / m["cleaned"]], []
-    if name == "soft_token_cleaning":  # every scored token is kept, with a weight; the score ranks them
-        return [root / m["cleaned"]], [root / m["scores"]]
-    return [], []
+    if spec.recovery != "cleaned" or not m.get("cleaned"):
+        return [], []
+    return [root / m["cleaned"]], ([root / m["scores"]] if spec.scored and m.get("scores") else [])
 
 
 def _counted_keep(
@@ -68,7 +68,7 @@ def _counted_keep(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Online methods: the tokens their policy counted in the last epoch, as keep masks by sample id, and
     their effective weights (1 for a hard policy; DFT's sg(p))."""
-    from tokenclean.training.loop import counted_tokens
+    from tokenclean.training.counted import counted_tokens
 
     counted = counted_tokens(train_dir, data_dir)
     keep, weight = {}, {}
@@ -83,12 +83,10 @@ def _counted_keep(
     return keep, weight
 
 
-SOFT_POLICIES = ("weights", "dft")  # methods whose tokens count with a weight between 0 and 1
-
-
 def _evidence(truth: Truth, root: Path, name: str, m: dict[str, Any], rounds: list) -> dict[str, Any] | None:
     """Per-sample truth, keep and score arrays of one method in one run (ids sorted)."""
-    cleaned, scores = _sources(root, name, m, rounds)
+    spec = methods.get(name)
+    cleaned, scores = _sources(root, spec, m, rounds)
     keep: dict[str, np.ndarray] = {}
     weight: dict[str, np.ndarray] | None = None
     if m.get("counted"):  # online policies: recovery on the tokens they counted
@@ -101,7 +99,8 @@ def _evidence(truth: Truth, root: Path, name: str, m: dict[str, Any], rounds: li
         keep.update(k)
         if w is not None:
             weight = {**(weight or {}), **w}
-    if (m.get("policy") or {}).get("name") not in SOFT_POLICIES:
+    pol = (m.get("policy") or {}).get("name")
+    if not (pol and methods.policy_class(pol).soft):
         weight = None  # hard methods: the share kept says it all
     score: dict[str, np.ndarray] = {}
     for s in scores:

@@ -28,7 +28,7 @@ from tokenclean.pipelines.stages import (
     subset,
     train_stage,
 )
-from tokenclean.training.distributed import rank_zero_first
+from tokenclean.runtime import rank_zero_first
 from tokenclean.utils import atomic_dir, read_json, sha256_json
 
 

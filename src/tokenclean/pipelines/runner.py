@@ -4,49 +4,37 @@ ground truth (synthetic pools) and build the report."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from tokenclean.pipelines import baselines, fixed_model, peers, self_evolving
+from tokenclean import methods
 from tokenclean.pipelines.budget import self_evolving_updates
 from tokenclean.pipelines.config import RunConfig
-from tokenclean.pipelines.stages import Run, get_logger, open_run, prepare_pool, report_stage
-from tokenclean.training.distributed import rank_zero_only
+from tokenclean.pipelines.stages import get_logger, open_run, prepare_pool, report_stage
+from tokenclean.runtime import rank_zero_only
 
 log = get_logger("pipeline")
 
-PIPELINES: dict[str, Callable[[Run], None]] = {
-    "base": baselines.base,
-    "warmup": baselines.warmup,
-    "full": baselines.full,
-    "random": baselines.random,
-    "rho": baselines.rho,
-    "fixed_model": fixed_model.run,
-    "self_evolving": self_evolving.run,
-    "online_rho1": peers.online_rho1,
-    "sstoken": peers.sstoken,
-    "xtf": peers.xtf,
-    "dft": peers.dft,
-    "profit": peers.profit,
-    "soft_token_cleaning": peers.soft_token_cleaning,
-}
 
-
-def run(cfg: RunConfig) -> dict[str, Any]:
+def run(cfg: RunConfig, adopt: bool = False) -> dict[str, Any]:
     """Run every method of ``cfg`` (finished stages whose identity matches are reused); returns the
-    summary. The run directory is locked: a second ``tokenclean run`` on it stops with "in use by PID".
-    With ``seeds`` every method runs once per seed (:mod:`tokenclean.pipelines.seeds`), each seed's
-    directory locked by its own run. Models and data files are checked first: a typo creates nothing."""
+    summary. An existing ``run_dir`` that tokenclean did not make is refused before any work (unless
+    ``adopt``, the CLI's ``--adopt-run-dir``). The run directory is locked and marked as a run's: a second
+    ``tokenclean run`` on it stops with "in use by PID". With ``seeds`` every method runs once per seed
+    (:mod:`tokenclean.pipelines.seeds`): the top-level directory is locked for the whole seeds run, each
+    seed's directory by its own run. Models and data files are checked first: a typo creates nothing."""
+    from tokenclean.outputs import check_run_dir, mark_owned, output_lock
     from tokenclean.pipelines.inputs import check_inputs
 
     check_inputs(cfg)
-    if cfg.seeds:
-        from tokenclean.pipelines.seeds import run_seeds
 
-        return run_seeds(cfg, run)
-    from tokenclean.outputs import output_lock
-
+    check_run_dir(cfg.run_dir, adopt)
     with output_lock(cfg.run_dir):
+        mark_owned(Path(cfg.run_dir), "run")
+        if cfg.seeds:
+            from tokenclean.pipelines.seeds import run_seeds
+
+            return run_seeds(cfg, run)
         return _run(cfg)
 
 
@@ -58,9 +46,10 @@ def _run(cfg: RunConfig) -> dict[str, Any]:
     for name in _order(cfg):
         t = time.time()
         log.info("== %s ==", name)
-        PIPELINES[name](r)
+        spec = methods.get(name)
+        spec.pipeline()(r, spec)
         timings[name] = round(time.time() - t, 1)
-        if name == "self_evolving" and cfg.budget.match_updates:
+        if spec.rounds and cfg.budget.match_updates:
             r.match_steps = self_evolving_updates(r.root, r.summary.get("rounds", []))
             r.summary["matched_updates"] = r.match_steps
             log.info("budget.match_updates: single-stage methods train %d updates", r.match_steps)
@@ -89,8 +78,9 @@ def _record_budgets(r: Run) -> None:
 
 
 def _order(cfg: RunConfig) -> list[str]:
-    """The methods in config order; self-evolving first when the others must match its updates."""
+    """The methods in config order; the one with rounds (self-evolving) first when the others must match its
+    updates."""
     names = list(cfg.methods)
     if cfg.budget.match_updates:
-        names = ["self_evolving", *(n for n in names if n != "self_evolving")]
+        names.sort(key=lambda n: not methods.get(n).rounds)  # stable: config order otherwise
     return names

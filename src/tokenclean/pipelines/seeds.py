@@ -19,7 +19,7 @@ from typing import Any
 
 from tokenclean.pipelines.config import RunConfig
 from tokenclean.pipelines.stages import Run, get_logger, open_run, report_stage
-from tokenclean.pipelines.summary import write_summary
+from tokenclean.summary import write_summary
 
 log = get_logger("seeds")
 

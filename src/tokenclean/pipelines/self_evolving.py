@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tokenclean.methods.spec import MethodSpec
 from tokenclean.pipelines.stages import (
     Run,
     eval_stage,
@@ -29,7 +30,7 @@ from tokenclean.pipelines.stages import (
 )
 
 
-def run(run: Run) -> None:
+def run(run: Run, spec: MethodSpec) -> None:
     rounds_cfg = run.cfg.self_evolving
     splits = pool_splits(run)
     reference = warmup_adapter(run)
@@ -55,7 +56,7 @@ def run(run: Run) -> None:
         )
         run.summary["rounds"] = rounds
         run.save_summary()
-    m = run.method("self_evolving")
+    m = run.method(spec.name)
     m.update(
         adapter=run.rel(reference),
         round=rounds_cfg.rounds,

@@ -32,8 +32,8 @@ from tokenclean.outputs import (
     verify_input,
 )
 from tokenclean.pipelines.config import RunConfig
-from tokenclean.pipelines.summary import write_summary
-from tokenclean.training.distributed import rank_zero_first, rank_zero_only
+from tokenclean.runtime import rank_zero_first, rank_zero_only
+from tokenclean.summary import write_summary
 from tokenclean.utils import (
     atomic_dir,
     get_logger,
@@ -85,7 +85,7 @@ class Run:
 
     @rank_zero_only
     def save_summary(self) -> None:
-        """Write ``summary.json`` through its schema (:mod:`tokenclean.pipelines.summary`)."""
+        """Write ``summary.json`` through its schema (:mod:`tokenclean.summary`)."""
         write_summary(self.root, self.summary)
 
 
@@ -108,15 +108,22 @@ def report_stage(root: Path, summary: dict[str, Any], tokenizer: Any = None) -> 
 def open_run(cfg: RunConfig) -> Run:
     import yaml
 
-    from tokenclean.models.loader import resolve_device
+    from tokenclean.models.loader import resolve_device, set_attn_implementation
 
     resolve_device(cfg.model.device)  # `device: cuda` without CUDA fails here, before any stage runs
+    set_attn_implementation(cfg.model.attn_implementation)  # every stage's load_model in this process
     root = Path(cfg.run_dir)
     root.mkdir(parents=True, exist_ok=True)
     resolved = to_dict(cfg)
     old = root / "config.yaml"
     if old.exists():
-        prev = yaml.safe_load(old.read_text())
+        try:
+            prev = yaml.safe_load(old.read_text())
+        except yaml.YAMLError:
+            prev = None
+        if not isinstance(prev, dict):  # damaged (the directory is a run's: check_run_dir said so)
+            log.warning("%s is not a config mapping; it is rewritten from this run's config", old)
+            prev = {}
         changed = sorted(k for k in resolved if prev.get(k) != resolved[k])
         if changed:
             log.warning(
@@ -251,6 +258,7 @@ def score_stage(
         dtype=run.cfg.scoring.dtype,
         device=run.cfg.model.device,
         batch_tokens=run.cfg.scoring.batch_tokens,
+        packing=run.cfg.scoring.packing,
         replace_stale=True,
     )
     return out

@@ -26,7 +26,7 @@ from tokenclean.report import html as page
 from tokenclean.report import plots, tables
 from tokenclean.report.runs import Merged, View, load_run, load_stage_outputs, merge
 from tokenclean.report.tokens import SampleTokens, load_samples, load_token_arrays, tokenizer_name, with_truth
-from tokenclean.utils import atomic_dir, get_logger, package_versions, read_json
+from tokenclean.utils import atomic_dir, get_logger, package_versions
 
 log = get_logger("report")
 
@@ -43,20 +43,28 @@ class ReportConfig:
     html: bool = True  # write index.html
 
 
-def _check_out(out: Path) -> None:
-    """Refuse to replace a directory that is neither empty nor an earlier report."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a directory")
-    if any(out.iterdir()):
-        m = out / "manifest.json"
-        try:
-            ok = m.is_file() and read_json(m).get("stage") == "report"
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ConfigError(f"--out {out}: not empty and not an earlier report; refusing to replace it")
+def _check_out(out: Path, dirs: Sequence[str | Path]) -> None:
+    """Refuse, before any work, an ``--out`` that is neither new, empty nor an earlier report, or that is
+    an input (a run's own ``RUN/report`` is its output, not its input)."""
+    from tokenclean.outputs import check_target
+
+    paths = [str(d).partition("=")[2] if "=" in str(d) and not Path(d).exists() else str(d) for d in dirs]
+    inputs = [p for p in paths if Path(p).resolve() != out.resolve().parent or out.name != "report"]
+    check_target(out, "report", inputs)
+
+
+def _check_names(m: Merged) -> None:
+    """Two methods whose names give the same file name (``m.1`` and ``m_1`` both make ``scatter_m_1.png``;
+    ``A`` and ``a`` on a case-insensitive disk) are refused: one's figures would replace the other's."""
+    seen: dict[str, str] = {}
+    for v in m.views:
+        k = v.slug.casefold()
+        if k in seen and seen[k] != v.label:
+            raise ConfigError(
+                f"report: the methods '{seen[k]}' and '{v.label}' would share the figure file names "
+                f"'*_{v.slug}.png'; rename one (NAME=PATH) so that they differ in more than punctuation or case"
+            )
+        seen[k] = v.label
 
 
 def _write_tables(ts: Sequence[tables.Table], d: Path) -> None:
@@ -224,8 +232,9 @@ def build_report(
     if out is None and len(runs) > 1:
         raise ConfigError("report: several run directories need --out DIR for the merged report")
     out = Path(out) if out is not None else runs[0].dir / "report"
-    _check_out(out)
+    _check_out(out, dirs)
     m = merge(runs)
+    _check_names(m)
     ts = [
         t
         for t in (
@@ -239,7 +248,9 @@ def build_report(
     ]
     title = "tokenclean report: " + ", ".join(r.name for r in runs)
     notices: list[str] = []
-    with atomic_dir(out) as tmp:
+    from tokenclean.outputs import output_lock
+
+    with output_lock(out), atomic_dir(out) as tmp:
         _write_tables(ts, tmp)
         figs = _line_figures(m, tmp, cfg) + _view_figures(m, tmp, cfg, notices)
         samples = _samples(m, cfg, tokenizer, notices) if cfg.html else []

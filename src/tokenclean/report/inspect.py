@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from tokenclean import IGNORE_INDEX
+from tokenclean.errors import DataError
+from tokenclean.utils import terminal_safe
 
 PROMPT, KEPT, DROPPED = 0, 1, 2
 STYLES = {PROMPT: "dim", KEPT: "bold black on green3", DROPPED: "strike red"}
@@ -82,19 +84,62 @@ def _open_rows(path: str) -> tuple[Any, Any, dict[str, Any]]:
     """(token dataset, score dataset or None, tokenizer info) for a prepared set, a cleaned set or a store.
 
     A score store has no tokens: its prepared dataset (``prepared_dir`` in its manifest) supplies them, and
-    the store's ``score`` column is shown beside them.
+    the store's ``score`` column is shown beside them. Anything else is named as what it is, with what to
+    inspect instead (:func:`_not_inspectable`).
     """
-    import datasets
-
+    from tokenclean.artifacts import kind_of
+    from tokenclean.outputs import load_dataset_dir
     from tokenclean.utils import read_json
 
+    if kind_of(path) not in ("prepare", "score", "select"):
+        raise DataError(path, _not_inspectable(path))
     manifest = read_json(f"{path}/manifest.json")
+    hint = "re-create it"
     if manifest.get("stage") == "score":
         prep = manifest["prepared_dir"]
         tok_info = read_json(f"{prep}/manifest.json").get("tokenizer", {})
-        return datasets.load_from_disk(prep), datasets.load_from_disk(path), tok_info
+        return load_dataset_dir(prep, hint), load_dataset_dir(path, hint), tok_info
     tok_info = manifest.get("tokenizer") or manifest.get("prepared", {}).get("tokenizer", {})
-    return datasets.load_from_disk(path), None, tok_info
+    return load_dataset_dir(path, hint), None, tok_info
+
+
+def _not_inspectable(path: str) -> str:
+    """Why ``path`` cannot be inspected, and what to pass instead."""
+    from pathlib import Path
+
+    from tokenclean.artifacts import describe, kind_of
+
+    k, p = kind_of(path), Path(path)
+    what = describe(path)
+    if k == "file":
+        return (
+            f"is {what}; inspect shows tokenised data: run `tokenclean prepare --data {path} --tokenizer NAME "
+            "--out DIR` and inspect DIR"
+        )
+    if k == "run":
+        found = sorted(
+            str(d.parent)
+            for d in p.glob("**/manifest.json")
+            if kind_of(d.parent) in ("prepare", "select", "score")
+        )
+        listed = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+        return f"is {what}; inspect one of its datasets instead" + (f": {listed}" if found else "")
+    if k == "train":
+        done = p / "done.json"
+        data = read_done_data(done) if done.is_file() else None
+        return f"is {what}; inspect the dataset it trained on" + (f": {data}" if data else "")
+    return f"is {what}; inspect takes a prepared dataset, a cleaned dataset or a score store"
+
+
+def read_done_data(done: Any) -> str | None:
+    from tokenclean.utils import CorruptFileError, read_json
+
+    try:
+        d = read_json(done)
+    except CorruptFileError:
+        return None
+    data = d.get("data") if isinstance(d, dict) else None
+    return str(data.get("path") or data.get("dir") or "") or None if isinstance(data, dict) else None
 
 
 def inspect(
@@ -114,6 +159,8 @@ def inspect(
 
     from tokenclean.models.loader import load_tokenizer
 
+    if n < 1 or start < 0:
+        raise DataError(path, f"--n must be >= 1 and --start >= 0 (got --n {n}, --start {start})")
     ds, score_ds, tok_info = _open_rows(path)
     show_scores = show_scores or score_ds is not None
     if tokenizer is None:
@@ -121,6 +168,8 @@ def inspect(
     console = console or Console(highlight=False)
     use_markers = markers if markers is not None else not console.is_terminal
     plain_out = []
+    if start >= len(ds):
+        raise DataError(path, f"--start {start} is past the last sample (it holds {len(ds)} samples)")
     end = min(len(ds), start + n)
     for i in range(start, end):
         row = dict(ds[i])
@@ -128,14 +177,17 @@ def inspect(
             row["score"] = score_ds[i]["score"]
         classes = token_classes(row["labels"], row.get("response_labels"))
         pieces = token_pieces(tokenizer, row["input_ids"])
+        pieces = [terminal_safe(t) for t in pieces]  # user text: control characters shown escaped
         runs = group_runs(pieces, classes)
         n_kept = classes.count(KEPT)
         n_drop = classes.count(DROPPED)
-        header = f"── sample {i} id={row['sample_id']}  tokens={len(pieces)}  trained={n_kept}"
+        header = (
+            f"── sample {i} id={terminal_safe(str(row['sample_id']))}  tokens={len(pieces)}  trained={n_kept}"
+        )
         header += f"  dropped={n_drop}" if "response_labels" in row else ""
         text = render_markers(runs)
         plain_out.append(header + "\n" + text)
-        console.print(header, style="bold")
+        console.print(header, style="bold", markup=False)
         if use_markers:
             console.print(text, markup=False)
         else:

@@ -1,7 +1,7 @@
 """Reading run directories (``RUN_DIR/summary.json``) and merging several runs into one report's data.
 
-A run's ``summary.json`` is written and read through one schema, :mod:`tokenclean.pipelines.summary`
-(its TypedDicts declare every key and type; :data:`~tokenclean.pipelines.summary.NOT_SHOWN` lists the
+A run's ``summary.json`` is written and read through one schema, :mod:`tokenclean.summary`
+(its TypedDicts declare every key and type; :data:`~tokenclean.summary.NOT_SHOWN` lists the
 keys the report does not show). Paths are relative to the run directory (absolute paths are accepted).
 Merging several runs keeps every method; a method name that occurs in more than one run is prefixed with
 its run's name (``runA/full``).
@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from tokenclean.errors import DataError
-from tokenclean.pipelines.summary import read_summary
 from tokenclean.report.tables import method_order
+from tokenclean.summary import read_summary
 from tokenclean.utils import read_json
 
 

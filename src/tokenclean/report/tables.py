@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tokenclean.pipelines.config import METHODS
+from tokenclean import methods
 from tokenclean.utils import get_logger
 
 log = get_logger("report")
@@ -41,24 +41,9 @@ TASK_LABELS = {
     "heldout_perplexity": "Held-out perplexity",
     "heldout_exact_match": "Held-out EM",
 }
-# the pipelines' methods in config order (pipelines.config.METHODS), with DS2 beside the warm-up it names
-METHOD_ORDER = ("base", "warmup", "ds2", *(m for m in METHODS if m not in ("base", "warmup")))
-METHOD_LABELS = {
-    "base": "Base",
-    "warmup": "Warm-up reference",  # DS2 in the paper's runs, whose pool is DS2's; not on other data
-    "ds2": "DS2 (warm-up)",
-    "full": "Full tokens",
-    "random": "Uniform random",
-    "rho": "RHO",
-    "fixed_model": "Fixed-model cleaning",
-    "self_evolving": "Self-evolving cleaning",
-    "online_rho1": "Online RHO-1",
-    "sstoken": "ssToken",
-    "xtf": "XTF",
-    "dft": "DFT",
-    "profit": "ProFit",
-    "soft_token_cleaning": "Soft Token Cleaning",
-}
+# the registered methods in registry order, with their labels (tokenclean.methods)
+METHOD_ORDER = methods.names()
+METHOD_LABELS = {m.name: m.label for m in methods.specs()}
 RECOVERY = (  # key, label, higher is better
     ("precision", "Precision", True),
     ("recall", "Recall", True),

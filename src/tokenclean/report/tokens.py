@@ -147,7 +147,7 @@ def _counted(view: View) -> dict[str, dict[int, float]] | None:
     """An online method's counted tokens (sample_id -> {position: weight}, last epoch), or None."""
     if view.counted is None or view.cleaned is None or not (view.counted / "counted").is_dir():
         return None
-    from tokenclean.training.loop import counted_tokens
+    from tokenclean.training.counted import counted_tokens
 
     return counted_tokens(view.counted, view.cleaned)
 

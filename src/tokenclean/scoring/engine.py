@@ -7,9 +7,12 @@ How it stays fast and lean (and why it is exact):
   logit positions ``j - 1`` of trained tokens ``j`` (:mod:`tokenclean.alignment`), ``chunk_rows`` rows at a
   time, so no ``[batch, length, vocab]`` tensor ever exists. Peak extra memory is ``chunk_rows x vocab``.
 - The head output is upcast to fp32 before ``logsumexp`` even when the model runs in bf16/fp16.
-- Samples are sorted by length and packed into batches of at most ``batch_tokens`` padded tokens
-  (:func:`make_batches`), right-padded with an attention mask; a causal model never lets a real token attend to
-  a pad on its right, so a sample's losses do not depend on its batch mates (tested to 1e-5 in fp32).
+- Samples are sorted by length (the scoring run sorts the whole dataset, :mod:`.run`) and either packed
+  padding-free (:class:`Packing`, :mod:`tokenclean.packing`: samples back to back in a row, ``position_ids``
+  restarting per sample, no padding at all) or, where the model's attention does not keep packed samples
+  apart, batched with at most ``batch_tokens`` padded tokens (:func:`make_batches`), right-padded with an
+  attention mask; a causal model never lets a real token attend to a pad on its right. Either way a
+  sample's losses do not depend on its batch mates (tested to 1e-5 in fp32).
 
 :func:`naive_token_losses` is the twin: full logits, ``log_softmax().gather()``; the engine equals it.
 """
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from tokenclean.alignment import trained_positions
+from tokenclean.packing import make_packed_batch, pack_rows
 from tokenclean.signals import (
     DEFAULT_CHUNK_ROWS,
     make_token_batch,
@@ -81,37 +85,85 @@ def make_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
-def _samples_batch(samples: Sequence[Sample], pad_id: int) -> Any:
-    """The samples right-padded, asking for every trained position (alignment rule: j >= 1)."""
-    return make_token_batch(
-        [np.asarray(s.input_ids, dtype=np.int64) for s in samples],
-        [trained_positions(s.labels) for s in samples],
-        pad_id,
-    )
+def make_packed_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Packed batches: samples longest first (stable), each batch taking samples while their *real* tokens
+    stay within ``batch_tokens`` (a longer sample gets a batch of its own). No padding to budget for."""
+    if batch_tokens < 1:
+        raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    used = 0
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        if cur and used + lengths[i] > batch_tokens:
+            batches.append(cur)
+            cur, used = [], 0
+        cur.append(i)
+        used += lengths[i]
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How a scoring batch is laid out: padded rows (``packed=False``), or samples packed padding-free into
+    rows of at most ``row_tokens`` tokens (None: one row; see :mod:`tokenclean.packing`)."""
+
+    packed: bool = False
+    row_tokens: int | None = None
+
+    def batches(self, lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+        """The batch plan of ``lengths`` under the ``batch_tokens`` budget."""
+        return (make_packed_batches if self.packed else make_batches)(lengths, batch_tokens)
+
+    def computed_tokens(self, lengths: Sequence[int]) -> int:
+        """Tokens the model computes for ONE batch of samples of ``lengths`` (real + padding)."""
+        if not len(lengths):
+            return 0
+        if not self.packed:
+            return max(lengths) * len(lengths)
+        rows = pack_rows(lengths, self.row_tokens)
+        return len(rows) * max(sum(lengths[i] for i in r) for r in rows)
+
+
+PADDED = Packing()
+
+
+def _samples_batch(samples: Sequence[Sample], pad_id: int, packing: Packing = PADDED) -> Any:
+    """The samples in one batch (padded or packed), asking for every trained position (j >= 1)."""
+    ids = [np.asarray(s.input_ids, dtype=np.int64) for s in samples]
+    pos = [trained_positions(s.labels) for s in samples]
+    if packing.packed:
+        return make_packed_batch(ids, pos, packing.row_tokens, pad_id)
+    return make_token_batch(ids, pos, pad_id)
 
 
 def _split(batch: Any, losses: np.ndarray, samples: Sequence[Sample]) -> list[SampleLosses]:
-    """Per-sample results from the flat (N,) losses, rows in batch order."""
-    rows_np, pos_np = batch.rows.numpy(), batch.pos.numpy()
-    return [SampleLosses(s.index, pos_np[rows_np == r], losses[rows_np == r]) for r, s in enumerate(samples)]
+    """Per-sample results from the flat (N,) losses, samples in batch order."""
+    smp, pos = batch.token_sample.numpy(), batch.token_pos.numpy()
+    return [SampleLosses(s.index, pos[smp == r], losses[smp == r]) for r, s in enumerate(samples)]
 
 
 def batch_token_losses(
-    model: Any, samples: Sequence[Sample], pad_id: int = 0, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    model: Any,
+    samples: Sequence[Sample],
+    pad_id: int = 0,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    packing: Packing = PADDED,
 ) -> list[SampleLosses]:
     """Losses at every trained position of each sample, from :func:`tokenclean.signals.token_signals` in one
-    padded batch without full logits.
+    batch (padded, or packed padding-free) without full logits.
 
     Equals :func:`naive_token_losses` (fp32: to ~1e-6; bf16: up to bf16 rounding of the head matmul)."""
-    batch = _samples_batch(samples, pad_id)
+    batch = _samples_batch(samples, pad_id, packing)
     device = model_parts(model)[1].weight.device
     out = token_signals(model, batch.to(device), ("loss",), chunk_rows=chunk_rows)
     return _split(batch, out["loss"].float().cpu().numpy(), samples)
 
 
 def naive_token_losses(model: Any, samples: Sequence[Sample], pad_id: int = 0) -> list[SampleLosses]:
-    """The naive twin: full ``[B, T, V]`` logits from ``model(...)``, ``log_softmax`` in fp32, ``gather``.
-    Slow and memory-hungry; used by tests and the self-check only."""
+    """The naive twin: full ``[B, T, V]`` logits from ``model(...)`` on the right-padded batch,
+    ``log_softmax`` in fp32, ``gather``. Slow and memory-hungry; used by tests and the self-check only."""
     batch = _samples_batch(samples, pad_id)
     device = next(model.parameters()).device
     out = naive_token_signals(model, batch.to(device), ("loss",))
@@ -124,8 +176,9 @@ def iter_token_losses(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     pad_id: int = 0,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    packing: Packing = PADDED,
 ) -> Iterator[list[SampleLosses]]:
-    """Score ``samples`` in length-bucketed batches; yields each batch's results (batch order, not input
-    order). Every sample appears exactly once."""
-    for idx in make_batches([len(s.input_ids) for s in samples], batch_tokens):
-        yield batch_token_losses(model, [samples[i] for i in idx], pad_id, chunk_rows)
+    """Score ``samples`` in length-bucketed (or packed) batches; yields each batch's results (batch order,
+    not input order). Every sample appears exactly once."""
+    for idx in packing.batches([len(s.input_ids) for s in samples], batch_tokens):
+        yield batch_token_losses(model, [samples[i] for i in idx], pad_id, chunk_rows, packing)

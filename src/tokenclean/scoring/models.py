@@ -33,7 +33,7 @@ from tokenclean.models.loader import (
     tokenizer_identity,
     torch_dtype,
 )
-from tokenclean.scoring.engine import Sample, SampleLosses, batch_token_losses
+from tokenclean.scoring.engine import PADDED, Packing, Sample, SampleLosses, batch_token_losses
 from tokenclean.utils import get_logger
 
 log = get_logger("scoring")
@@ -56,26 +56,30 @@ class ModelPair:
         """Manifest entries ``base`` and ``reference`` (name, content hash, adapter)."""
         return pair_identities(self.mode, self.base_spec, self.ref_spec, self.model, self.ref_model)
 
-    def base_losses(self, samples: Sequence[Sample], pad_id: int) -> list[SampleLosses]:
+    def base_losses(
+        self, samples: Sequence[Sample], pad_id: int, packing: Packing = PADDED
+    ) -> list[SampleLosses]:
         """Base-model losses of one batch (adapter disabled in one_model mode)."""
         if self.mode != "one_model":
-            return batch_token_losses(self.model, samples, pad_id)
+            return batch_token_losses(self.model, samples, pad_id, packing=packing)
         if self.merged:
             raise RuntimeError("the adapter is merged into the weights: the base pass must come first")
         with adapter_disabled(self.model):
-            return batch_token_losses(self.model, samples, pad_id)
+            return batch_token_losses(self.model, samples, pad_id, packing=packing)
 
-    def ref_losses(self, samples: Sequence[Sample], pad_id: int) -> list[SampleLosses] | None:
+    def ref_losses(
+        self, samples: Sequence[Sample], pad_id: int, packing: Packing = PADDED
+    ) -> list[SampleLosses] | None:
         """Reference losses of one batch (None without a reference). In one_model fp32 mode the first call
         merges the adapter in place, for good: call it only after every base pass."""
         if self.mode == "base_only":
             return None
         if self.mode == "two_models":
-            return batch_token_losses(self.ref_model, samples, pad_id)
+            return batch_token_losses(self.ref_model, samples, pad_id, packing=packing)
         if self.merge_reference and not self.merged:
             self.model.merge_adapter()
             self.merged = True
-        return batch_token_losses(self.model, samples, pad_id)
+        return batch_token_losses(self.model, samples, pad_id, packing=packing)
 
     def losses(
         self, samples: Sequence[Sample], pad_id: int
@@ -161,3 +165,27 @@ def load_pair(
         ref_model = load_model(ref_spec, dtype, device)
     merge = mode == "one_model" and merge_reference and str(torch_dtype(dtype)) == "torch.float32"
     return ModelPair(mode, model, ref_model, base_spec, ref_spec, tok, merge_reference=merge)
+
+
+def resolve_packing(pair: ModelPair, choice: str, batch_tokens: int) -> Packing:
+    """The batch layout of a scoring run: packed padding-free batches when ``choice`` is ``on``, or ``auto``
+    and the attention is a varlen kernel (flash_attention_2: no padding and no masked-out attention work);
+    padded length-sorted batches otherwise. Packing is used only when every model of the pair keeps packed
+    samples apart (:func:`tokenclean.packing.packing_works`); ``on`` fails when one does not."""
+    from tokenclean.packing import packing_works, row_tokens_for
+    from tokenclean.signals import VARLEN_ATTENTION
+
+    if choice not in ("auto", "on", "off"):
+        raise ConfigError(f"scoring.packing: expected auto, on or off, got {choice!r}")
+    impl = getattr(pair.model.config, "_attn_implementation", None)
+    if choice == "off" or (choice == "auto" and impl not in VARLEN_ATTENTION):
+        return PADDED
+    models = [pair.model] + ([pair.ref_model] if pair.ref_model is not None else [])
+    broken = [type(m).__name__ for m in models if not packing_works(m)]
+    if broken:
+        why = f"{', '.join(broken)} with attention {impl} mixes packed samples (position_ids are not read)"
+        if choice == "on":
+            raise ModelError(f"scoring.packing on: {why}; use packing auto or off")
+        log.warning("padded batches: %s", why)
+        return PADDED
+    return Packing(True, row_tokens_for(impl, batch_tokens))

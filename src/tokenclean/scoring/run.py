@@ -24,14 +24,21 @@ from tokenclean.outputs import content_id, guarded, load_dataset_dir, verify_inp
 from tokenclean.scoring import store
 from tokenclean.scoring.checks import warn_if_reference_is_base
 from tokenclean.scoring.engine import (
+    PADDED,
+    Packing,
     Sample,
     SampleLosses,
     batch_token_losses,
     default_batch_tokens,
-    make_batches,
     naive_token_losses,
 )
-from tokenclean.scoring.models import ModelPair, load_pair, pair_identities, resolve_pair
+from tokenclean.scoring.models import (
+    ModelPair,
+    load_pair,
+    pair_identities,
+    resolve_packing,
+    resolve_pair,
+)
 from tokenclean.scoring.scorers import get_scorer
 from tokenclean.utils import RESULT, get_logger, package_versions, read_json, sha256_json
 
@@ -61,14 +68,19 @@ class PreparedData:
     def __len__(self) -> int:
         return len(self.sample_ids)
 
-    def samples(self, start: int, stop: int) -> list[Sample]:
-        tbl = self.ds[start:stop]
+    def samples(self, rows: np.ndarray) -> list[Sample]:
+        """The samples at prepared ``rows`` (any order), in that order."""
+        tbl = self.ds[[int(r) for r in rows]]
         ids, labels = (tbl[c].combine_chunks() for c in ("input_ids", "labels"))
         off, iv, lv = ids.offsets.to_numpy(), ids.values.to_numpy(), labels.values.to_numpy()
         loff = labels.offsets.to_numpy()
         return [
-            Sample(start + r, iv[off[r] : off[r + 1]], lv[loff[r] : loff[r + 1]]) for r in range(stop - start)
+            Sample(int(row), iv[off[r] : off[r + 1]], lv[loff[r] : loff[r + 1]]) for r, row in enumerate(rows)
         ]
+
+    def chunk(self, k: int, shard_size: int) -> np.ndarray:
+        """Prepared rows of chunk ``k``: the ``k``-th run of ``shard_size`` in the global length order."""
+        return store.chunk_rows(self.lengths, shard_size, k)
 
 
 def scoring_plan(models: dict[str, Any], **settings: Any) -> dict[str, Any]:
@@ -78,22 +90,32 @@ def scoring_plan(models: dict[str, Any], **settings: Any) -> dict[str, Any]:
 
 
 def score_part(
-    pair: ModelPair, data: PreparedData, k: int, phase: str, shard_size: int, batch_tokens: int, bar: Any
+    pair: ModelPair,
+    data: PreparedData,
+    k: int,
+    phase: str,
+    shard_size: int,
+    batch_tokens: int,
+    bar: Any,
+    packing: Packing = PADDED,
 ) -> tuple[store.Part, dict[str, Any]]:
-    """One model's losses on chunk ``k`` (rows ``[k*S, (k+1)*S)``) in length-bucketed batches."""
-    start = k * shard_size
-    samples = data.samples(start, min(start + shard_size, len(data)))
+    """One model's losses on chunk ``k`` (``shard_size`` samples of similar length, see
+    :func:`store.chunk_rows`) in padded or packed batches of at most ``batch_tokens`` computed tokens."""
+    rows = data.chunk(k, shard_size)
+    samples = data.samples(rows)
     pad_id = pair.tokenizer.pad_token_id if pair.tokenizer.pad_token_id is not None else 0
     fn = pair.base_losses if phase == "base" else pair.ref_losses
     t0, c0 = time.perf_counter(), time.process_time()
     results: dict[int, SampleLosses] = {}
-    for idx in make_batches([len(s.input_ids) for s in samples], batch_tokens):
+    lengths = [len(s.input_ids) for s in samples]
+    computed = 0
+    for idx in packing.batches(lengths, batch_tokens):
         batch = [samples[i] for i in idx]
-        losses = fn(batch, pad_id)
+        losses = fn(batch, pad_id, packing)
         assert losses is not None
         results.update((r.index, r) for r in losses)
-        bar.update(sum(len(s.input_ids) for s in batch))
-    lengths = [len(s.input_ids) for s in samples]
+        computed += packing.computed_tokens([lengths[i] for i in idx])
+        bar.update(sum(lengths[i] for i in idx))
     values = np.concatenate(  # (sum T,) NaN where not scored
         [
             scatter_to_positions(len(s.input_ids), results[s.index].positions, results[s.index].losses)
@@ -105,10 +127,11 @@ def score_part(
     info = {
         "n": len(samples),
         "tokens": int(offsets[-1]),
+        "computed_tokens": int(computed),
         "seconds": round(seconds, 4),
         "cpu_seconds": round(cpu, 4),
     }
-    return store.Part(k, phase, start, offsets, values), info
+    return store.Part(k, phase, rows, offsets, values), info
 
 
 def self_check(pair: ModelPair, sample: Sample, dtype: str) -> float:
@@ -162,6 +185,7 @@ def score_dataset(
     dtype: str = "fp32",
     device: str = DEFAULT_DEVICE,
     batch_tokens: int | None = None,
+    packing: str = "auto",
     progress: bool = True,
     shard_index: int = 0,
     num_shards: int = 1,
@@ -176,7 +200,9 @@ def score_dataset(
     ``base`` (or ``adapter=``) is scored from ONE loaded model with the adapter toggled. Resumable: a re-run
     with the same arguments continues a killed run. With ``num_shards > 1`` each process scores chunks
     ``k % num_shards == shard_index``; the last to finish assembles. Returns the manifest (``complete`` is
-    False when other shards are still missing). ``on_part(k, phase)`` is called after each part (chunk k, "base" or "ref") is saved."""
+    False when other shards are still missing). ``on_part(k, phase)`` is called after each part (chunk k, "base" or "ref") is saved.
+    ``packing`` (auto, on, off): padding-free batches, see :func:`tokenclean.scoring.models.resolve_packing`;
+    the manifest records the layout and ``padding_efficiency`` (real tokens / computed tokens)."""
     from tokenclean.models.loader import resolve_device
 
     t0 = time.time()
@@ -199,6 +225,7 @@ def score_dataset(
         log.info("reusing %s (same data, models, dtype and scorer)", out)
         return dict(done, reused=True)
     pair = load_pair(base, reference, adapter, dtype, device, data.manifest.get("tokenizer"))
+    layout = resolve_packing(pair, packing, batch_tokens)
     base_id, ref_id = pair.identities()  # a Hub model downloaded just now has a commit hash only from here
     plan = scoring_plan({"base": base_id, "reference": ref_id, "mode": mode}, **settings)
     if launched is None:
@@ -212,10 +239,10 @@ def score_dataset(
     mine = store.my_chunks(len(data), shard_size, shard_index, num_shards)
     phases = store.PHASES if pair.mode != "base_only" else ("base",)
     pending = [(k, ph) for ph in phases for k in mine if not store.part_done(out, k, ph)]
-    check = _run_parts(pair, data, out, pending, dtype, shard_size, batch_tokens, progress, on_part)
+    check = _run_parts(pair, data, out, pending, dtype, shard_size, batch_tokens, progress, on_part, layout)
     if launched is not None:
         return _assemble_on_rank0(
-            launched, out, plan, data, device, batch_tokens, num_shards, check, pair, t0
+            launched, out, plan, data, device, batch_tokens, num_shards, check, pair, t0, layout
         )
     finished = store.complete_manifest(out, plan)  # another shard's process may have assembled already
     if finished is not None:
@@ -225,6 +252,7 @@ def score_dataset(
         log.info("shard %d/%d done; %d chunks of other shards missing", shard_index, num_shards, len(missing))
         return dict(plan, stage="score", complete=False, missing_chunks=missing)
     manifest = store_manifest(plan, data, device, batch_tokens, num_shards, check, pair.merge_reference)
+    manifest.update(layout_entries(pair, layout))
     manifest = merge_parts(out, data.sample_ids, data.lengths, manifest, total, t0)
     warn_if_reference_is_base(out, pair.mode, adapter or reference)
     return manifest
@@ -233,7 +261,7 @@ def score_dataset(
 def _launched_group(num_shards: int, device: str) -> Any:
     """The accelerate ``PartialState`` when this process was started by a launcher with several processes
     (and no explicit ``--num-shards``), else None."""
-    from tokenclean.training.distributed import launched_world
+    from tokenclean.runtime import launched_world
 
     if launched_world()[1] <= 1 or num_shards != 1:
         return None
@@ -255,6 +283,7 @@ def _assemble_on_rank0(
     check: float | None,
     pair: ModelPair,
     t0: float,
+    layout: Packing = PADDED,
 ) -> dict[str, Any]:
     """Every rank has written its parts: rank 0 assembles the store once, the others wait and read it."""
     from accelerate.utils import gather_object
@@ -264,7 +293,7 @@ def _assemble_on_rank0(
     worst = max((c for c in gathered if c is not None), default=None)
     if group.is_main_process:
         manifest = store_manifest(plan, data, device, batch_tokens, num_shards, worst, pair.merge_reference)
-        manifest.update(processes=group.num_processes)
+        manifest.update(processes=group.num_processes, **layout_entries(pair, layout))
         total = store.n_chunks(len(data), plan["shard_size"])
         merge_parts(out, data.sample_ids, data.lengths, manifest, total, t0)
         warn_if_reference_is_base(out, pair.mode, pair.ref_spec.adapter if pair.ref_spec else None)
@@ -285,6 +314,7 @@ def _run_parts(
     batch_tokens: int,
     progress: bool,
     on_part: Callable[[int, str], None] | None,
+    layout: Packing = PADDED,
 ) -> float | None:
     """Score the pending ``(chunk, phase)`` parts: every base part first, then every reference part (so the
     adapter may be merged in place once, between the phases)."""
@@ -292,18 +322,26 @@ def _run_parts(
 
     if not pending:
         return None
-    k0 = pending[0][0]
-    first = data.samples(k0 * shard_size, min((k0 + 1) * shard_size, len(data)))
+    first = data.samples(data.chunk(pending[0][0], shard_size))
     check = self_check(pair, min(first, key=lambda s: len(s.input_ids)), dtype)
-    tokens = sum(int(data.lengths[k * shard_size : (k + 1) * shard_size].sum()) for k, _ in pending)
+    tokens = sum(int(data.lengths[data.chunk(k, shard_size)].sum()) for k, _ in pending)
     with tqdm(total=tokens, unit="tok", unit_scale=True, desc="score", disable=not progress) as bar:
         for k, phase in pending:
             bar.set_description(f"score ({phase})")
-            part, info = score_part(pair, data, k, phase, shard_size, batch_tokens, bar)
+            part, info = score_part(pair, data, k, phase, shard_size, batch_tokens, bar, layout)
             store.write_part(out, part, info)
             if on_part is not None:
                 on_part(k, phase)
     return check
+
+
+def layout_entries(pair: ModelPair, layout: Packing) -> dict[str, Any]:
+    """Manifest entries of the batch layout: packing and the attention implementation that ran."""
+    impl = getattr(pair.model.config, "_attn_implementation", None)
+    return {
+        "packing": {"packed": layout.packed, "row_tokens": layout.row_tokens},
+        "attn_implementation": impl,
+    }
 
 
 def store_settings(
@@ -315,6 +353,7 @@ def store_settings(
         "prepared_content": data.content,
         "n_samples": len(data),
         "shard_size": shard_size,
+        "chunk_order": "length",  # chunk k = the k-th run of shard_size samples, longest first
         "scorer": scorer,
         "dtype": dtype,
         "device_type": device.split(":")[0],
@@ -366,6 +405,8 @@ def merge_parts(
         compute_s = sum(m["seconds"] for m in markers)
         cpu_s = sum(m.get("cpu_seconds", 0.0) for m in markers)
         tokens = sum(m["tokens"] for m in markers if m["phase"] == "base")
+        computed = sum(m.get("computed_tokens", m["tokens"]) for m in markers)
+        real = sum(m["tokens"] for m in markers)
         manifest.update(
             complete=True,
             counts=dict(counts, samples=len(sample_ids), tokens=tokens, chunks=total),
@@ -376,6 +417,7 @@ def merge_parts(
                 "wall_seconds_last_process": round(time.time() - t0, 3),
             },
             versions=package_versions(),
+            padding_efficiency=round(real / computed, 4) if computed else None,
         )
         store.finish(out, manifest)
     log.info(

@@ -265,10 +265,8 @@ def _select_one(
     return stats
 
 
-def _reusable(out: Path, identity: dict, key: str, force: bool, replace_stale: bool) -> dict[str, Any] | None:
-    old = decide(
-        out, "select", identity, force=force, replace_stale=replace_stale, legacy_key=("cache_key", key)
-    )
+def _reusable(out: Path, identity: dict, force: bool, replace_stale: bool) -> dict[str, Any] | None:
+    old = decide(out, "select", identity, force=force, replace_stale=replace_stale)
     if old is None:
         return None
     return dict(read_json(out / "selection_stats.json"), reused=True)
@@ -368,7 +366,7 @@ def select_many(
             "prep": inputs["prepared"],
         }
         key = sha256_json(identity)
-        reused = _reusable(Path(o), identity, key, force, replace_stale)
+        reused = _reusable(Path(o), identity, force, replace_stale)
         jobs.append((settings, key, identity, Path(o), reused))
     if all(j[4] is not None for j in jobs):
         return [j[4] for j in jobs]  # type: ignore[misc]
@@ -380,6 +378,14 @@ def select_many(
             str(scores_dir),
             f"every one of the {scores.size} response-token scores (column '{column}') is NaN: the store "
             "holds no usable score, whatever the level; re-run tokenclean score (with --force)",
+            field=column,
+        )
+    if weights is not None and scores.size and not np.isfinite(scores).any():
+        n_inf = int(np.isinf(scores).sum())
+        raise DataError(
+            str(scores_dir),
+            f"no response-token score (column '{column}') is finite ({n_inf} are +-inf, the rest NaN): soft "
+            "weights place their cut between finite scores; re-run tokenclean score, or select without --weights",
             field=column,
         )
     results = []
@@ -420,14 +426,16 @@ def soft_weights(scores: np.ndarray, hard_keep: np.ndarray, temperature: float) 
     dropped ones below; ``temperature`` (nats of score) sets how soft the cut is (-> 0: the hard selection).
     Unscored (NaN) tokens get 0. The training loss is then ``sum w*l / sum w`` (policy ``weights``)."""
     ok = ~np.isnan(scores)
-    kept, dropped = scores[hard_keep & ok], scores[~hard_keep & ok]
+    finite = np.isfinite(scores)  # the cut sits between finite scores; +-inf get weight 1 / 0
+    kept, dropped = scores[hard_keep & finite], scores[~hard_keep & finite]
     if kept.size and dropped.size:
         tau = 0.5 * (float(kept.min()) + float(dropped.max()))
     elif kept.size:
         tau = float(kept.min())
     else:
         tau = float(dropped.max()) if dropped.size else 0.0
-    z = (scores.astype(np.float64) - tau) / temperature
+    with np.errstate(invalid="ignore"):  # NaN scores: weight 0 below
+        z = (scores.astype(np.float64) - tau) / temperature
     w = 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
     return np.where(ok, w, 0.0).astype(np.float32)
 

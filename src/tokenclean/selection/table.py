@@ -14,7 +14,6 @@ import numpy as np
 
 from tokenclean import IGNORE_INDEX
 from tokenclean.errors import DataError
-from tokenclean.utils import read_json
 
 
 @dataclass(frozen=True)
@@ -115,12 +114,18 @@ def check_scored_positions(scores_dir: str | Path, t: TokenTable) -> None:
 
 
 def resolve_prepared_dir(scores_dir: str | Path, prepared_dir: str | Path | None) -> Path:
+    from tokenclean.artifacts import kind_of, require_kind
+
     manifest_path = Path(scores_dir) / "manifest.json"
-    if not manifest_path.exists():
-        raise DataError(str(scores_dir), "not a score store (no manifest.json); run `tokenclean score` first")
+    hint = "run `tokenclean score` first and pass its --out"
+    if kind_of(scores_dir) == "prepare":
+        hint = (
+            f"score it first (tokenclean score --data {scores_dir} --base BASE --reference REF --out STORE) "
+            "and pass STORE to --scores"
+        )
+    manifest = require_kind(scores_dir, ("score",), "--scores", hint)
     if prepared_dir is not None:
         return Path(prepared_dir)
-    manifest = read_json(manifest_path)
     if not manifest.get("prepared_dir"):
         raise DataError(str(manifest_path), "no prepared_dir recorded; pass --data", field="prepared_dir")
     return Path(manifest["prepared_dir"])

@@ -157,7 +157,7 @@ def xtf_select(
     t0, prep, out = time.time(), Path(prepared_dir), Path(out)
     identity = {"xtf": asdict(settings), "base": base, "dtype": dtype, "prep": sha256_tree(prep)}
     key = sha256_json(identity)
-    reused = _reusable(out, identity, key, force, replace_stale)
+    reused = _reusable(out, identity, force, replace_stale)
     if reused is not None:
         return reused
     pt = arrow_table(datasets.load_from_disk(str(prep)))

@@ -10,7 +10,7 @@ re-implements a stage: the writers call the code a real run calls, so what they 
 - :mod:`tokenclean.testing.stores`: prepared datasets and score stores from token ids and scores (or
   losses), through the ``prepare`` and ``score`` stages' own writers;
 - :mod:`tokenclean.testing.runs`: a run directory with made-up losses and evaluation numbers, selected by
-  the real ``select`` and summarised through :mod:`tokenclean.pipelines.summary` (``python -m
+  the real ``select`` and summarised through :mod:`tokenclean.summary` (``python -m
   tokenclean.testing.runs OUT_DIR`` previews the report without training anything).
 
 The data-writing submodules import ``datasets``/``numpy`` when used; importing this package does not.

@@ -7,7 +7,7 @@ scoring stage's writer (:func:`tokenclean.testing.stores.write_score_store`, fro
 losses), the cleaned datasets by ``select`` (global top-k for ``fixed_model``, per sample for ``rho``,
 seeded uniform for ``random``; two self-evolving rounds on :func:`~tokenclean.pipelines.stages.subset`
 splits), token recovery by :func:`~tokenclean.groundtruth.metrics.recovery_metrics` against the drawn
-truth, and ``summary.json`` by :func:`~tokenclean.pipelines.summary.write_summary` (with made-up
+truth, and ``summary.json`` by :func:`~tokenclean.summary.write_summary` (with made-up
 evaluation, held-out and sweep numbers). Usage: ``python -m tokenclean.testing.runs OUT_DIR [--data FILE]
 [--tokenizer NAME]``.
 """
@@ -25,7 +25,7 @@ import numpy as np
 from tokenclean import IGNORE_INDEX
 from tokenclean.groundtruth.metrics import recovery_metrics
 from tokenclean.groundtruth.truth import INFORMATIVE, NOISE, NOT_RESPONSE
-from tokenclean.pipelines.summary import (
+from tokenclean.summary import (
     EvalResult,
     MethodEntry,
     Recovery,
@@ -117,8 +117,8 @@ def make_synthetic_run(
 
     from tokenclean.data.prepare import prepare
     from tokenclean.pipelines.stages import subset
-    from tokenclean.pipelines.summary import write_summary
     from tokenclean.selection import select
+    from tokenclean.summary import write_summary
 
     datasets.disable_progress_bars()
     out = Path(out)

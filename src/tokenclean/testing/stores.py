@@ -187,7 +187,8 @@ def store_from_arrays(
     for k in range(total):
         a, b = k * shard, min((k + 1) * shard, len(ids))
         for phase, values in phases.items():
-            part = store.Part(k, phase, a, off[a : b + 1] - off[a], values[off[a] : off[b]])
+            rows = np.arange(a, b, dtype=np.int64)  # prepared order (any permutation assembles the same)
+            part = store.Part(k, phase, rows, off[a : b + 1] - off[a], values[off[a] : off[b]])
             info = {"n": b - a, "tokens": int(off[b] - off[a]), "seconds": 0.0, "cpu_seconds": 0.0}
             store.write_part(out, part, info)
     manifest = store_manifest(plan, data, "cpu", 0, 1, None, False)

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tokenclean.config import check_fields, from_dict, setting
+from tokenclean.config import check_fields, from_dict, setting, settings_dict
 from tokenclean.errors import ConfigError
 
 PAPER_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -88,11 +88,14 @@ class TrainConfig:
         1, "append a line to OUT/log.jsonl every this many optimizer steps", bounds=">= 1"
     )
     policy: str = setting(
-        "labels", "token policy in each step: labels, weights, rho1, sstoken, dft or profit (docs/methods.md)"
+        "labels",
+        "token policy in each step: labels, weights or a method's policy (docs/settings.md lists them with "
+        "their settings; docs/methods.md)",
     )
-    policy_settings: dict[str, Any] = setting(
+    policy_settings: Any = setting(
         factory=dict,
-        help="settings of the token policy (e.g. rho1: ratio, reference, scores); unknown keys are errors",
+        help="settings of the token policy: a mapping (e.g. rho1: ratio, reference, scores; unknown keys are "
+        "errors) or, in code, the policy's typed settings",
     )
 
     def __post_init__(self) -> None:
@@ -108,8 +111,9 @@ class TrainConfig:
             raise ConfigError(
                 f"{prefix}.target_modules: expected a non-empty list of module names, got {list(self.target_modules)!r}"
             )
-        get_policy_class(self.policy, f"{prefix}.policy")
-        parse_settings(self.policy, self.policy_settings, f"{prefix}.policy_settings")
+        cls = get_policy_class(self.policy, f"{prefix}.policy")
+        where = f"{prefix}.policy_settings"
+        cls.check_settings(parse_settings(self.policy, self.policy_settings, where), where)
 
     @property
     def effective_batch_size(self) -> int:
@@ -126,14 +130,16 @@ class TrainConfig:
         """Plain JSON/YAML-able dict; ``TrainConfig.from_dict(cfg.to_dict()) == cfg``."""
         d = dataclasses.asdict(self)
         d["target_modules"] = list(self.target_modules)
-        d["policy_settings"] = dict(self.policy_settings)
+        d["policy_settings"] = settings_dict(self.policy_settings)
         return d
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine the trained adapter (everything except checkpoint and logging cadence)."""
+        from tokenclean.training.policies import LabelsPolicy
+
         d = {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_FIELDS}
-        if d["policy"] == "labels" and not d["policy_settings"]:
-            del d["policy"], d["policy_settings"]  # the default: identities of older runs stay valid
+        if d["policy"] == LabelsPolicy.name and not d["policy_settings"]:
+            del d["policy"], d["policy_settings"]  # the default policy adds nothing to the identity
         return d
 
     def replace(self, **changes: Any) -> TrainConfig:

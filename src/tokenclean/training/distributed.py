@@ -20,13 +20,6 @@ from typing import Any
 import numpy as np
 
 
-def launched_world() -> tuple[int, int]:
-    """``(rank, world_size)`` from the launcher's environment (torchrun / accelerate launch), else (0, 1)."""
-    import os
-
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
 @dataclass
 class StepDist:
     """Collectives of one training process; ``accelerator=None`` is a single process."""
@@ -81,37 +74,3 @@ class StepDist:
 
 
 LOCAL = StepDist()
-
-
-def _group() -> Any:
-    """accelerate's process state of a launched run (created on first use; CPU when no GPU)."""
-    import torch
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
-def rank_zero_first(fn: Any) -> Any:
-    """Run ``fn`` on rank 0 first; the other ranks run it after (and find its output ready to reuse).
-    For stages whose output is written once (prepare, subset, select, evaluation). No-op for one process."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if launched_world()[1] <= 1:
-            return fn(*args, **kwargs)
-        with _group().main_process_first():
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-def rank_zero_only(fn: Any) -> Any:
-    """Run ``fn`` on rank 0 only (summaries, reports); other ranks return None. No-op for one process."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return fn(*args, **kwargs) if launched_world()[0] == 0 else None
-
-    return wrapper

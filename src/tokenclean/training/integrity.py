@@ -6,21 +6,17 @@ process killed while writing it."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
-from tokenclean.outputs import verify_files
+from tokenclean.outputs import OWNER_FILE, verify_files
+from tokenclean.runtime import launched_world
+from tokenclean.training.checkpoint import CHECKPOINT
 from tokenclean.utils import CorruptFileError, get_logger, read_json
 
 log = get_logger("training")
-
-
-def _legacy_problem(adapter: Path) -> str | None:
-    if not (adapter / "adapter_config.json").is_file():
-        return "adapter/adapter_config.json is missing"
-    if not any((adapter / n).is_file() for n in ("adapter_model.safetensors", "adapter_model.bin")):
-        return "adapter/adapter_model.safetensors is missing"
-    return None
 
 
 def check_finished(out: Path) -> None:
@@ -31,8 +27,7 @@ def check_finished(out: Path) -> None:
         return
     d = read_json(done)
     adapter = Path(out) / "adapter"
-    files = d.get("adapter_files")
-    problem = verify_files(adapter, files) if files is not None else _legacy_problem(adapter)
+    problem = verify_files(adapter, d.get("adapter_files"))
     if problem is None:
         return
     log.warning(
@@ -63,3 +58,30 @@ def log_lines(path: Path) -> list[str]:
             ) from None
         good.append(ln)
     return good
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop log lines past the resumed step (they are recomputed)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in log_lines(path) if json.loads(ln)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    os.replace(tmp, path)
+
+
+def discard_train_output(out: Path) -> None:
+    """``--force``: empty OUT (a finished or interrupted training output) on rank 0 before any rank reads
+    it. The stage guard has already refused a directory that is not a training output, and holds its lock;
+    its ownership mark stays."""
+    if not out.is_dir():
+        return
+    if launched_world()[0] == 0:
+        log.info("discarding the previous training output in %s (--force)", out)
+        for child in out.iterdir():
+            if child.name == OWNER_FILE:
+                continue
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    else:  # the other ranks wait until rank 0 has emptied it, so none reads the old state
+        while (out / "done.json").exists() or (out / CHECKPOINT).exists():
+            time.sleep(0.05)

@@ -24,11 +24,9 @@ Output directory:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,20 +36,14 @@ import numpy as np
 import torch
 
 from tokenclean.config import DEFAULT_DEVICE
-from tokenclean.errors import ConfigError, DataError, ModelError, TokencleanError
-from tokenclean.models.loader import (
-    ModelSpec,
-    load_tokenizer,
-    resolve_device,
-    resolve_model,
-    tokenizer_identity,
-)
-from tokenclean.outputs import file_digests, guarded
+from tokenclean.errors import DataError, TokencleanError
+from tokenclean.models.loader import ModelSpec, resolve_model
+from tokenclean.outputs import guarded
 from tokenclean.signals import signal_model
+from tokenclean.training import setup
 from tokenclean.training.checkpoint import (
     CHECKPOINT,
     check_same_run,
-    is_sharded,
     load_checkpoint,
     read_checkpoint_state,
     save_checkpoint,
@@ -66,30 +58,22 @@ from tokenclean.training.collate import (
     total_steps,
 )
 from tokenclean.training.config import TrainConfig
-from tokenclean.training.data import TrainData, load_train_data
+from tokenclean.training.counted import write_counted
+from tokenclean.training.data import load_train_data
 from tokenclean.training.distributed import StepDist
-from tokenclean.training.integrity import check_finished, log_lines
-from tokenclean.training.loss import accumulate_step
+from tokenclean.training.finish import finish
+from tokenclean.training.integrity import check_finished, discard_train_output, trim_log
+from tokenclean.training.loss import StepResult, accumulate_step
 from tokenclean.training.model import (
     adapter_path,
     build_lora_model,
-    lora_settings,
     portable_base_name,
     trainable_parameters,
 )
-from tokenclean.training.policies import Policy, StepView, build_policy
+from tokenclean.training.policies import StepView, build_policy
 from tokenclean.training.schedule import warn_if_no_update
-from tokenclean.utils import (
-    RESULT,
-    apply_threads,
-    atomic_dir,
-    get_logger,
-    package_versions,
-    read_json,
-    sha256_file,
-    sha256_tree,
-    write_json_atomic,
-)
+from tokenclean.training.state import TrainRun, TrainState
+from tokenclean.utils import apply_threads, get_logger, read_json, sha256_tree
 
 log = get_logger("training")
 
@@ -142,282 +126,197 @@ def train(
     """
     out, data_dir = Path(out), Path(data_dir)
     if force:
-        _discard_train_output(out)
+        discard_train_output(out)
     if threads:
         apply_threads(threads)
     spec = resolve_model(model, init_adapter)
     init_adapter = adapter_path(spec.adapter)  # a PEFT dir given as the model counts as init_adapter
     identity = run_identity(cfg, data_dir, spec, init_adapter)
-    done_path = out / "done.json"
-    if done_path.exists():
-        prev = read_json(done_path)
-        check_same_run(prev["identity"], identity, str(done_path))
-        log.info("%s is finished (%s); nothing to do", out, done_path)
+    if (out / "done.json").exists():
+        prev = read_json(out / "done.json")
+        check_same_run(prev["identity"], identity, str(out / "done.json"))
+        log.info("%s is finished (%s); nothing to do", out, out / "done.json")
         return dict(prev, reused=True)
     saved = read_checkpoint_state(out)
     if saved is not None:
         check_same_run(saved["identity"], identity, str(out / CHECKPOINT))
+    run = _setup_model(_setup_data(cfg, spec, data_dir, out, init_adapter, device, saved))
+    state = _setup_optimizer(run, identity, saved)
+    if run.is_main:
+        trim_log(out / "log.jsonl", state.step)
+        out.mkdir(parents=True, exist_ok=True)
+    run.acc.wait_for_everyone()
+    state = _Loop(run, progress, on_step).run(state)
+    return finish(run, state)
 
+
+def _setup_data(
+    cfg: TrainConfig,
+    spec: ModelSpec,
+    data_dir: Path,
+    out: Path,
+    init_adapter: str | None,
+    device: str,
+    saved: dict[str, Any] | None,
+) -> TrainRun:
+    """Load the data, check it against the model's tokenizer, start the accelerator."""
     data = load_train_data(data_dir, cfg.max_length)
-    _check_tokenizer(data.manifest, spec, data_dir)
-    acc = _accelerator(device)
-    dev = str(acc.device)
+    setup.check_tokenizer(data.manifest, spec, data_dir)
+    acc = setup.accelerator(device)
     if saved is not None:
-        check_world_size(saved, acc.num_processes, out)
-    net = build_lora_model(spec, cfg, init_adapter, dev)
-    if acc.process_index > 0:
-        torch.manual_seed(cfg.seed + acc.process_index)  # per-rank dropout streams (docs/training.md)
-    _check_vocab(data, net, data_dir)
+        setup.check_world_size(saved, acc.num_processes, out)
     policy = build_policy(cfg.policy, cfg.policy_settings, data)
-    policy.check_model(net)
     if policy.uses_data_weights and data.weights is None:
         raise DataError(
-            str(data_dir), "policy 'weights' needs a weights column (tokenclean select --weights)"
-        )
-    wrapped = signal_model(net)
-    optimizer = torch.optim.AdamW(trainable_parameters(net), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    wrapped, optimizer = acc.prepare(wrapped, optimizer)
-    global_batch = cfg.effective_batch_size * acc.num_processes  # HF convention: per-device x accum x N
-    n_steps = total_steps(len(data), global_batch, cfg.epochs, cfg.max_steps)
-    warn_if_no_update(len(data), cfg, n_steps, global_batch)
-    scheduler = _scheduler(optimizer, cfg, n_steps)
-    state: dict[str, Any] = {
-        "step": 0,
-        "tokens_input": 0,
-        "tokens_kept": 0,
-        "seconds": 0.0,
-        "skipped_steps": 0,
-    }
-    state |= {"nonfinite_steps": 0, "last_loss": None, "identity": identity, "world_size": acc.num_processes}
-    if saved is not None:
-        state = load_checkpoint(out, acc, wrapped, net, optimizer, scheduler, policy)
-        log.info("resuming %s from step %d of %d", out, state["step"], n_steps)
-    resumed_from = state["step"] if saved is not None else None
-    if acc.is_main_process:
-        _trim_log(out / "log.jsonl", state["step"])
-        out.mkdir(parents=True, exist_ok=True)
-    acc.wait_for_everyone()
-    loop = _Loop(acc, wrapped, net, policy, data, cfg, optimizer, scheduler, out, progress, on_step)
-    state = loop.run(n_steps, state)
-    return _finish(
-        acc, wrapped, net, data, cfg, spec, init_adapter, data_dir, out, n_steps, state, resumed_from
-    )
-
-
-def _accelerator(device: str) -> Any:
-    """The Accelerator of this process: CPU when asked (or when no GPU), else the launcher's GPU."""
-    from accelerate import Accelerator
-
-    dev = resolve_device(device)
-    # mixed precision is tokenclean's own setting (train.bf16, autocast); None keeps an accelerate state
-    # that this process already set up (e.g. an lm-eval or TRL run before this one in the same process)
-    acc = Accelerator(cpu=dev == "cpu", mixed_precision=None)
-    if acc.mixed_precision != "no":
-        log.warning(
-            "accelerate mixed precision '%s' is active (from an accelerate config or an earlier Accelerator "
-            "in this process); the forward passes run under it in addition to train.bf16",
-            acc.mixed_precision,
-        )
-    return acc
-
-
-def check_world_size(saved: dict[str, Any], world: int, out: Path) -> None:
-    """A checkpoint resumes only with the number of processes that wrote it (the data shards, RNG streams
-    and sharded optimizer states are per rank)."""
-    was = int(saved.get("world_size", 1))
-    if was != world:
-        raise ConfigError(
-            f"{out / CHECKPOINT} was written by a run with {was} process(es); this run has {world}. Resume "
-            f"with {was} processes (accelerate launch --num_processes {was}), or delete {out / CHECKPOINT} "
-            "to start over"
-        )
-
-
-def _scheduler(optimizer: Any, cfg: TrainConfig, n_steps: int) -> Any:
-    from transformers import get_linear_schedule_with_warmup
-
-    return get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * n_steps), n_steps)
-
-
-def _check_vocab(data: TrainData, net: Any, data_dir: Path) -> None:
-    vocab = net.get_input_embeddings().num_embeddings
-    top = max(int(x.max()) for x in data.input_ids if len(x))
-    if top >= vocab:
-        raise DataError(
             str(data_dir),
-            f"token id {top} >= the model's vocabulary size {vocab}; the data was tokenised with a "
-            "different tokenizer than this model's",
-            field="input_ids",
+            f"policy {policy.name!r} needs a weights column (tokenclean select --weights)",
         )
+    return TrainRun(cfg, spec, data_dir, out, init_adapter, data, acc, None, policy)
 
 
-def _check_tokenizer(manifest: dict[str, Any], spec: ModelSpec, data_dir: Path) -> None:
-    """The data's tokenizer (from its manifest) must be the model's; skipped when either is unknown."""
-    want = (manifest.get("tokenizer") or {}).get("hash")
-    if not want:
-        return
-    try:
-        tok = load_tokenizer(ModelSpec(spec.name, spec.path, spec.gguf_file, None))
-    except ModelError as e:
-        log.warning("cannot load the tokenizer of %s to check it against the data's: %s", spec.name, e)
-        return
-    got = tokenizer_identity(tok)
-    if got["hash"] != want:
-        name = (manifest.get("tokenizer") or {}).get("source") or (manifest.get("tokenizer") or {}).get(
-            "name"
-        )
-        raise ModelError(
-            f"{data_dir} was tokenised with '{name}', which differs from the tokenizer of model "
-            f"'{spec.name}' (vocab {got['vocab_size']}); prepare the data with the model's tokenizer"
-        )
+def _setup_model(run: TrainRun) -> TrainRun:
+    """The LoRA model on this process's device (identical initial adapters on every rank)."""
+    cfg, acc = run.cfg, run.acc
+    run.net = build_lora_model(run.spec, cfg, run.init_adapter, str(acc.device))
+    if acc.process_index > 0:
+        torch.manual_seed(cfg.seed + acc.process_index)  # per-rank dropout streams (docs/training.md)
+    setup.check_vocab(run.data, run.net, run.data_dir)
+    run.policy.check_model(run.net)
+    return run
+
+
+def _setup_optimizer(run: TrainRun, identity: dict[str, Any], saved: dict[str, Any] | None) -> TrainState:
+    """AdamW and the schedule over the run's steps, wrapped by accelerate; restored from a checkpoint when
+    there is one. Returns the state to continue from."""
+    cfg, acc = run.cfg, run.acc
+    optimizer = torch.optim.AdamW(trainable_parameters(run.net), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run.model, run.optimizer = acc.prepare(signal_model(run.net), optimizer)
+    run.global_batch = cfg.effective_batch_size * acc.num_processes  # HF: per-device x accum x N
+    run.n_steps = total_steps(len(run.data), run.global_batch, cfg.epochs, cfg.max_steps)
+    warn_if_no_update(len(run.data), cfg, run.n_steps, run.global_batch)
+    run.scheduler = setup.scheduler(run.optimizer, cfg, run.n_steps)
+    state = TrainState(identity=identity, world_size=acc.num_processes)
+    if saved is not None:
+        args = (run.out, acc, run.model, run.net, run.optimizer, run.scheduler, run.policy)
+        state = TrainState.from_json(load_checkpoint(*args))
+        run.resumed_from = state.step
+        log.info("resuming %s from step %d of %d", run.out, state.step, run.n_steps)
+    return state
 
 
 class _Loop:
     """The optimizer-step loop of one process (see :func:`train`)."""
 
-    def __init__(
-        self,
-        acc: Any,
-        model: Any,
-        net: Any,
-        policy: Policy,
-        data: TrainData,
-        cfg: TrainConfig,
-        optimizer: Any,
-        scheduler: Any,
-        out: Path,
-        progress: bool,
-        on_step: Callable[[dict[str, Any]], None] | None,
-    ) -> None:
-        self.acc, self.model, self.net, self.policy, self.data, self.cfg = acc, model, net, policy, data, cfg
-        self.optimizer, self.scheduler, self.out, self.on_step = optimizer, scheduler, out, on_step
-        self.progress = progress and acc.is_main_process
-        self.dist = StepDist(acc if acc.num_processes > 1 else None, model)
-        self.autocast = _autocast(str(acc.device), cfg.bf16)
-        self.params = [p for p in model.parameters() if p.requires_grad]
+    def __init__(self, run: TrainRun, progress: bool, on_step: Callable[[dict[str, Any]], None] | None):
+        self.run_, self.on_step = run, on_step
+        self.progress = progress and run.is_main
+        self.dist = StepDist(run.acc if run.world > 1 else None, run.model)
+        self.autocast = setup.autocast(str(run.acc.device), run.cfg.bf16)
+        self.params = [p for p in run.model.parameters() if p.requires_grad]
 
     def micro_batches(self, step: int) -> tuple[list[MicroBatch], MicroBatch | None]:
         """This rank's micro-batches of ``step``, and a stand-in (counted with weight 0) when it has none."""
-        cfg, data, dev = self.cfg, self.data, str(self.acc.device)
-        idx = step_samples(len(data), cfg.effective_batch_size * self.acc.num_processes, cfg.seed, step)
-        mine = rank_share(
-            idx, data.lengths, self.acc.process_index, self.acc.num_processes, cfg.group_by_length
-        )
+        r = self.run_
+        cfg, data, dev = r.cfg, r.data, str(r.acc.device)
+        idx = step_samples(len(data), r.global_batch, cfg.seed, step)
+        mine = rank_share(idx, data.lengths, r.acc.process_index, r.world, cfg.group_by_length)
         mbs = [collate(data, b, dev) for b in micro_batches(mine, data.lengths, cfg.batch_size, False)]
         return mbs, (collate(data, idx[:1], dev) if not mbs else None)
 
     def step_weights(self, step: int, mbs: list[MicroBatch]) -> list[Any]:
+        r = self.run_
         view = StepView(
-            self.acc.unwrap_model(self.model), mbs, step, self.dist.rank, self.dist.gather, self.autocast
+            r.acc.unwrap_model(r.model), mbs, step, self.dist.rank, self.dist.gather, self.autocast
         )
-        was_training = self.net.training
-        self.net.eval()  # online policies read signals without dropout
+        was_training = r.net.training
+        r.net.eval()  # online policies read signals without dropout
         try:
-            return self.policy.weights(view)
+            return r.policy.weights(view)
         finally:
-            self.net.train(was_training)
+            r.net.train(was_training)
 
-    def run(self, n_steps: int, state: dict[str, Any]) -> dict[str, Any]:
-        """Optimizer steps from ``state['step']`` to ``n_steps``; returns the updated state."""
+    def step(self, step: int, state: TrainState) -> tuple[StepResult, float | None, float]:
+        """One optimizer step: the policy's weights, the accumulated gradient, the update."""
+        r = self.run_
+        mbs, stand_in = self.micro_batches(step)
+        weights = self.step_weights(step, mbs)
+        if stand_in is not None:
+            mbs, weights = [stand_in], [stand_in.data_weights * 0.0]
+        lr = r.scheduler.get_last_lr()[0]
+        pol = r.policy
+        res = accumulate_step(
+            r.model, mbs, weights, self.autocast, self.dist, pol.multiplier, pol.forward_signals
+        )
+        if pol.records_counted:
+            self.record_counted(step, mbs, weights, res.multipliers)
+        grad_norm = _optimizer_step(
+            res.loss, self.params, r.optimizer, r.cfg.max_grad_norm, state, r.acc.clip_grad_norm_
+        )
+        pol.on_step_end(r.net)
+        r.scheduler.step()
+        r.optimizer.zero_grad(set_to_none=True)
+        return res, grad_norm, lr
+
+    def run(self, state: TrainState) -> TrainState:
+        """Optimizer steps from ``state.step`` to the run's last; returns the updated state."""
         from tqdm.auto import tqdm
 
-        cfg = self.cfg
+        n_steps = self.run_.n_steps
         interrupt = int(os.environ.get(INTERRUPT_ENV, "0") or 0)
-        t0, tok0, kept0 = time.perf_counter(), state["tokens_input"], state["tokens_kept"]
-        secs0 = state["seconds"]
-        bar = tqdm(total=n_steps, initial=state["step"], desc="train", unit="step", disable=not self.progress)
-        for step in range(state["step"], n_steps):
-            mbs, stand_in = self.micro_batches(step)
-            weights = self.step_weights(step, mbs)
-            if stand_in is not None:
-                mbs, weights = [stand_in], [stand_in.data_weights * 0.0]
-            lr = self.scheduler.get_last_lr()[0]
-            res = accumulate_step(
-                self.model,
-                mbs,
-                weights,
-                self.autocast,
-                self.dist,
-                self.policy.multiplier,
-                self.policy.forward_signals,
-            )
-            self.record_counted(step, n_steps, mbs, weights, res.multipliers)
-            grad_norm = self.optimizer_step(res.loss, state)
-            self.policy.on_step_end(self.net)
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+        t0, tok0, kept0, secs0 = time.perf_counter(), state.tokens_input, state.tokens_kept, state.seconds
+        bar = tqdm(total=n_steps, initial=state.step, desc="train", unit="step", disable=not self.progress)
+        for step in range(state.step, n_steps):
+            res, grad_norm, lr = self.step(step, state)
             elapsed = time.perf_counter() - t0
-            state["step"] = step + 1
-            state["tokens_input"] += res.n_tokens
-            state["tokens_kept"] += res.n_kept
-            state["seconds"] = secs0 + elapsed
-            state["last_loss"] = res.loss if res.loss is not None else state["last_loss"]
-            rate = (state["tokens_input"] - tok0) / max(elapsed, 1e-9)
+            state.step, state.seconds = step + 1, secs0 + elapsed
+            state.tokens_input += res.n_tokens
+            state.tokens_kept += res.n_kept
+            state.last_loss = res.loss if res.loss is not None else state.last_loss
+            rate = (state.tokens_input - tok0) / max(elapsed, 1e-9)
             rec = {"step": step + 1, "loss": res.loss, "lr": lr, "kept_tokens": res.n_kept}
             rec |= {"tokens": res.n_tokens, "grad_norm": grad_norm, "tokens_per_s": round(rate, 2)}
-            if cfg.policy == "weights":
-                rec["weight_sum"] = round(res.weight_sum, 6)
-            rec["seconds"] = round(state["seconds"], 3)
-            self.log_step(rec, step, n_steps, state)
+            rec |= self.run_.policy.metrics(res)
+            rec["seconds"] = round(state.seconds, 3)
+            self.log_step(rec, step, state)
             bar.update(1)
             bar.set_postfix(loss=f"{res.loss:.4f}" if res.loss is not None else "-", tok_s=f"{rate:.0f}")
             if interrupt and step + 1 == interrupt:
                 bar.close()
                 raise TrainingInterrupted(f"training interrupted after step {interrupt} by {INTERRUPT_ENV}")
         bar.close()
-        state["session_seconds"] = time.perf_counter() - t0
-        state["session_tokens"] = state["tokens_input"] - tok0
-        state["session_kept"] = state["tokens_kept"] - kept0
+        state.session_seconds = time.perf_counter() - t0
+        state.session_tokens = state.tokens_input - tok0
+        state.session_kept = state.tokens_kept - kept0
         return state
 
     def record_counted(
-        self, step: int, n_steps: int, mbs: list[MicroBatch], weights: list[Any], mults: dict[int, Any]
+        self, step: int, mbs: list[MicroBatch], weights: list[Any], mults: dict[int, Any]
     ) -> None:
-        """Online policies: which tokens counted (and their effective weights: the policy's weight times an
-        in-forward multiplier such as DFT's ``sg(p)``) in each step of the last epoch, gathered
-        from every rank into OUT/counted/step-NNNNN.npz by rank 0 (a resumed step overwrites its file);
-        :func:`counted_tokens` assembles them. Offline policies count what the dataset says: nothing kept."""
-        if self.cfg.policy in ("labels", "weights"):
-            return
-        spe = steps_per_epoch(len(self.data), self.cfg.effective_batch_size * self.acc.num_processes)
-        if step < n_steps - spe:
+        """Which tokens counted (and their effective weights: the policy's weight times an in-forward
+        multiplier such as DFT's ``sg(p)``) in each step of the last epoch, gathered from every rank into
+        OUT/counted/ by rank 0 (:mod:`tokenclean.training.counted`)."""
+        r = self.run_
+        if step < r.n_steps - steps_per_epoch(len(r.data), r.global_batch):
             return
         keys = np.concatenate([mb.keys[w > 0] for mb, w in zip(mbs, weights)] or [np.zeros((0, 2), np.int64)])
         eff = [w[w > 0] * mults[k] if k in mults else w[w > 0] for k, w in enumerate(weights)]
         ws = np.concatenate(eff or [np.zeros(0, np.float32)]).astype(np.float32)
         all_keys = np.concatenate([k.reshape(-1, 2) for k in self.dist.gather(keys.reshape(-1))])
         all_w = np.concatenate(self.dist.gather(ws))
-        if self.acc.is_main_process:
-            d = self.out / "counted"
-            d.mkdir(parents=True, exist_ok=True)
-            tmp = d / f".step-{step:05d}.npz"
-            with open(tmp, "wb") as f:
-                np.savez(f, keys=all_keys, weights=all_w)
-            os.replace(tmp, d / f"step-{step:05d}.npz")
+        if r.is_main:
+            write_counted(r.out, step, all_keys, all_w)
 
-    def log_step(self, rec: dict[str, Any], step: int, n_steps: int, state: dict[str, Any]) -> None:
-        cfg = self.cfg
-        if self.acc.is_main_process and ((step + 1) % cfg.logging_steps == 0 or step + 1 == n_steps):
-            with open(self.out / "log.jsonl", "a") as f:
+    def log_step(self, rec: dict[str, Any], step: int, state: TrainState) -> None:
+        r = self.run_
+        cfg, n_steps = r.cfg, r.n_steps
+        if r.is_main and ((step + 1) % cfg.logging_steps == 0 or step + 1 == n_steps):
+            with open(r.out / "log.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
         if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < n_steps:
-            save_checkpoint(
-                self.out,
-                self.acc,
-                self.model,
-                self.net,
-                self.optimizer,
-                self.scheduler,
-                state,
-                self.policy.state(),
-            )
-        if self.on_step is not None and self.acc.is_main_process:
+            args = (r.out, r.acc, r.model, r.net, r.optimizer, r.scheduler)
+            save_checkpoint(*args, state.to_json(), r.policy.state())
+        if self.on_step is not None and r.is_main:
             self.on_step(rec)
-
-    def optimizer_step(self, loss: float | None, state: dict[str, Any]) -> float | None:
-        return _optimizer_step(
-            loss, self.params, self.optimizer, self.cfg.max_grad_norm, state, self.acc.clip_grad_norm_
-        )
 
 
 def _optimizer_step(
@@ -425,179 +324,25 @@ def _optimizer_step(
     params: list[Any],
     optimizer: Any,
     max_grad_norm: float,
-    state: dict[str, Any],
+    state: TrainState,
     clip: Callable[..., Any] = torch.nn.utils.clip_grad_norm_,
 ) -> float | None:
     """Clip and apply the accumulated (all-reduced) gradient. A step with no counted token or a non-finite
     loss or gradient norm is skipped (on every rank: loss and norm are the same on all of them), so the
-    adapter never takes a NaN update."""
+    adapter never takes a NaN update. ``clip`` may return None (DeepSpeed clips inside its engine step and
+    accelerate returns no norm): the step is then taken on a finite loss and no norm is logged."""
     if loss is None:
-        state["skipped_steps"] += 1
+        state.skipped_steps += 1
         log.warning("a step had no counted token; skipped")
         return None
-    norm = float(clip(params, max_grad_norm if max_grad_norm > 0 else math.inf))
-    if not (math.isfinite(loss) and math.isfinite(norm)):
-        state["nonfinite_steps"] += 1
+    got = clip(params, max_grad_norm if max_grad_norm > 0 else math.inf)
+    norm = None if got is None else float(got)
+    if not math.isfinite(loss) or (norm is not None and not math.isfinite(norm)):
+        state.nonfinite_steps += 1
         log.warning("non-finite loss %s or gradient norm %s; step skipped", loss, norm)
         return None
     optimizer.step()
     return norm
 
 
-def _autocast(dev: str, bf16: bool) -> Callable[[], contextlib.AbstractContextManager[Any]]:
-    dev_type = dev.split(":")[0]
-    if not bf16:
-        return contextlib.nullcontext
-    if dev_type == "cpu" and not _cpu_has_native_bf16():
-        log.warning(
-            "bf16 autocast on a CPU without AVX512-BF16 or AMX: matrix products are emulated and training is "
-            "many times slower than fp32 (measured ~13x on an AVX2 EPYC); consider dropping --bf16"
-        )
-    return lambda: torch.autocast(device_type=dev_type, dtype=torch.bfloat16)
-
-
-def _cpu_has_native_bf16() -> bool:
-    checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    if not all(callable(c) for c in checks):
-        return True  # cannot tell: do not warn
-    return any(c() for c in checks if callable(c))
-
-
-def _trim_log(path: Path, step: int) -> None:
-    """Drop log lines past the resumed step (they are recomputed)."""
-    if not path.exists():
-        return
-    keep = [ln for ln in log_lines(path) if json.loads(ln)["step"] <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
-
-
-def _finish(
-    acc: Any,
-    model: Any,
-    net: Any,
-    data: TrainData,
-    cfg: TrainConfig,
-    spec: Any,
-    init_adapter: str | None,
-    data_dir: Path,
-    out: Path,
-    n_steps: int,
-    state: dict[str, Any],
-    resumed_from: int | None,
-) -> dict[str, Any]:
-    """Save the adapter, then done.json (last), then remove the checkpoint (rank 0; the others wait)."""
-    full = acc.get_state_dict(model) if is_sharded(acc) else None  # every rank takes part in the gather
-    done = _done_record(acc, net, data, cfg, spec, init_adapter, data_dir, out, n_steps, state, resumed_from)
-    if acc.is_main_process:
-        lm_state = None if full is None else {k.removeprefix("lm."): v for k, v in full.items()}
-        with atomic_dir(out / "adapter") as tmp:  # never resized; no Hub lookup
-            net.save_pretrained(str(tmp), save_embedding_layers=False, state_dict=lm_state)
-        done["adapter_files"] = file_digests(out / "adapter")  # verified before a finished run is reused
-        write_json_atomic(out / "done.json", done)
-        shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
-        log.info(
-            "trained %d steps on %d kept tokens (final loss %s, %.1f tokens/s) -> %s",
-            n_steps,
-            state["tokens_kept"],
-            "-" if state["last_loss"] is None else f"{state['last_loss']:.4f}",
-            done["tokens_per_s"],
-            out / "adapter",
-            extra=RESULT,
-        )
-    acc.wait_for_everyone()
-    return done
-
-
-def _discard_train_output(out: Path) -> None:
-    """``--force``: empty OUT (a finished or interrupted training output) on rank 0 before any rank reads
-    it. The stage guard has already refused a directory that is not a training output, and holds its lock;
-    its ownership mark stays."""
-    from tokenclean.outputs import OWNER_FILE
-    from tokenclean.training.distributed import launched_world
-
-    if not out.is_dir():
-        return
-    if launched_world()[0] == 0:
-        log.info("discarding the previous training output in %s (--force)", out)
-        for child in out.iterdir():
-            if child.name == OWNER_FILE:
-                continue
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
-    else:  # the other ranks wait until rank 0 has emptied it, so none reads the old state
-        while (out / "done.json").exists() or (out / CHECKPOINT).exists():
-            time.sleep(0.05)
-
-
-def counted_tokens(train_dir: str | Path, data_dir: str | Path) -> dict[str, dict[int, float]]:
-    """The tokens an online policy counted in the last epoch of a finished run: sample_id -> {position:
-    weight} (a token seen in several steps keeps its last weight)."""
-    from tokenclean.training.data import load_train_data
-
-    done = read_json(Path(train_dir) / "done.json")
-    data = load_train_data(data_dir, int(done["config"]["max_length"]))
-    out: dict[str, dict[int, float]] = {}
-    for f in sorted((Path(train_dir) / "counted").glob("step-*.npz")):
-        with np.load(f) as z:
-            for (i, pos), w in zip(z["keys"], z["weights"]):
-                out.setdefault(data.sample_ids[int(i)], {})[int(pos)] = float(w)
-    return out
-
-
-def _done_record(
-    acc: Any,
-    net: Any,
-    data: TrainData,
-    cfg: TrainConfig,
-    spec: Any,
-    init_adapter: str | None,
-    data_dir: Path,
-    out: Path,
-    n_steps: int,
-    state: dict[str, Any],
-    resumed_from: int | None,
-) -> dict[str, Any]:
-    secs = state["session_seconds"]
-    manifest = data_dir / "manifest.json"
-    done = {
-        "stage": "train",
-        "identity": state["identity"],
-        "config": cfg.to_dict(),
-        "data": {
-            "path": str(data_dir.resolve()),
-            "stage": data.manifest.get("stage"),
-            "sha256": state["identity"]["data_sha256"],
-            "manifest_sha256": sha256_file(manifest) if manifest.exists() else None,
-            "counts": data.counts,
-        },
-        "model": {"name": spec.name, "base_model_name_or_path": portable_base_name(spec)},
-        "init_adapter": init_adapter,
-        "lora": lora_settings(net),
-        "trainable_params": sum(p.numel() for p in trainable_parameters(net)),
-        "adapter": str((out / "adapter").resolve()),
-        "steps": n_steps,
-        "epochs": round(
-            n_steps / steps_per_epoch(len(data), cfg.effective_batch_size * acc.num_processes), 4
-        ),
-        "global_batch_size": cfg.effective_batch_size * acc.num_processes,
-        "skipped_steps": state["skipped_steps"],
-        "nonfinite_steps": state["nonfinite_steps"],
-        "tokens": {"input": state["tokens_input"], "kept": state["tokens_kept"]},
-        "final_loss": state["last_loss"],
-        "tokens_per_s": round(state["session_tokens"] / max(secs, 1e-9), 2),
-        "kept_tokens_per_s": round(state["session_kept"] / max(secs, 1e-9), 2),
-        "seconds": round(state["seconds"], 3),
-        "resumed_from_step": resumed_from,
-        "device": str(acc.device),
-        "world_size": acc.num_processes,
-        "distributed_type": str(acc.distributed_type).split(".")[-1],
-        "policy": {"name": cfg.policy, "settings": dict(cfg.policy_settings)},
-        "bf16": cfg.bf16,
-        "torch_threads": torch.get_num_threads(),
-        "versions": package_versions(),
-    }
-    return done
-
-
-__all__ = ["INTERRUPT_ENV", "TrainingInterrupted", "train"]
+__all__ = ["INTERRUPT_ENV", "TrainingInterrupted", "run_identity", "train"]

@@ -14,6 +14,7 @@ from typing import Any
 from tokenclean.config import DEFAULT_DEVICE
 from tokenclean.errors import ConfigError, ModelError
 from tokenclean.models.loader import DTYPES, ModelSpec, load_model, load_tokenizer, resolve_model
+from tokenclean.outputs import check_target, guarded
 from tokenclean.utils import RESULT, atomic_dir, get_logger, package_versions, sha256_tree, write_json_atomic
 
 log = get_logger("training")
@@ -32,17 +33,21 @@ def model_dtype(spec: ModelSpec) -> str:
     return {"bfloat16": "bf16", "float16": "fp16"}.get(name, "fp32")
 
 
+@guarded("merge", inputs=("model", "adapter"))
 def merge(
     model: str, adapter: str | None, out: str | Path, dtype: str = "model", device: str = DEFAULT_DEVICE
 ) -> dict[str, Any]:
     """Load ``model`` + ``adapter``, ``merge_and_unload()`` and save the merged model and tokenizer to ``out``.
 
     ``dtype``: ``model`` (the base's own dtype, default), ``fp32``, ``bf16`` or ``fp16``. Returns the
-    manifest written to OUT/merge.json.
+    manifest written to OUT/merge.json. ``out`` follows :mod:`tokenclean.outputs`: an existing directory is
+    replaced only when it is an earlier merge (``merge.json``); one equal to, inside or holding the model or
+    the adapter is refused, before anything is loaded.
     """
     if dtype not in MERGE_DTYPES:
         raise ConfigError(f"merge.dtype: expected one of {', '.join(MERGE_DTYPES)}, got {dtype!r}")
     spec = resolve_model(model, adapter)
+    check_target(out, "merge", [spec.path, spec.gguf_file, spec.adapter])  # an alias resolved to a path
     if spec.adapter is None:
         raise ConfigError("merge.adapter: no adapter given (pass --adapter DIR)")
     if not (Path(spec.adapter) / "adapter_config.json").exists():

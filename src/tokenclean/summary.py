@@ -6,9 +6,8 @@ checks one before the report uses it (errors name ``FILE: key.path``). Paths are
 directory (absolute paths are accepted). Numbers that are means over seeds may be floats where one run
 writes ints; ``float`` accepts both.
 
-Versions: ``schema_version`` is :data:`SCHEMA_VERSION`. A summary without it was written before the field
-existed (tokenclean before the typed summary) and is read as version 0: its keys are a subset of these,
-so it is checked against the same definition. A newer version is refused, naming the file.
+Versions: ``schema_version`` is :data:`SCHEMA_VERSION`. A file without it, or with a newer version, is
+refused, naming the file.
 
 Not every key is shown by the report: :data:`NOT_SHOWN` lists those it does not read, and why.
 """
@@ -127,6 +126,7 @@ class MethodEntry(TypedDict, total=False):
     adapter: str | None
     cleaned: str | None  # the (cleaned or prepared) data it trained on
     scores: str | None  # the score store behind ``cleaned``
+    score_stores: list[str]  # stores the method's score was computed from (TOSS: one per reference)
     round: int | None  # self-evolving: the last round
     eval: EvalResult | None
     recovery: Recovery | None
@@ -215,6 +215,7 @@ NOT_SHOWN: dict[str, str] = {
     "spans_removed": "a count behind decisive_dropped",
     "answer_tokens": "a count behind answer_loss",
     "exact": "per-question values behind exact_match",
+    "score_stores": "the budget counts them; the report reads the combined store (scores)",
 }
 """Declared keys the report does not read, and why (tests/unit/test_summary_schema.py checks that every
 other declared key is read by ``tokenclean.report``)."""
@@ -289,7 +290,7 @@ def check_summary(s: Any, where: str, strict: bool = False) -> Summary:
     """``s`` checked against :class:`Summary`; ``strict`` also refuses keys the schema does not declare."""
     if not isinstance(s, dict):
         raise DataError(where, "expected a JSON object")
-    version = s.get("schema_version", 0)
+    version = s.get("schema_version", SCHEMA_VERSION)
     if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise DataError(
             where,
@@ -317,8 +318,8 @@ def write_summary(root: str | Path, summary: dict[str, Any]) -> Path:
 
 
 def read_summary(path: str | Path) -> Summary:
-    """A ``summary.json`` read and checked (keys of newer versions are ignored; a version-0 file, written
-    before ``schema_version`` existed, is read as it is)."""
+    """A ``summary.json`` read and checked (it must declare its ``schema_version``; unknown keys are
+    ignored)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(
@@ -328,6 +329,10 @@ def read_summary(path: str | Path) -> Summary:
         s = read_json(p)
     except ValueError as e:
         raise DataError(str(p), f"invalid JSON: {e}") from None
+    if isinstance(s, dict) and "schema_version" not in s:
+        raise DataError(
+            str(p), "no schema_version: not a summary written by this tokenclean; re-run the pipeline"
+        )
     return check_summary(s, str(p))
 
 
