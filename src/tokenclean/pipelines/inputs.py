@@ -45,7 +45,7 @@ def check_inputs(cfg: RunConfig) -> None:
             except ModelError as e:
                 raise ConfigError(str(e)) from None
     d = cfg.data
-    sources = [] if d.synthetic is not None else [("data.path", d.path)]
+    sources: list[tuple[str, str | None]] = [] if d.synthetic is not None else [("data.path", d.path)]
     sources += [("data.heldout", d.heldout), ("data.truth", d.truth)]
     if cfg.warmup.data != "synthetic:clean":
         sources.append(("warmup.data", cfg.warmup.data))

@@ -10,7 +10,7 @@ from typing import Any
 from tokenclean import methods
 from tokenclean.pipelines.budget import self_evolving_updates
 from tokenclean.pipelines.config import RunConfig
-from tokenclean.pipelines.stages import get_logger, open_run, prepare_pool, report_stage
+from tokenclean.pipelines.stages import Run, get_logger, open_run, prepare_pool, report_stage
 from tokenclean.runtime import rank_zero_only
 
 log = get_logger("pipeline")

@@ -9,8 +9,12 @@ from typing import Any
 from tokenclean.report.tables import fmt_value, method_order, results_table
 from tokenclean.report.truth_tables import fmt_count, text_table
 
-BUDGET = (("updates", "updates"), ("trained_tokens", "trained tok"), ("forward_tokens", "fwd tok"))
-BUDGET += (("backward_tokens", "bwd tok"),)
+BUDGET: tuple[tuple[str, str], ...] = (
+    ("updates", "updates"),
+    ("trained_tokens", "trained tok"),
+    ("forward_tokens", "fwd tok"),
+    ("backward_tokens", "bwd tok"),
+)
 
 
 def eval_text_table(summary: dict[str, Any]) -> str:
