@@ -49,6 +49,7 @@ MARKERS = {
     "merge": "merge.json",
     "report": "manifest.json",
     "truth": "manifest.json",
+    "split": "split.json",
 }
 """The file whose ``stage`` field says what a finished output is."""
 PARTIAL = {"score": ".work/plan.json", "train": "checkpoint/state.json"}

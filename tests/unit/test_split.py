@@ -45,6 +45,8 @@ def test_split_refuses_a_foreign_output(tmp_path: Path) -> None:
     src.write_text('{"prompt": "a", "completion": "b"}\n' * 4)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
-    with pytest.raises(OutputError, match="not a tokenclean split"):
+    with pytest.raises(OutputError, match="not a tokenclean output, not a split output"):
         split_file(str(src), tmp_path / "mine", parts=2)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    with pytest.raises(OutputError, match="is the input"):
+        split_file(str(src), src, parts=2)

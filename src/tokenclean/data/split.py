@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenclean.errors import ConfigError
-from tokenclean.outputs import OutputError
+from tokenclean.outputs import guarded
 from tokenclean.utils import atomic_dir
 
 MARKER = "split.json"
@@ -26,26 +26,21 @@ def split_indices(n: int, parts: int, seed: int) -> list[list[int]]:
     return [sorted(int(i) for i in chunk) for chunk in np.array_split(perm, parts)]
 
 
-def _check_out(out: Path, source: str) -> None:
-    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise OutputError(f"{out} exists and is not a tokenclean split; choose another --out")
-    src = Path(source).resolve()
-    if src == out.resolve() or out.resolve() in src.parents:
-        raise OutputError(f"{out} holds the input {source}; choose another --out")
-
-
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
 
+@guarded("split", inputs=("source",))
 def split_file(
     source: str, out: str | Path, heldout: float = 0.0, parts: int = 1, seed: int = 42
 ) -> dict[str, Any]:
     """Write ``out/heldout.jsonl`` (a seeded ``heldout`` share of the rows, at least one when > 0),
     ``out/train.jsonl`` (the rest) and, with ``parts > 1``, ``out/part_{i}.jsonl`` of the rest; returns the
-    counts (also written to ``out/split.json``). Rows are copied as they are, in file order within a file."""
+    counts (also written to ``out/split.json``, its marker). Rows are copied as they are, in file order within a
+    file. The output rule of :mod:`tokenclean.outputs` applies: a directory that is not a split is refused,
+    the output is locked while written and replaced atomically."""
     from tokenclean.data.formats import iter_raw_rows
 
     if not 0 <= heldout < 1:
@@ -53,7 +48,6 @@ def split_file(
     if parts < 1:
         raise ConfigError(f"--parts: >= 1, got {parts}")
     out = Path(out)
-    _check_out(out, source)
     rows = [row for _, _, row in iter_raw_rows(source)]
     n_held = max(1, round(len(rows) * heldout)) if heldout > 0 else 0
     if len(rows) - n_held < parts:
@@ -70,7 +64,14 @@ def split_file(
         for i, ix in enumerate(split_indices(len(train), parts, seed)):
             files[f"part_{i}.jsonl"] = [train[j] for j in ix]
     counts = {name: len(ix) for name, ix in files.items()}
-    info = {"source": str(source), "rows": len(rows), "heldout": heldout, "parts": parts, "seed": seed}
+    info = {
+        "stage": "split",
+        "source": str(source),
+        "rows": len(rows),
+        "heldout": heldout,
+        "parts": parts,
+        "seed": seed,
+    }
     with atomic_dir(out) as tmp:
         for name, ix in files.items():
             _write_jsonl(tmp / name, [rows[i] for i in ix])
