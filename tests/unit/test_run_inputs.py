@@ -34,12 +34,14 @@ def test_own_data_without_heldout_is_an_error_not_the_bundled_sample(tmp_path: P
     [
         ("data.heldout={tmp}/nope.jsonl", r"data\.heldout: '.*nope\.jsonl': no such file or directory"),
         ("data.heldout={tmp}/bad.jsonl", r"data\.heldout: .*bad\.jsonl:1: malformed JSON"),
+        ("data.heldout={tmp}/late.jsonl", r"data\.heldout: .*late\.jsonl:2: field 'completion': missing"),
         ("model.base=smolm2", r"model\.base 'smolm2' is not a local path.*did you mean 'smollm2'"),
         ("model.reference=./ref", r"model\.reference './ref': no such file or directory"),
     ],
 )
 def test_a_wrong_input_creates_no_run_directory(tmp_path: Path, override: str, match: str) -> None:
     (tmp_path / "bad.jsonl").write_text('{"prompt": \n')
+    (tmp_path / "late.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c"}\n')
     out = tmp_path / "run"
     cfg = load_run_config(
         OWN,

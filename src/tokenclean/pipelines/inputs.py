@@ -52,3 +52,16 @@ def check_inputs(cfg: RunConfig) -> None:
     for key, src in sources:
         if src:
             check_data_source(key, src)
+    if d.heldout and not d.skip_invalid and not d.heldout.startswith("hub:"):
+        _check_records("data.heldout", d.heldout, d.format)
+
+
+def _check_records(key: str, src: str, fmt: str) -> None:
+    """Every record of a (small) file parses: a bad held-out row stops the run before anything is written."""
+    from tokenclean.data.formats import read_records
+
+    try:
+        for _ in read_records(src, fmt):
+            pass
+    except DataError as e:
+        raise ConfigError(f"{key}: {e}") from None
