@@ -34,7 +34,9 @@ NOISE = ("mistake", "after")
 RATIO = 0.6
 
 
-def load(refs: Path, run: Path, seeds: list[int], names: list[str]) -> tuple[list[str], dict[str, Any], dict[str, list]]:
+def load(
+    refs: Path, run: Path, seeds: list[int], names: list[str]
+) -> tuple[list[str], dict[str, Any], dict[str, list]]:
     """(ids, truth {labels, decisive, names}, losses {ref name: per seed: {base, ref} per sample})."""
     import datasets
 
@@ -42,7 +44,9 @@ def load(refs: Path, run: Path, seeds: list[int], names: list[str]) -> tuple[lis
     from tokenclean.models.loader import load_tokenizer
 
     data = Path("runs/bbmistake-data")
-    tt = load_user_truth(data / "truth.jsonl", data / "data.jsonl", run / "data" / "pool", load_tokenizer("smollm2"))
+    tt = load_user_truth(
+        data / "truth.jsonl", data / "data.jsonl", run / "data" / "pool", load_tokenizer("smollm2")
+    )
     losses: dict[str, list] = {}
     ids: list[str] = []
     for ref in names:
@@ -175,7 +179,10 @@ def class_means(truth: dict[str, Any], lo: dict[str, list], seed: int) -> dict[s
         "mistake (other tokens)": ok & (lab == names.index("mistake")) & (dec != names.index("mistake")),
         "after": ok & (lab == names.index("after")),
     }
-    return {g: {c: float(v[m].mean()) for c, v in cols.items()} | {"tokens": int(m.sum())} for g, m in groups.items()}
+    return {
+        g: {c: float(v[m].mean()) for c, v in cols.items()} | {"tokens": int(m.sum())}
+        for g, m in groups.items()
+    }
 
 
 def main() -> None:
@@ -196,8 +203,17 @@ def main() -> None:
     for name in per_seed[0]:
         iv = bootstrap(stat_fn(truth, per_seed, name), len(seeds), len(ids))
         res[name] = {k: [v.mean, v.lo, v.hi] for k, v in iv.items()}
-    cols = ["correct kept", "mistake kept", "decisive kept", "after kept", "noise rate kept", "AUROC c/m",
-            "AUROC c/dec", "noise@95 kept", "noise@95 rate"]
+    cols = [
+        "correct kept",
+        "mistake kept",
+        "decisive kept",
+        "after kept",
+        "noise rate kept",
+        "AUROC c/m",
+        "AUROC c/dec",
+        "noise@95 kept",
+        "noise@95 rate",
+    ]
     pool = res["random"]["noise rate pool"]
     print(f"noise rate of the scored pool: {pool[0]:.3f} [{pool[1]:.3f}, {pool[2]:.3f}]")
     print("| signal | " + " | ".join(cols) + " |")
@@ -207,13 +223,24 @@ def main() -> None:
         for c in cols:
             m, lo_, hi = r.get(c, [None] * 3)
             pct = "kept" in c or "rate" in c
-            cells.append("-" if m is None else (f"{100*m:.1f}% [{100*lo_:.1f}, {100*hi:.1f}]" if pct else f"{m:.2f} [{lo_:.2f}, {hi:.2f}]"))
+            cells.append(
+                "-"
+                if m is None
+                else (
+                    f"{100 * m:.1f}% [{100 * lo_:.1f}, {100 * hi:.1f}]"
+                    if pct
+                    else f"{m:.2f} [{lo_:.2f}, {hi:.2f}]"
+                )
+            )
         print(f"| {name} | " + " | ".join(cells) + " |")
     why = [class_means(truth, lo, i) for i in range(len(seeds))]
     print("\nMean per token class (seed-averaged): base loss, reference losses, Token Cleaning score")
     for g in why[0]:
         vals = {c: np.mean([w[g][c] for w in why]) for c in why[0][g]}
-        print(f"  {g}: " + ", ".join(f"{c} {v:.2f}" if c != "tokens" else f"{int(v)} tokens" for c, v in vals.items()))
+        print(
+            f"  {g}: "
+            + ", ".join(f"{c} {v:.2f}" if c != "tokens" else f"{int(v)} tokens" for c, v in vals.items())
+        )
     Path(a.out).write_text(json.dumps({"ids": ids, "seeds": seeds, "signals": res, "why": why}, indent=1))
     print(f"wrote {a.out}")
 

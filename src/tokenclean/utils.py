@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -224,26 +225,57 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def choose_threads(requested: int | None, cores: int | None = None, load: float | None = None) -> int:
-    """torch CPU threads for this process: ``requested`` when given; else ``OMP_NUM_THREADS`` when the
-    user or a launcher set it; else the cores that are idle now (cores minus the 1-minute load average,
-    rounded, at least 1).
+def idle_cores(interval: float = 0.25, cores: int | None = None) -> float:
+    """Cores idle *now*: the idle share of all CPU time in ``/proc/stat`` over ``interval`` seconds, times
+    ``cores`` (this process's usable cores). Unlike the 1-minute load average it does not lag: a job that
+    ended a second ago no longer counts. Without ``/proc/stat`` (not Linux): ``cores``."""
+    cores = cores or usable_cores()
 
-    Why not simply every core: a scoring or training pass is many short parallel regions (norms, SiLU,
-    rotary, small matrix products), each ending in a barrier across the threads. When another process holds
-    one of the cores, every barrier waits for the descheduled thread; measured on 2 cores at load ~6, 2
-    threads spent 13x longer in element-wise ops than 1 thread and scored 2x slower in all
-    (docs/scoring.md, "Under CPU contention")."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [
+                int(x) for x in f.readline().split()[1:9]
+            ]  # user nice system idle iowait irq softirq steal
+        return fields[3] + fields[4], sum(fields)
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(interval)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return float(cores)
+    if total1 <= total0:
+        return float(cores)
+    return cores * (idle1 - idle0) / (total1 - total0)
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def choose_threads(requested: int | None, cores: int | None = None, idle: float | None = None) -> int:
+    """torch CPU threads for this process: ``requested`` when given; else ``OMP_NUM_THREADS`` when the
+    user or a launcher set it; else every usable core when OpenMP waits are passive (``OMP_WAIT_POLICY=
+    PASSIVE``, which every tokenclean command sets before torch loads); else the cores idle now
+    (:func:`idle_cores`, rounded, at least 1).
+
+    Why the policy matters: a scoring or training pass is many short parallel regions (norms, SiLU, rotary,
+    small matrix products), each ending in a barrier across the threads. When another process holds one of
+    the cores, a spinning waiter takes the core the descheduled thread needs: on 2 busy cores, 2 spinning
+    threads scored 6.4x slower than alone, 2 passive threads 2.2x, 1 thread 2.4x (benchmarks/README.md,
+    "Scoring under CPU contention"). With passive waits every core is the best choice, busy or not. The
+    1-minute load average used before lagged: it stayed above 0.5 for minutes after any job, so a stage
+    started right after another ran on one thread of an idle 2-core machine."""
     if requested:
         return int(requested)
     env = os.environ.get("OMP_NUM_THREADS")
     if env and env.isdigit() and int(env) > 0:
         return int(env)
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n = cores
-    busy = os.getloadavg()[0] if load is None else load
-    return max(1, min(n, int(n - busy + 0.5)))
+    cores = cores or usable_cores()
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        return cores
+    free = idle_cores(cores=cores) if idle is None else idle
+    return max(1, min(cores, int(free + 0.5)))
 
 
 def apply_threads(requested: int | None) -> int:
@@ -253,7 +285,7 @@ def apply_threads(requested: int | None) -> int:
     n = choose_threads(requested)
     if n != torch.get_num_threads():
         torch.set_num_threads(n)
-    get_logger("threads").info("torch CPU threads: %d%s", n, "" if requested else " (auto: idle cores now)")
+    get_logger("threads").info("torch CPU threads: %d%s", n, "" if requested else " (auto)")
     return n
 
 

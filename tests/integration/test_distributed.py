@@ -108,6 +108,26 @@ def test_two_processes_equal_one_process_with_twice_the_batch(work: Path) -> Non
     assert done["global_batch_size"] == 4 and done["policy"]["name"] == "rho1"
 
 
+def test_global_batch_same_adapter_on_1_and_2_processes(work: Path) -> None:
+    """Issue 17 (2): ``--global-batch 4`` means 4 samples per optimizer step on 1 process (accumulation 2)
+    and on 2 (accumulation 1): the same number of updates and the same adapter. Measured max |difference|
+    1.73e-6 on the tiny model (fp32); the test allows 1e-5. Before ``train.global_batch`` existed the same
+    flags (batch 2 x accumulation 2) trained 4 samples per step on 1 process and 8 on 2."""
+    base = ["train", "--data", "prepared", "--model", "model", "--lora-dropout", "0", "--global-batch", "4"]
+    ok(launch(2, [*base, "--out", "g2", "--batch-size", "2", *COMMON], work))
+    ok(launch(1, [*base, "--out", "g1", "--batch-size", "2", *COMMON], work))
+    d1, d2 = (json.loads((work / d / "done.json").read_text()) for d in ("g1", "g2"))
+    assert d1["global_batch_size"] == d2["global_batch_size"] == 4 and d1["steps"] == d2["steps"] == 6
+    l1, l2 = log_lines(work / "g1"), log_lines(work / "g2")
+    updates = [sum(r["grad_norm"] is not None for r in lines) for lines in (l1, l2)]
+    assert updates[0] == updates[1] == 6
+    a, b = adapter(work / "g2"), adapter(work / "g1")
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    print(f"global batch 4, 1 vs 2 processes: max |adapter difference| {diff:.2e}")
+    assert diff < 1e-5, diff
+    assert any(float(b[k].abs().max()) > 0 for k in b if "lora_B" in k)
+
+
 def test_kill_and_resume_under_two_processes_equals_uninterrupted(work: Path) -> None:
     args = ["train", "--data", "prepared", "--model", "model", "--batch-size", "1", "--grad-accum", "2"]
     args += ["--lora-dropout", "0.1", "--save-steps", "2", *COMMON]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tokenclean.cli import main
 
 
@@ -69,13 +71,36 @@ def test_threads_follow_the_request_the_environment_then_idle_cores(monkeypatch)
     from tokenclean.utils import choose_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert choose_threads(3, cores=2, load=5.0) == 3  # asked for: as asked
-    assert choose_threads(None, cores=2, load=0.1) == 2  # a quiet machine: every core
-    assert choose_threads(None, cores=2, load=1.2) == 1  # one core busy: one thread
-    assert choose_threads(None, cores=2, load=6.0) == 1  # never below 1
-    assert choose_threads(None, cores=8, load=2.6) == 5
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert choose_threads(3, cores=2, idle=0.0) == 3  # asked for: as asked
+    assert choose_threads(None, cores=2, idle=1.9) == 2  # a quiet machine: every core
+    assert choose_threads(None, cores=2, idle=0.8) == 1  # one core busy: one thread
+    assert choose_threads(None, cores=2, idle=0.0) == 1  # never below 1
+    assert choose_threads(None, cores=8, idle=5.4) == 5
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")  # sleeping waits: every core, busy or not
+    assert choose_threads(None, cores=8, idle=0.0) == 8
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torchrun / the user decided
-    assert choose_threads(None, cores=8, load=0.0) == 1
+    assert choose_threads(None, cores=8, idle=8.0) == 1
+
+
+def test_idle_cores_measures_now_not_the_load_average(monkeypatch) -> None:
+    """Idleness comes from two /proc/stat samples: a burst of load that just ended does not count, and a
+    core busy right now does (the 1-minute load average lags by minutes)."""
+    import threading
+    import time
+
+    from tokenclean.utils import idle_cores
+
+    if not Path("/proc/stat").exists():
+        pytest.skip("no /proc/stat on this system")
+    monkeypatch.setattr("os.getloadavg", lambda: (50.0, 50.0, 50.0))  # not consulted
+    assert 0.0 <= idle_cores(0.2, cores=2) <= 2.0
+    stop = time.monotonic() + 0.6
+    spin = threading.Thread(target=lambda: [0 for _ in iter(lambda: time.monotonic() > stop, True)])
+    spin.start()
+    busy = idle_cores(0.3, cores=1)
+    spin.join()
+    assert busy < 0.9  # this process kept (a share of) a core busy during the sample
 
 
 def test_run_overrides_may_follow_options(tmp_path: Path, capsys) -> None:

@@ -42,7 +42,7 @@ def test_paper_configs_hold_the_paper_settings() -> None:
             2048,
             42,
         )
-        assert t.batch_size * t.grad_accum == 48 and t.warmup_ratio == 0.03
+        assert t.step_batch(1) == (48, 12) and t.step_batch(8) == (48, 2) and t.warmup_ratio == 0.03
         assert set(t.target_modules) == {
             "q_proj",
             "k_proj",

@@ -178,9 +178,9 @@ def test_toss_settings_need_two_distinct_references() -> None:
     from tokenclean.pipelines.config import load_run_config
 
     base = ["data.path=x", "model.base=y"]
-    with pytest.raises(ConfigError, match="peers.toss.reference_b: must not be base"):
+    with pytest.raises(ConfigError, match=r"peers\.toss\.reference_b: must not be base"):
         load_run_config(None, [*base, "peers.toss.reference_b=base"])
-    with pytest.raises(ConfigError, match="peers.toss.reference_a: equals reference_b"):
+    with pytest.raises(ConfigError, match=r"peers\.toss\.reference_a: equals reference_b"):
         load_run_config(None, [*base, "peers.toss.reference_a=warmup"])
     cfg = load_run_config(None, [*base, "methods=[full,toss]", "peers.toss.reference_a=method:full"])
     assert cfg.peers.toss.reference_a == "method:full"

@@ -20,6 +20,7 @@ from tokenclean import IGNORE_INDEX
 from tokenclean.cli import main
 from tokenclean.data.prepare import prepare
 from tokenclean.errors import ConfigError, DataError, OutputError
+from tokenclean.testing import require
 from tokenclean.testing.stores import write_prepared, write_score_store
 
 X = IGNORE_INDEX
@@ -257,7 +258,7 @@ def test_a_seeds_run_locks_its_top_level_run_dir(tmp_path: Path, tiny_model_dir:
 
 
 def test_report_refuses_two_names_that_make_one_file_name(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    require("matplotlib")
     from tokenclean.report import build_report
 
     prep = write_prepared(tmp_path / "prep", IDS, LABELS)

@@ -92,12 +92,14 @@ def test_budget_columns_from_the_stage_records(tmp_path: Path) -> None:
         d.mkdir(parents=True)
         (d / "done.json").write_text(json.dumps({"steps": steps, "tokens": {"input": inp, "kept": kept}}))
 
-    def store(d: Path, tokens: int) -> None:
+    def store(d: Path, tokens: int, adapter: Path | None = None) -> None:
         d.mkdir(parents=True)
-        (d / "manifest.json").write_text(json.dumps({"counts": {"tokens": tokens}}))
+        m = {"counts": {"tokens": tokens}, "reference": {"adapter": str(adapter) if adapter else None}}
+        (d / "manifest.json").write_text(json.dumps(m))
 
     done(tmp_path / "warmup", 50, 5000, 1500)
-    store(tmp_path / "scores" / "pool", 12000)
+    store(tmp_path / "scores" / "pool", 12000, tmp_path / "warmup" / "adapter")
+    store(tmp_path / "scores" / "external", 12000)  # an external reference model: no training behind it
     done(tmp_path / "methods" / "fixed_model" / "train", 30, 11000, 2000)
     done(tmp_path / "methods" / "random" / "train", 30, 11500, 2000)
     for t in (1, 2):
@@ -110,6 +112,8 @@ def test_budget_columns_from_the_stage_records(tmp_path: Path) -> None:
         "forward_tokens": 5000 + 11000 + 2 * 12000,  # warm-up + training + base and reference scoring
         "backward_tokens": 5000 + 11000,
     }
+    ext = method_budget(tmp_path, "fixed_model", dict(fm, scores="scores/external"), [])
+    assert ext["backward_tokens"] == 11000 and ext["forward_tokens"] == 11000 + 2 * 12000
     rnd = method_budget(tmp_path, "random", {"adapter": "methods/random/train/adapter"}, [])
     assert rnd["forward_tokens"] == rnd["backward_tokens"] == 11500  # random needs no score
     rounds = [

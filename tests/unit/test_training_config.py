@@ -15,7 +15,7 @@ def test_paper_defaults() -> None:
     assert (c.lora_r, c.lora_alpha, c.lora_dropout) == (64, 16.0, 0.1)
     assert c.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     assert (c.lr, c.warmup_ratio, c.epochs, c.max_length, c.seed) == (1e-4, 0.03, 1, 2048, 42)
-    assert c.effective_batch_size == 48 == c.batch_size * c.grad_accum
+    assert c.step_batch(1) == (48, 12) and c.step_batch(2) == (48, 6)  # the global batch, not per process
     assert c.max_steps is None and not c.bf16 and not c.gradient_checkpointing
 
 
@@ -73,3 +73,17 @@ def test_yaml_friendly_coercions() -> None:
     assert c.lr == 1e-4 and c.target_modules == ("q_proj", "v_proj") and c.max_steps is None
     assert TrainConfig.from_dict({"target_modules": ["q_proj"]}).target_modules == ("q_proj",)
     assert TrainConfig.from_dict(None) == TrainConfig()
+
+
+def test_global_batch_means_the_same_step_on_any_number_of_processes() -> None:
+    """Issue 17 (2): the paper's 48 on 1, 2 or 8 processes; the HF convention only when asked for."""
+    c = TrainConfig(global_batch=48, batch_size=4)
+    assert [c.step_batch(n) for n in (1, 2, 8)] == [(48, 12), (48, 6), (48, 2)]
+    assert TrainConfig(batch_size=4, grad_accum=12).step_batch(8) == (384, 12)  # per-device x accum x N
+    assert TrainConfig(global_batch=48, batch_size=4, grad_accum=6).step_batch(2) == (48, 6)
+    with pytest.raises(
+        ConfigError, match=r"^train\.global_batch: 48 differs from batch_size 4 x grad_accum 12 x 8"
+    ):
+        TrainConfig(global_batch=48, batch_size=4, grad_accum=12).step_batch(8)
+    with pytest.raises(ConfigError, match=r"^train\.global_batch: 48 samples do not split evenly over 5"):
+        c.step_batch(5)

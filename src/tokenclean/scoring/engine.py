@@ -113,8 +113,16 @@ class Packing:
     row_tokens: int | None = None
 
     def batches(self, lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
-        """The batch plan of ``lengths`` under the ``batch_tokens`` budget."""
-        return (make_packed_batches if self.packed else make_batches)(lengths, batch_tokens)
+        """The batch plan of ``lengths`` under the ``batch_tokens`` budget. Packed into rows of at most
+        ``row_tokens``: the rows are filled first (first-fit decreasing over all ``lengths``), then
+        ``batch_tokens // row_tokens`` rows make a batch, so rows stay full."""
+        if not self.packed:
+            return make_batches(lengths, batch_tokens)
+        if self.row_tokens is None:
+            return make_packed_batches(lengths, batch_tokens)
+        rows = pack_rows(lengths, self.row_tokens)
+        per = max(1, batch_tokens // self.row_tokens)
+        return [[i for r in rows[k : k + per] for i in r] for k in range(0, len(rows), per)]
 
     def computed_tokens(self, lengths: Sequence[int]) -> int:
         """Tokens the model computes for ONE batch of samples of ``lengths`` (real + padding)."""

@@ -93,13 +93,7 @@ class MicroBatch:
 
         sel = np.flatnonzero(weights > 0)
         idx = torch.from_numpy(sel).to(self.batch.rows.device)
-        tb = TokenBatch(
-            self.batch.input_ids,
-            self.batch.attention_mask,
-            self.batch.rows[idx],
-            self.batch.pos[idx],
-            self.batch.prompt_mask,
-        )
+        tb = self.batch.select(idx)  # keeps a packed batch's position_ids
         return tb, torch.from_numpy(np.ascontiguousarray(weights[sel], dtype=np.float32)).to(idx.device)
 
 

@@ -2,7 +2,7 @@
 
 Defaults follow the Token Cleaning paper's training setup (Appendix D.3, see METHODS.md "Training setup"):
 LoRA r 64, alpha 16, dropout 0.1 on the q/k/v/o/gate/up/down projections; lr 1e-4 with linear decay after a
-3% warm-up; effective batch 48 (micro-batch 4 x gradient accumulation 12); 1 epoch; max length 2048; seed 42.
+3% warm-up; global batch 48 (micro-batch 4, accumulation derived: 12 on one process, 6 on two); 1 epoch; max length 2048; seed 42.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ MODEL_DTYPES = ("fp32", "bf16", "fp16")
 
 # Fields that do not change what is trained (a run may be resumed after changing them).
 NON_RESULT_FIELDS = frozenset({"save_steps", "logging_steps"})
+PAPER_GLOBAL_BATCH = 48  # samples per optimizer step (paper: 4 x 12 on one GPU, 6 x 8 on 8)
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,17 @@ class TrainConfig:
     )
     epochs: int = setting(1, "passes over the data (paper: 1); ignored when max_steps is set", bounds=">= 1")
     batch_size: int = setting(4, "micro-batch size: samples per forward/backward pass", bounds=">= 1")
-    grad_accum: int = setting(
-        12,
-        "micro-batches accumulated per optimizer step; effective batch = batch_size * grad_accum (paper: 48)",
+    grad_accum: int | None = setting(
+        None,
+        "micro-batches per optimizer step on each process; null: derived, ceil(global_batch / (processes x "
+        "batch_size)). When both are set, batch_size x grad_accum x processes must equal global_batch",
+        bounds=">= 1",
+    )
+    global_batch: int | None = setting(
+        None,
+        "samples per optimizer step over all processes, the same on 1 or N processes (paper: 48); each "
+        "process takes global_batch / N of them, in micro-batches of batch_size. null: batch_size x "
+        "grad_accum x processes when grad_accum is set (the Hugging Face convention), else 48",
         bounds=">= 1",
     )
     max_length: int = setting(
@@ -115,10 +124,26 @@ class TrainConfig:
         where = f"{prefix}.policy_settings"
         cls.check_settings(parse_settings(self.policy, self.policy_settings, where), where)
 
-    @property
-    def effective_batch_size(self) -> int:
-        """Samples per optimizer step (batch_size * grad_accum)."""
-        return self.batch_size * self.grad_accum
+    def step_batch(self, world: int = 1, prefix: str = "train") -> tuple[int, int]:
+        """``(global batch, micro-batches per process)`` of an optimizer step on ``world`` processes; a
+        :class:`ConfigError` when the settings cannot mean the same step on ``world`` processes."""
+        b, a, g = self.batch_size, self.grad_accum, self.global_batch
+        if g is None:
+            if a is not None:
+                return b * a * world, a
+            g = PAPER_GLOBAL_BATCH
+        if g % world:
+            raise ConfigError(
+                f"{prefix}.global_batch: {g} samples do not split evenly over {world} processes; choose a "
+                f"multiple of {world}"
+            )
+        if a is not None and b * a * world != g:
+            raise ConfigError(
+                f"{prefix}.global_batch: {g} differs from batch_size {b} x grad_accum {a} x {world} "
+                f"process(es) = {b * a * world}; leave grad_accum unset (it is derived from global_batch) or "
+                "make the product equal"
+            )
+        return g, a if a is not None else -(-(g // world) // b)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, prefix: str = "train") -> TrainConfig:
@@ -147,4 +172,4 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["MODEL_DTYPES", "PAPER_TARGET_MODULES", "TrainConfig"]
+__all__ = ["MODEL_DTYPES", "PAPER_GLOBAL_BATCH", "PAPER_TARGET_MODULES", "TrainConfig"]

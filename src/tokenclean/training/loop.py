@@ -191,9 +191,15 @@ def _setup_optimizer(run: TrainRun, identity: dict[str, Any], saved: dict[str, A
     cfg, acc = run.cfg, run.acc
     optimizer = torch.optim.AdamW(trainable_parameters(run.net), lr=cfg.lr, weight_decay=cfg.weight_decay)
     run.model, run.optimizer = acc.prepare(signal_model(run.net), optimizer)
-    run.global_batch = cfg.effective_batch_size * acc.num_processes  # HF: per-device x accum x N
+    run.global_batch, accum = cfg.step_batch(acc.num_processes)
+    if acc.num_processes > 1 and cfg.global_batch is None and cfg.grad_accum is not None:
+        log.warning(
+            "global batch %d = batch_size %d x grad_accum %d x %d processes (it grows with the processes); "
+            "set train.global_batch to train the same steps on any number of processes",
+            *(run.global_batch, cfg.batch_size, accum, acc.num_processes),
+        )
     run.n_steps = total_steps(len(run.data), run.global_batch, cfg.epochs, cfg.max_steps)
-    warn_if_no_update(len(run.data), cfg, run.n_steps, run.global_batch)
+    warn_if_no_update(len(run.data), cfg, run.n_steps, acc.num_processes)
     run.scheduler = setup.scheduler(run.optimizer, cfg, run.n_steps)
     state = TrainState(identity=identity, world_size=acc.num_processes)
     if saved is not None:

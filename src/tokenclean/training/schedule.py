@@ -36,32 +36,30 @@ def updating_steps(n_steps: int, n_warmup: int) -> int:
     return max(0, n_warmup - 1) + (n_steps - n_warmup)
 
 
-def no_update_message(n_samples: int, cfg: TrainConfig, n_steps: int, batch: int | None = None) -> str | None:
-    """A warning when no optimizer step updates the adapter, else None. ``batch``: samples per optimizer
-    step over all processes (default ``cfg.effective_batch_size``, one process)."""
+def no_update_message(n_samples: int, cfg: TrainConfig, n_steps: int, world: int = 1) -> str | None:
+    """A warning when no optimizer step updates the adapter, else None. ``world``: processes."""
     w = warmup_steps(cfg, n_steps)
     if updating_steps(n_steps, w) > 0:
         return None
-    batch = batch or cfg.effective_batch_size
-    procs = batch // cfg.effective_batch_size
-    per = f" x {procs} processes" if procs > 1 else ""
+    batch, accum = cfg.step_batch(world)
+    per = f" x {world} processes" if world > 1 else ""
     how = (
         f"max_steps {cfg.max_steps}"
         if cfg.max_steps is not None
         else f"{n_samples} samples / effective batch {batch} (batch_size "
-        f"{cfg.batch_size} x grad_accum {cfg.grad_accum}{per}) x {cfg.epochs} epoch(s)"
+        f"{cfg.batch_size} x grad_accum {accum}{per}) x {cfg.epochs} epoch(s)"
     )
     return (
         f"this schedule gives no update: {how} = {n_steps} optimizer step(s), and with warm-up "
         f"ceil(warmup_ratio {cfg.warmup_ratio} x {n_steps}) = {w} step(s) every step runs at learning rate 0; "
         "the adapter will stay at its initialisation (LoRA B = 0: the same model as the base). Lower "
-        "batch_size x grad_accum, train more epochs or max_steps, or set warmup_ratio 0"
+        "global_batch, train more epochs or max_steps, or set warmup_ratio 0"
     )
 
 
-def warn_if_no_update(n_samples: int, cfg: TrainConfig, n_steps: int, batch: int | None = None) -> str | None:
+def warn_if_no_update(n_samples: int, cfg: TrainConfig, n_steps: int, world: int = 1) -> str | None:
     """Log :func:`no_update_message` as a warning when there is one; return it."""
-    msg = no_update_message(n_samples, cfg, n_steps, batch)
+    msg = no_update_message(n_samples, cfg, n_steps, world)
     if msg is not None:
         log.warning("%s", msg)
     return msg
