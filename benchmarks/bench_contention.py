@@ -39,12 +39,18 @@ COMPETITOR = (
     "while True:\n"
     "    a = (a @ b).tanh_()\n"
 )
+PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
 VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "reference": ("reference", {}),
     "tokenclean": ("tokenclean-fp32", {}),
     "tokenclean-t1": ("tokenclean-fp32", {"OMP_NUM_THREADS": "1"}),
-    "tokenclean-passive": ("tokenclean-fp32", {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "tokenclean-passive": ("tokenclean-fp32", PASSIVE),
+    # thread choices, each with passive waits as every tokenclean command sets them
+    "threads-loadavg": ("tokenclean-fp32", {**PASSIVE, "BENCH_THREAD_POLICY": "loadavg"}),
+    "threads-idle": ("tokenclean-fp32", {**PASSIVE, "BENCH_THREAD_POLICY": "idle"}),
+    "threads-all": ("tokenclean-fp32", {**PASSIVE, "BENCH_THREAD_POLICY": "all"}),
 }
+THREAD_CHOICES = "reference,threads-loadavg,threads-idle,threads-all"
 
 
 def score_once(work: Path, worker: str, env_extra: dict[str, str]) -> dict[str, Any]:
@@ -68,14 +74,18 @@ def measure(work: Path, name: str, contended: bool) -> dict[str, Any]:
         if comp is not None:
             comp.kill()
             comp.wait()
-    return {"seconds": r["score_s"], "tokens": r["tokens"], "load": load}
+    return {"seconds": r["score_s"], "tokens": r["tokens"], "load": load, "threads": r.get("threads")}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("/tmp/tokenclean-bench-contention"))
     p.add_argument("--n-samples", type=int, default=12)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument(
+        "--variants",
+        default=",".join(list(VARIANTS)[:4]),
+        help=f"comma list of {', '.join(VARIANTS)}; the thread choices: --variants {THREAD_CHOICES}",
+    )
     a = p.parse_args()
     sys.path.insert(0, str(HERE.parent))
     from bench_scoring import setup
@@ -89,12 +99,18 @@ def main() -> None:
         busy = measure(a.work, name, contended=True)
         rows.append((name, alone, busy))
         print(f"{name}: alone {alone['seconds']:.1f} s, contended {busy['seconds']:.1f} s", flush=True)
-    print("\n| variant | alone s | contended s | slowdown | tokens/s alone | tokens/s contended | load |")
-    print("|---|---|---|---|---|---|---|")
+    ref = {r[0]: r for r in rows}.get("reference")
+    print("\n| variant | threads alone/contended | alone s | contended s | slowdown | tokens/s alone | "
+          "tokens/s contended | x reference alone | x reference contended | load |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, alone, busy in rows:
+        vs = ("-", "-") if ref is None else (
+            f"{ref[1]['seconds'] / alone['seconds']:.2f}x", f"{ref[2]['seconds'] / busy['seconds']:.2f}x"
+        )  # fmt: skip
         print(
-            f"| {name} | {alone['seconds']:.1f} | {busy['seconds']:.1f} | {busy['seconds'] / alone['seconds']:.2f}x | "
-            f"{alone['tokens'] / alone['seconds']:.0f} | {busy['tokens'] / busy['seconds']:.0f} | "
+            f"| {name} | {alone['threads'] or '-'}/{busy['threads'] or '-'} | {alone['seconds']:.1f} | "
+            f"{busy['seconds']:.1f} | {busy['seconds'] / alone['seconds']:.2f}x | "
+            f"{alone['tokens'] / alone['seconds']:.0f} | {busy['tokens'] / busy['seconds']:.0f} | {vs[0]} | {vs[1]} | "
             f"{alone['load']:.1f}/{busy['load']:.1f} |"
         )
 

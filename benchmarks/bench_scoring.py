@@ -223,8 +223,26 @@ def worker_tokenclean(work: Path, dtype: str, batch_tokens: int | None) -> dict[
     }
 
 
+def thread_policy(policy: str) -> int:
+    """torch threads by a named policy (bench_contention.py compares them): ``loadavg`` (tokenclean before
+    2026-12-05: cores minus the 1-minute load average), ``idle`` (cores idle now, /proc/stat), ``all``."""
+    from tokenclean.utils import idle_cores, usable_cores
+
+    cores = usable_cores()
+    busy = {"loadavg": lambda: os.getloadavg()[0], "idle": lambda: cores - idle_cores(cores=cores)}
+    if policy == "all":
+        return cores
+    return max(1, min(cores, int(cores - busy[policy]() + 0.5)))
+
+
 def run_worker(args: argparse.Namespace) -> None:
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    threads = None
+    if os.environ.get("BENCH_THREAD_POLICY"):
+        import torch
+
+        threads = thread_policy(os.environ["BENCH_THREAD_POLICY"])
+        torch.set_num_threads(threads)
     if args.worker == "reference":
         res = worker_reference(args.work, args.ref_batch_size)
     else:
@@ -233,6 +251,7 @@ def run_worker(args: argparse.Namespace) -> None:
     res.update(
         peak_rss_mb=proc_status_mb("VmHWM"),
         load=[load0, os.getloadavg()[0]],
+        threads=threads,
     )
     (args.work / f"{args.worker}.json").write_text(json.dumps(res))
 

@@ -1,4 +1,4 @@
-"""The Python snippets of docs/training.md run as written: each is executed with a tiny model in place of
+"""The Python snippet of docs/training.md runs as written: each is executed with a tiny model in place of
 ``MODEL`` and test datasets in place of the ``runs/...`` paths (the only lines changed)."""
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ def outputs(tmp_path: Path, tiny_tok: Any, tiny_tok_dir: Path) -> dict[str, Path
     )
     store = write_score_store(tmp_path / "scores", prep, seed=0)
     select(store, 0.6, "global", tmp_path / "cleaned")
-    select(store, 0.6, "global", tmp_path / "soft", weights="sigmoid")
-    return {"CLEANED": tmp_path / "cleaned", "SOFT": tmp_path / "soft"}
+    return {"CLEANED": tmp_path / "cleaned"}
 
 
 def test_training_md_trl_snippets_run_as_written(
@@ -52,7 +51,7 @@ def test_training_md_trl_snippets_run_as_written(
     require("trl")
     monkeypatch.chdir(tmp_path)  # the snippets write runs/trl*
     codes = snippets("training.md", "Training with Trainer / TRL on tokenclean's outputs")
-    assert len(codes) == 2  # hard labels, soft weights
+    assert len(codes) == 1  # hard labels (weights and policies: docs/integrations.md, its own test)
     for code in codes:
         code = _assign(code, "MODEL", str(tiny_model_dir))
         for name, path in outputs.items():
@@ -64,4 +63,7 @@ def test_training_md_trl_snippets_run_as_written(
         assert state.global_step >= 1 and all(
             0 < e["train_loss"] < 100 for e in state.log_history if "train_loss" in e
         )
-    assert (tmp_path / "runs" / "trl").is_dir() and (tmp_path / "runs" / "trl-soft").is_dir()
+    assert (tmp_path / "runs" / "trl").is_dir()
+    from tokenclean.outputs import verify_input
+
+    verify_input(outputs["CLEANED"], "manifest.json")  # TRL wrote nothing into the cleaned set
