@@ -20,8 +20,10 @@ def test_own_data_without_heldout_is_an_error_not_the_bundled_sample(tmp_path: P
         ConfigError, match=r"data\.heldout: builtin:sample is the bundled sample.*tokenclean split"
     ):
         load_run_config(OWN, [f"data.path={SAMPLE}"])
+    cfg = load_run_config(OWN, [f"data.path={SAMPLE}", "data.heldout=null", f"run_dir={tmp_path / 'run'}"])
     with pytest.raises(ConfigError, match=r"data\.heldout: required by eval\.suite=quick"):
-        load_run_config(OWN, [f"data.path={SAMPLE}", "data.heldout=null"])
+        run(cfg)  # found before the run directory is made
+    assert not (tmp_path / "run").exists()
     cfg = load_run_config(OWN, [f"data.path={SAMPLE}", "data.heldout=null", "eval.suite=none"])
     assert cfg.data.heldout is None
     assert (

@@ -45,6 +45,12 @@ def check_inputs(cfg: RunConfig) -> None:
             except ModelError as e:
                 raise ConfigError(str(e)) from None
     d = cfg.data
+    if cfg.eval.suite == "quick" and not d.heldout and not cfg.eval.tasks and d.synthetic is None:
+        raise ConfigError(
+            "data.heldout: required by eval.suite=quick (the response loss on held-out data; cut one: "
+            f"tokenclean split --data {d.path or 'FILE'} --heldout 0.1 --out splits), or eval.suite=none "
+            "to skip the evaluation"
+        )
     sources: list[tuple[str, str | None]] = [] if d.synthetic is not None else [("data.path", d.path)]
     sources += [("data.heldout", d.heldout), ("data.truth", d.truth)]
     if cfg.warmup.data != "synthetic:clean":

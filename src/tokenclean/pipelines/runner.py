@@ -26,10 +26,9 @@ def run(cfg: RunConfig, adopt: bool = False) -> dict[str, Any]:
     from tokenclean.outputs import check_run_dir, mark_owned, output_lock
     from tokenclean.pipelines.inputs import check_inputs
 
-    check_inputs(cfg)
-
     check_run_dir(cfg.run_dir, adopt)
     with output_lock(cfg.run_dir):
+        check_inputs(cfg)  # before anything is written into the run directory
         mark_owned(Path(cfg.run_dir), "run")
         if cfg.seeds:
             from tokenclean.pipelines.seeds import run_seeds
