@@ -149,7 +149,7 @@ def test_resume_gives_the_same_adapter(
     monkeypatch.delenv(loop_mod.INTERRUPT_ENV)
 
     with pytest.raises(
-        ConfigError, match=r"checkpoint was written by a different run \(train\.seed: 42 -> 1\)"
+        ConfigError, match=r"checkpoint was written by a different run \(train\.seed: 42 -> 1\); pass --force"
     ):
         train(prepared, str(tiny_model_dir), out, cfg.replace(seed=1), progress=False)
     done = train(prepared, str(tiny_model_dir), out, cfg, progress=False)

@@ -41,7 +41,7 @@ from tokenclean.scoring.models import (
     resolve_pair,
 )
 from tokenclean.scoring.scorers import get_scorer
-from tokenclean.utils import get_logger, package_versions, read_json, sha256_json
+from tokenclean.utils import RESULT, get_logger, package_versions, read_json, sha256_json
 
 log = get_logger("scoring")
 
@@ -442,5 +442,6 @@ def merge_parts(
         counts["scored_positions"],
         out,
         manifest["timings"]["tokens_per_s"],
+        extra=RESULT,
     )
     return manifest

@@ -22,9 +22,9 @@ import numpy as np
 from tokenclean.errors import DataError
 from tokenclean.outputs import decide
 from tokenclean.selection.masks import TIE_RULE
-from tokenclean.selection.stats import selection_stats
+from tokenclean.selection.stats import describe, selection_stats
 from tokenclean.selection.table import TokenTable
-from tokenclean.utils import get_logger, package_versions, read_json
+from tokenclean.utils import RESULT, get_logger, package_versions, read_json
 
 log = get_logger("select")
 
@@ -101,16 +101,15 @@ def write_selection(
     write_cleaned(
         out, table, sel.keep, stats, dict(manifest, seconds=round(time.time() - t0, 3)), sel.weights
     )
-    log.info(
-        "%s: kept %d of %d response tokens (%.4f), %d of %d samples emptied -> %s",
-        selector.label(),
-        stats["kept_tokens"],
-        stats["total_response_tokens"],
-        stats["achieved_ratio"],
-        stats["samples_emptied"],
-        stats["samples_total"],
-        out,
-    )
+    if "requested_ratio" in stats:  # a score selection: one line, soft ones described as weights
+        line = describe(stats, selector.level)
+    else:
+        line = (
+            f"{selector.label()}: kept {stats['kept_tokens']} of {stats['total_response_tokens']} response "
+            f"tokens ({stats['achieved_ratio']:.4f}), {stats['samples_emptied']} of {stats['samples_total']} "
+            "samples emptied"
+        )
+    log.info("%s -> %s", line, out, extra=RESULT)
     return stats
 
 

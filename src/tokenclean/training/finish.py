@@ -19,7 +19,7 @@ from tokenclean.training.model import (
     trainable_state,
 )
 from tokenclean.training.state import TrainRun, TrainState
-from tokenclean.utils import atomic_dir, get_logger, package_versions, sha256_file, write_json_atomic
+from tokenclean.utils import RESULT, atomic_dir, get_logger, package_versions, sha256_file, write_json_atomic
 
 log = get_logger("training")
 
@@ -43,6 +43,7 @@ def finish(run: TrainRun, state: TrainState) -> dict[str, Any]:
             "-" if state.last_loss is None else f"{state.last_loss:.4f}",
             done["tokens_per_s"],
             out / "adapter",
+            extra=RESULT,
         )
     acc.wait_for_everyone()
     return done
