@@ -37,3 +37,40 @@ def test_cli_help_is_fast_and_lists_commands() -> None:
     assert res.returncode == 0
     assert "prepare" in res.stdout and "inspect" in res.stdout
     assert "import time:" in res.stderr and " torch" not in res.stderr  # no heavy import for --help
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_functions_are_small_or_say_why() -> None:
+    """No function in src/ is longer than 80 lines unless its docstring gives the reason (a line starting
+    "Long because")."""
+    import ast
+
+    too_long = []
+    for path in sorted((ROOT / "src" / "tokenclean").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                n = (node.end_lineno or node.lineno) - node.lineno + 1
+                if n > MAX_FUNCTION_LINES and "Long because" not in (ast.get_docstring(node) or ""):
+                    too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
+    assert too_long == []
+
+
+def test_no_method_name_is_compared_outside_the_registry() -> None:
+    """Traits come from the method registry: no code outside src/tokenclean/methods/ compares a value to a
+    registered method's name (``== "profit"``, ``in ("dft", ...)``)."""
+    import ast
+
+    from tokenclean import methods
+
+    names = set(methods.names()) - {"base", "random", "warmup", "full"}  # also ordinary words in settings
+    found = []
+    for path in sorted((ROOT / "src" / "tokenclean").rglob("*.py")):
+        if "methods" in path.relative_to(ROOT / "src" / "tokenclean").parts[:1]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                consts = [c for c in ast.walk(node) if isinstance(c, ast.Constant) and c.value in names]
+                found += [f"{path.relative_to(ROOT)}:{node.lineno} {c.value!r}" for c in consts]
+    assert found == []

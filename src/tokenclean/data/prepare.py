@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,103 @@ def prepared_features() -> Any:
     )
 
 
+@dataclass
+class _Tally:
+    """What reading and tokenising the rows produced: the columns, the skipped rows and the counts."""
+
+    cols: dict[str, list[Any]] = field(default_factory=lambda: {k: [] for k in prepared_features()})
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            (
+                "read",
+                "written",
+                "truncated",
+                "dropped_no_trained_tokens",
+                "skipped_invalid",
+                "special_text_in_content",
+            ),
+            0,
+        )
+    )
+    n_tokens: int = 0
+    n_trained: int = 0
+
+    def invalid(self, err: DataError, row: dict[str, Any] | None) -> None:
+        self.counts["skipped_invalid"] += 1
+        self.skipped.append(
+            {
+                "kind": "invalid",
+                "location": err.location,
+                "field": err.field,
+                "reason": err.reason,
+                "row": row,
+            }
+        )
+
+    def add(self, rec: Any, enc: Any) -> None:
+        """One encoded record: written, or recorded as dropped when it has no trained token."""
+        self.counts["read"] += 1
+        labels = list(enc.labels)
+        labels[0] = IGNORE_INDEX  # position 0 is never predicted (alignment rule)
+        n_tr = sum(1 for x in labels if x != IGNORE_INDEX)
+        self.counts["truncated"] += int(enc.truncated)
+        self.counts["special_text_in_content"] += int(enc.special_text_in_content)
+        if n_tr == 0:
+            self.counts["dropped_no_trained_tokens"] += 1
+            reason = "no trained token after truncation" if enc.truncated else "no trained token"
+            self.skipped.append(
+                {"kind": "dropped", "location": rec.location, "reason": reason, "sample_id": rec.sample_id}
+            )
+            return
+        row = (rec.sample_id, enc.input_ids, labels, n_tr, len(enc.input_ids), enc.truncated, rec.location)
+        for k, v in zip(
+            ("sample_id", "input_ids", "labels", "n_trained", "length", "truncated", "location"), row
+        ):
+            self.cols[k].append(v)
+        self.n_tokens += len(enc.input_ids)
+        self.n_trained += n_tr
+
+
+def _identity(
+    ident: dict[str, Any], tokenizer: Any, template: str, max_length: int, fmt: str, skip: bool
+) -> dict:
+    """What decides the prepared data: the input's content (``ident``, :func:`input_identity`), settings."""
+    return {
+        "v": PREPARE_VERSION,
+        "input": ident["sha256"] or ident["path"],
+        "tok": tokenizer_fingerprint(tokenizer),
+        "template": template,
+        "max_length": max_length,
+        "format": fmt,
+        "skip_invalid": skip,
+    }
+
+
+def _encode_all(
+    data: str | Path, tokenizer: Any, fmt: str, template: str, max_length: int, skip: bool, progress: bool
+) -> _Tally:
+    """Read and tokenise every record of ``data`` (the one label builder, :func:`encode_conversation`)."""
+    from tqdm.auto import tqdm
+
+    tally = _Tally()
+    records = read_records(data, fmt, tally.invalid if skip else None)
+    total = _row_count(data) if progress else None
+    for rec in tqdm(records, desc="prepare", unit="sample", total=total, disable=not progress):
+        tally.add(rec, encode_conversation(rec.messages, tokenizer, template, max_length))
+    tally.counts["read"] += tally.counts["skipped_invalid"]
+    tally.counts["written"] = len(tally.cols["sample_id"])
+    if tally.counts["written"] == 0:
+        raise DataError(str(data), "no sample left to write (every row was invalid or had no trained token)")
+    if tally.counts["special_text_in_content"]:
+        log.warning(
+            "%d samples contain special-token text (e.g. a literal EOS string) in a message; it is "
+            "tokenised as the special token, as the HF stack does",
+            tally.counts["special_text_in_content"],
+        )
+    return tally
+
+
 @guarded("prepare", inputs=("data",))
 def prepare(
     data: str | Path,
@@ -95,103 +193,24 @@ def prepare(
     ``out`` follows :mod:`tokenclean.outputs`: reused when it holds this identity (files verified),
     refused when it is not a prepared dataset, when it holds other inputs or settings (unless ``force``,
     or ``replace_stale`` for a pipeline's own stage directory) or while another process writes it."""
-    from tqdm.auto import tqdm
-
     from tokenclean.models.loader import tokenizer_identity
 
     if max_length < 2:
         raise DataError("max_length", f"must be >= 2, got {max_length}")
     out = Path(out)
-    ident = input_identity(data)
-    identity = {
-        "v": PREPARE_VERSION,
-        "input": ident["sha256"] or ident["path"],
-        "tok": tokenizer_fingerprint(tokenizer),
-        "template": template,
-        "max_length": max_length,
-        "format": fmt,
-        "skip_invalid": skip_invalid,
-    }
-    key = sha256_json(identity)
+    ident = input_identity(data)  # hashes the input once
+    identity = _identity(ident, tokenizer, template, max_length, fmt, skip_invalid)
     old = decide(
-        out,
-        "prepare",
-        identity,
-        force=force,
-        replace_stale=replace_stale,
-        reusable=bool(ident["sha256"]),
+        out, "prepare", identity, force=force, replace_stale=replace_stale, reusable=bool(ident["sha256"])
     )
     if old is not None:
         return dict(old, reused=True)
-
     t0 = time.time()
-    skipped: list[dict[str, Any]] = []
-    counts = {
-        "read": 0,
-        "written": 0,
-        "truncated": 0,
-        "dropped_no_trained_tokens": 0,
-        "skipped_invalid": 0,
-        "special_text_in_content": 0,
-    }
-
-    def on_error(err: DataError, row: dict[str, Any] | None) -> None:
-        counts["skipped_invalid"] += 1
-        skipped.append(
-            {
-                "kind": "invalid",
-                "location": err.location,
-                "field": err.field,
-                "reason": err.reason,
-                "row": row,
-            }
-        )
-
-    cols: dict[str, list[Any]] = {k: [] for k in prepared_features()}
-    n_tokens = n_trained_total = 0
-    records = read_records(data, fmt, on_error if skip_invalid else None)
-    total = _row_count(data) if progress else None
-    for rec in tqdm(records, desc="prepare", unit="sample", total=total, disable=not progress):
-        counts["read"] += 1
-        enc = encode_conversation(rec.messages, tokenizer, template, max_length)
-        labels = list(enc.labels)
-        labels[0] = IGNORE_INDEX  # position 0 is never predicted (alignment rule)
-        n_tr = sum(1 for x in labels if x != IGNORE_INDEX)
-        counts["truncated"] += int(enc.truncated)
-        counts["special_text_in_content"] += int(enc.special_text_in_content)
-        if n_tr == 0:
-            counts["dropped_no_trained_tokens"] += 1
-            reason = "no trained token after truncation" if enc.truncated else "no trained token"
-            skipped.append(
-                {"kind": "dropped", "location": rec.location, "reason": reason, "sample_id": rec.sample_id}
-            )
-            continue
-        for k, v in (
-            ("sample_id", rec.sample_id),
-            ("input_ids", enc.input_ids),
-            ("labels", labels),
-            ("n_trained", n_tr),
-            ("length", len(enc.input_ids)),
-            ("truncated", enc.truncated),
-            ("location", rec.location),
-        ):
-            cols[k].append(v)
-        n_tokens += len(enc.input_ids)
-        n_trained_total += n_tr
-    counts["read"] += counts["skipped_invalid"]
-    counts["written"] = len(cols["sample_id"])
-    if counts["written"] == 0:
-        raise DataError(str(data), "no sample left to write (every row was invalid or had no trained token)")
-
-    if counts["special_text_in_content"]:
-        log.warning(
-            "%d samples contain special-token text (e.g. a literal EOS string) in a message; it is "
-            "tokenised as the special token, as the HF stack does",
-            counts["special_text_in_content"],
-        )
+    tally = _encode_all(data, tokenizer, fmt, template, max_length, skip_invalid, progress)
+    counts = tally.counts
     manifest = {
         "stage": "prepare",
-        "cache_key": key,
+        "cache_key": sha256_json(identity),
         "identity": identity,
         "input": ident,
         "format": fmt,
@@ -199,11 +218,11 @@ def prepare(
         "template": template,
         "max_length": max_length,
         "counts": counts,
-        "tokens": {"total": n_tokens, "trained": n_trained_total},
+        "tokens": {"total": tally.n_tokens, "trained": tally.n_trained},
         "versions": package_versions(),
         "seconds": round(time.time() - t0, 3),
     }
-    write_prepared_dir(out, cols, manifest, skipped)
+    write_prepared_dir(out, tally.cols, manifest, tally.skipped)
     log.info(
         "prepared %d samples (%d read, %d truncated, %d dropped with no trained token, %d invalid skipped) "
         "-> %s in %.1fs",

@@ -25,6 +25,7 @@ import numpy as np
 from tokenclean import IGNORE_INDEX
 from tokenclean.groundtruth.metrics import recovery_metrics
 from tokenclean.groundtruth.truth import INFORMATIVE, NOISE, NOT_RESPONSE
+from tokenclean.methods import get as get_method
 from tokenclean.summary import (
     EvalResult,
     MethodEntry,
@@ -208,14 +209,15 @@ def _summary(
     methods: dict[str, MethodEntry] = {}
     for m, lvl in LEVEL.items():
         s, c = paths.get(m, (None, None))
-        if m == "self_evolving":
+        rounds_ = get_method(m).rounds  # the method trained in rounds (self-evolving)
+        if rounds_:
             s, c = rounds[-1]["scores"], rounds[-1]["cleaned"]
         methods[m] = {
             "adapter": None if m == "base" else f"adapters/{m}",
             "cleaned": c,
             "scores": s,
-            "round": 2 if m == "self_evolving" else None,
-            "eval": rounds[-1]["eval"] if m == "self_evolving" else _eval(lvl, rng),
+            "round": 2 if rounds_ else None,
+            "eval": rounds[-1]["eval"] if rounds_ else _eval(lvl, rng),
             "recovery": rec.get(m),
             "heldout": {
                 "loss": round(1.5 - 8 * (lvl - 0.5), 4),
