@@ -14,10 +14,15 @@ turns it on by default, which trades speed for memory), each approach trains ``-
   micro-batches grouped by length.
 - ``trl``: ``trl.SFTTrainer`` with the dataset as is (``skip_prepare_dataset``), a right-padding collator,
   its default loss (full logits, cross-entropy over ``labels != -100``), ``bf16=True`` for the bf16 row.
+- ``trlpack``: ``trl.SFTTrainer`` with its own packing (``packing=True, padding_free=True``, rows of
+  ``PACK_LENGTH`` tokens, one row per micro-batch), its collator and loss.
+- ``tcpack``: TRL with tokenclean's loss plug-in (``tokenclean.interop.sft_trainer``), packed and padding-free
+  the same way (the LM head only on kept tokens, the loss normalised over the window).
 
 tokens/s = non-padding input tokens of the optimizer steps / seconds of the training loop (tokenclean:
 ``done.json`` ``seconds``; TRL: ``trainer.train()`` wall). Both see ``steps x 8`` samples; their orders differ
-(each seeds its own shuffle), so the token counts are printed next to the rates.
+(each seeds its own shuffle), so the token counts are printed next to the rates; a packed step holds two rows of
+up to ``PACK_LENGTH`` tokens, so more samples than a padded one: compare the rates, not the totals.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 LORA = {"r": 64, "alpha": 16.0, "dropout": 0.1}
+PACK_LENGTH = 2048  # packed rows (trlpack, tcpack): every 8-sample step fits in few rows
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -73,7 +79,25 @@ def worker_tokenclean(work: Path, steps: int, bf16: bool, threads: int, ckpt: bo
     return {"tokens": done["tokens"]["input"], "kept": done["tokens"]["kept"], "seconds": done["seconds"]}
 
 
-def worker_trl(work: Path, steps: int, bf16: bool, threads: int, ckpt: bool) -> dict[str, Any]:
+def counting(collate: Any, seen: dict[str, int]) -> Any:
+    """Wrap a collator: add each batch's non-padding input tokens and counted labels to ``seen``."""
+
+    def wrapped(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        out = collate(rows)
+        att = out.get("attention_mask")
+        seen["tokens"] += int(out["input_ids"].numel() if att is None else att.sum())
+        seen["kept"] += int((out["labels"][:, 1:] != -100).sum())
+        return out
+
+    return wrapped
+
+
+def worker_trl(
+    work: Path, steps: int, bf16: bool, threads: int, ckpt: bool, mode: str = "trl"
+) -> dict[str, Any]:
+    """``trl``: padded batches, TRL's loss. ``trlpack``: TRL's own packing (packing + padding-free, its
+    collator and loss). ``tcpack``: TRL with tokenclean's plug-in (``tokenclean.interop.sft_trainer``),
+    packed and padding-free."""
     import datasets
     import torch
     from peft import LoraConfig, get_peft_model
@@ -83,7 +107,9 @@ def worker_trl(work: Path, steps: int, bf16: bool, threads: int, ckpt: bool) -> 
 
     torch.set_num_threads(threads)
     tok = load_tokenizer("smollm2")
-    ds = datasets.load_from_disk(str(work / "clean")).select_columns(
+    # in memory: TRL's own preparation (trlpack) would write datasets cache files into the cleaned set
+    # directory, which tokenclean then refuses as changed since it was written
+    ds = datasets.load_from_disk(str(work / "clean"), keep_in_memory=True).select_columns(
         ["input_ids", "attention_mask", "labels"]
     )
     model = get_peft_model(
@@ -99,19 +125,26 @@ def worker_trl(work: Path, steps: int, bf16: bool, threads: int, ckpt: bool) -> 
         out = {}
         for key, fill in (("input_ids", tok.pad_token_id), ("attention_mask", 0), ("labels", -100)):
             out[key] = torch.tensor([list(r[key]) + [fill] * (width - len(r[key])) for r in rows])
-        seen["tokens"] += sum(len(r["input_ids"]) for r in rows)
-        seen["kept"] += int((out["labels"][:, 1:] != -100).sum())
         return out
 
+    packed = mode in ("trlpack", "tcpack")
     args = SFTConfig(
-        output_dir=str(work / "trl-out"), max_steps=steps, per_device_train_batch_size=4,
+        output_dir=str(work / "trl-out"), max_steps=steps, per_device_train_batch_size=4 if not packed else 1,
         gradient_accumulation_steps=2, learning_rate=1e-4, warmup_steps=0, lr_scheduler_type="linear",
         use_cpu=True, bf16=bf16, gradient_checkpointing=ckpt, report_to=[], save_strategy="no", disable_tqdm=True, logging_steps=steps,
-        remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True}, dataloader_num_workers=0,
+        dataloader_num_workers=0, packing=packed, padding_free=packed, max_length=PACK_LENGTH,
+        remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": mode == "trl"},
     )  # fmt: skip
-    trainer = SFTTrainer(
-        model=model, args=args, train_dataset=ds, processing_class=tok, data_collator=collate
-    )
+    if mode == "tcpack":
+        from tokenclean.interop import sft_trainer
+
+        trainer = sft_trainer(model, args, work / "clean", processing_class=tok)
+    else:
+        coll = collate if mode == "trl" else None
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=ds, processing_class=tok, data_collator=coll
+        )
+    trainer.data_collator = counting(trainer.data_collator, seen)
     t = time.perf_counter()
     trainer.train()
     return {"tokens": seen["tokens"], "kept": seen["kept"], "seconds": time.perf_counter() - t}
@@ -121,8 +154,9 @@ def run_worker(a: argparse.Namespace) -> None:
     from bench_scoring import proc_status_mb
 
     load0 = os.getloadavg()[0]
-    fn = worker_tokenclean if a.worker.startswith("tokenclean") else worker_trl
-    res = fn(a.work, a.steps, a.worker.endswith("bf16"), a.threads, a.checkpointing)
+    args = (a.work, a.steps, a.worker.endswith("bf16"), a.threads, a.checkpointing)
+    mode = a.worker.split("-")[0]
+    res = worker_tokenclean(*args) if mode == "tokenclean" else worker_trl(*args, mode=mode)
     res.update(peak_rss_mb=proc_status_mb("VmHWM"), load=[load0, os.getloadavg()[0]])
     (a.work / f"{a.worker}.json").write_text(json.dumps(res))
 
@@ -156,7 +190,7 @@ def main() -> None:
     setup(a.work, a.n_samples)
     res = {}
     for prec in a.precisions.split(","):
-        for name in (f"trl-{prec}", f"tokenclean-{prec}"):
+        for name in (f"trl-{prec}", f"trlpack-{prec}", f"tcpack-{prec}", f"tokenclean-{prec}"):
             res[name] = spawn(a, name)
     print("\n| approach | tokens | kept | seconds | tokens/s | peak RSS | load start/end |")
     print("|---|---|---|---|---|---|---|")
@@ -168,6 +202,12 @@ def main() -> None:
         )
     for prec in a.precisions.split(","):
         tc, trl = res[f"tokenclean-{prec}"], res[f"trl-{prec}"]
+        for other in ("trlpack", "tcpack"):
+            o = res[f"{other}-{prec}"]
+            rel = (o["tokens"] / o["seconds"]) / (trl["tokens"] / trl["seconds"])
+            print(
+                f"{prec}: {other} / trl tokens/s = {rel:.2f}x; peak RSS = {o['peak_rss_mb'] / trl['peak_rss_mb']:.2f}x"
+            )
         speed = (tc["tokens"] / tc["seconds"]) / (trl["tokens"] / trl["seconds"])
         mem = tc["peak_rss_mb"] / trl["peak_rss_mb"]
         print(

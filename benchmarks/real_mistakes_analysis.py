@@ -14,8 +14,9 @@ and seeds (tokenclean.stats.bootstrap):
 
 Signals: ``tc`` = base loss - reference loss (Token Cleaning); ``ref_ll`` = -reference loss (what the reference
 finds likely); ``base_ll`` = -base loss; ``random``; ``step:X`` = X averaged over each reasoning step (a step
-starts at its decisive token); ``cut:X`` = the running minimum of step:X along the trace (a step inherits the
-worst step before it, so what follows an error goes with it).
+starts at its decisive token); ``stepmin:X`` = the step's lowest X (its least likely / least learnable
+token); ``cut:X`` / ``cutmin:X`` = the running minimum of step:X / stepmin:X along the trace (a step inherits
+the worst step before it, so what follows an error goes with it).
 
     python benchmarks/real_mistakes_analysis.py [--refs runs/rm-refs] [--run runs/real-mistakes/seed_0]
 """
@@ -80,8 +81,16 @@ def step_mean(x: np.ndarray, step: np.ndarray, scored: np.ndarray) -> np.ndarray
     return out
 
 
-def running_min(x: np.ndarray, step: np.ndarray, scored: np.ndarray) -> np.ndarray:
-    sm = step_mean(x, step, scored)
+def step_min(x: np.ndarray, step: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    out = x.copy()
+    for k in np.unique(step[scored]):
+        m = scored & (step == k)
+        out[m] = x[m].min()
+    return out
+
+
+def running_min(x: np.ndarray, step: np.ndarray, scored: np.ndarray, agg: Callable = step_mean) -> np.ndarray:
+    sm = agg(x, step, scored)
     out = x.copy()
     out[scored] = np.minimum.accumulate(sm[scored])
     return out
@@ -101,20 +110,27 @@ def signals(lo: dict[str, list], truth: dict[str, Any], seed: int) -> dict[str, 
         raw[f"ref_ll[{ref}]"] = [-x for x in r]
     out = dict(raw)
     for name in [n for n in raw if n.startswith(("tc", "ref_ll"))]:
-        out[f"step:{name}"], out[f"cut:{name}"] = [], []
+        for v in ("step", "cut", "stepmin", "cutmin"):
+            out[f"{v}:{name}"] = []
         for x, d in zip(raw[name], truth["decisive"]):
             sc = ~np.isnan(x)
             st = steps_of(d, sc)
             out[f"step:{name}"].append(step_mean(x, st, sc))
             out[f"cut:{name}"].append(running_min(x, st, sc))
+            out[f"stepmin:{name}"].append(step_min(x, st, sc))
+            out[f"cutmin:{name}"].append(running_min(x, st, sc, step_min))
     return out
 
 
-def top_keep(sig: list[np.ndarray], ratio: float) -> list[np.ndarray]:
+def top_keep(sig: list[np.ndarray], ratio: float, seed: int = 0) -> list[np.ndarray]:
+    """Exactly the top ``ratio`` of the scored tokens (ties, e.g. within a step, broken at random)."""
     flat = np.concatenate(sig)
-    ok = ~np.isnan(flat)
-    thr = np.quantile(flat[ok], 1.0 - ratio)
-    return [np.where(np.isnan(x), False, x >= thr) for x in sig]
+    ok = np.flatnonzero(~np.isnan(flat))
+    jitter = np.random.default_rng(seed).random(len(ok))
+    order = ok[np.lexsort((jitter, -flat[ok]))]  # best first
+    keep = np.zeros(len(flat), dtype=bool)
+    keep[order[: round(ratio * len(ok))]] = True
+    return np.split(keep, np.cumsum([len(x) for x in sig])[:-1])
 
 
 def auroc(pos: np.ndarray, neg: np.ndarray) -> float | None:
@@ -132,7 +148,7 @@ def auroc(pos: np.ndarray, neg: np.ndarray) -> float | None:
 def stat_fn(truth: dict[str, Any], per_seed: list[dict[str, list[np.ndarray]]], name: str) -> Callable:
     names = truth["names"]
     idx = {n: names.index(n) for n in ("correct", *NOISE) if n in names}
-    keeps = [top_keep(ps[name], RATIO) for ps in per_seed]
+    keeps = [top_keep(ps[name], RATIO, i) for i, ps in enumerate(per_seed)]
 
     def f(s: int, units: np.ndarray) -> dict[str, float | None]:
         lab = np.concatenate([truth["labels"][u] for u in units])
@@ -193,6 +209,7 @@ def main() -> None:
     ap.add_argument("--run", default="runs/real-mistakes/seed_0")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--refs-names", default="noisy,clean")
+    ap.add_argument("--boot", type=int, default=1000, help="bootstrap replicates")
     ap.add_argument("--out", default="runs/rm-refs/analysis.json")
     a = ap.parse_args()
     seeds = [int(x) for x in a.seeds.split(",")]
@@ -201,7 +218,7 @@ def main() -> None:
     print(f"{len(ids)} traces (splits 1-2), seeds {seeds}; keep ratio {RATIO}; mean [95% interval]")
     res: dict[str, Any] = {}
     for name in per_seed[0]:
-        iv = bootstrap(stat_fn(truth, per_seed, name), len(seeds), len(ids))
+        iv = bootstrap(stat_fn(truth, per_seed, name), len(seeds), len(ids), n_boot=a.boot)
         res[name] = {k: [v.mean, v.lo, v.hi] for k, v in iv.items()}
     cols = [
         "correct kept",

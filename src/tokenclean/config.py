@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tokenclean.errors import ConfigError
+from tokenclean.runtime import DEFAULT_GROUP_TIMEOUT_S
 
 T = TypeVar("T")
 
@@ -87,7 +88,7 @@ def _field(cls: type, name: str) -> dataclasses.Field:
 @dataclasses.dataclass(frozen=True)
 class Runtime:
     """Where torch runs: the settings of every command that loads a model (``--device``, ``--threads``,
-    ``--attn-implementation``)."""
+    ``--attn-implementation``, ``--group-timeout``)."""
 
     device: str = setting(DEFAULT_DEVICE, DEVICE_HELP)
     attn_implementation: typing.Literal["auto", "sdpa", "flash_attention_2", "eager"] = setting(
@@ -97,6 +98,13 @@ class Runtime:
         None,
         "torch CPU threads per process (null: the cores idle at start, or OMP_NUM_THREADS if set)",
         bounds=">= 1",
+    )
+    group_timeout: float = setting(
+        DEFAULT_GROUP_TIMEOUT_S,
+        "seconds a process of a launched run (accelerate launch, torchrun) waits in a collective for the "
+        "others before the run fails; work of rank 0 alone (prepare, select, evaluation, assembling a "
+        "store) is waited for outside collectives and never counts against it",
+        bounds="> 0",
     )
 
 

@@ -6,10 +6,14 @@ train and the pipeline stages share.
   files are verified) or replacing is allowed (``--force``, or ``tokenclean run`` recomputing a stale
   stage of its own run directory). Anything else is refused before any work, naming the directory. An
   output equal to, inside, or holding one of the stage's inputs is refused.
-- **Locked.** One writer at a time: ``.NAME.lock`` next to the output holds the writer's PID under an
-  exclusive ``flock``; a second process gets "in use by PID N" instead of racing (the lock file is removed
-  when the writer finishes). The processes of one ``torchrun``/``accelerate launch`` job (and score shards)
-  hold one lock each, so they write together while a second job on the same output is refused.
+- **Locked** (:mod:`tokenclean.locks`): one writer at a time, ``.NAME.lock`` beside the output holding its
+  PID under ``flock`` (or, where ``flock`` is not supported, the O_EXCL lock file itself); never written
+  through a link. The processes of one ``torchrun``/``accelerate launch`` job (and score shards) hold one
+  lock each, so they write together while a second job on the same output is refused.
+- **Every command.** Directories (:func:`check_target`: the stages, ``merge``, ``report``), run directories
+  (:func:`check_run_dir`) and result files (:func:`check_file_target`: ``eval --out``, ``groundtruth
+  --out``, ``eval-data``) are checked before any work; empty paths and an unexpandable ``~`` are refused
+  (:func:`check_path_text`; ``~`` is expanded once where the CLI and the config are read, :func:`expand_user`).
 - **Verified on reuse.** A finished output records each of its files' size and SHA-256 in its marker
   (``files``); reusing it, or reading it as another stage's input, checks them, so a changed, truncated or
   deleted file is recomputed or refused, never trusted.
@@ -49,6 +53,8 @@ MARKERS = {
     "merge": "merge.json",
     "report": "manifest.json",
     "truth": "manifest.json",
+    "export": "manifest.json",
+    "import": "manifest.json",
 }
 """The file whose ``stage`` field says what a finished output is."""
 PARTIAL = {"score": ".work/plan.json", "train": "checkpoint/state.json"}

@@ -329,22 +329,28 @@ def signal_model(model: Any) -> Any:
     return _SignalModel(model)
 
 
-def _compute(model: Any, batch: TokenBatch, want: frozenset[str], chunk_rows: int) -> dict[str, Any]:
+def _position_ids(batch: TokenBatch, inner: Any) -> Any:
+    """The batch's ``position_ids`` (B, T): ``0..T-1`` per row when padded; a packed batch's own, refused
+    on several rows for varlen attention kernels (they read sample boundaries from ONE row)."""
     import torch
 
-    bad = _unknown(want)
-    if bad:
-        raise ValueError(f"unknown signal(s) {bad}; valid: {', '.join(SIGNALS)}")
-    decoder, head, inner = model_parts(model)
     b, t = batch.input_ids.shape
-    position_ids = batch.position_ids
-    if position_ids is None:
-        position_ids = torch.arange(t, device=batch.input_ids.device).unsqueeze(0).expand(b, t)  # (B, T)
-    elif b > 1 and getattr(inner.config, "_attn_implementation", "") in VARLEN_ATTENTION:
+    if batch.position_ids is None:
+        return torch.arange(t, device=batch.input_ids.device).unsqueeze(0).expand(b, t)  # (B, T)
+    if b > 1 and getattr(inner.config, "_attn_implementation", "") in VARLEN_ATTENTION:
         raise ValueError(
             f"{inner.config._attn_implementation} reads packed samples from position_ids of ONE row; "
             f"this packed batch has {b} rows (pack with row_tokens=None)"
         )
+    return batch.position_ids
+
+
+def _compute(model: Any, batch: TokenBatch, want: frozenset[str], chunk_rows: int) -> dict[str, Any]:
+    bad = _unknown(want)
+    if bad:
+        raise ValueError(f"unknown signal(s) {bad}; valid: {', '.join(SIGNALS)}")
+    decoder, head, inner = model_parts(model)
+    position_ids = _position_ids(batch, inner)
     attn = _LastLayerAttention(decoder) if "attn" in want else None
     if attn is not None and batch.prompt_mask is None:
         raise ValueError("the attn signal needs batch.prompt_mask")
@@ -391,6 +397,48 @@ def token_signals(
         return run()
 
 
+def forward_token_signals(
+    model: Any, batch: TokenBatch, want: Sequence[str] = ("loss",), *, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> dict[str, Any]:
+    """:func:`token_signals` with ``grad=True`` (``attn`` excepted), computed through ``model``'s own
+    ``forward`` so that a wrapper around it (DDP's gradient hooks, a trainer's patched forward) sees the pass.
+
+    The forward is asked for no logits (``logits_to_keep`` an empty index); a forward hook on the decoder
+    takes its final hidden states, and the LM head runs on the ``N`` asked rows only, in chunks, exactly as in
+    :func:`token_signals` (same numbers). ``model`` is a causal LM or PEFT model, possibly wrapped by
+    accelerate/DDP (``.module``)."""
+    import torch
+
+    if "attn" in want:
+        raise ValueError("forward_token_signals does not compute the attn signal; use token_signals")
+    inner_model = model
+    while hasattr(inner_model, "module"):
+        inner_model = inner_model.module
+    decoder, head, inner = model_parts(inner_model)
+    dev = batch.input_ids.device
+    if batch.rows.numel() == 0:
+        return {k: torch.empty(0, device=dev) for k in {"loss", *want}}
+    got: dict[str, Any] = {}
+
+    def keep(_mod: Any, _args: Any, out: Any) -> None:
+        got["h"] = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    handle = decoder.register_forward_hook(keep)
+    try:
+        model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=_position_ids(batch, inner),
+            logits_to_keep=torch.zeros(0, dtype=torch.long, device=dev),  # no (B, T, V) logits
+            use_cache=False,
+        )
+    finally:
+        handle.remove()
+    h = got.pop("h")[batch.rows, batch.pos - 1]  # (N, H) hidden states at the logit positions j - 1
+    out = _head_signals(head, inner, h, batch.targets, frozenset(want), chunk_rows)
+    return {k: v for k, v in out.items() if k in want or k == "loss"}
+
+
 def naive_token_signals(model: Any, batch: TokenBatch, want: Sequence[str] = ("loss",)) -> dict[str, Any]:
     """The twin: full ``(B, T, V)`` logits from ``model(...)``, ``log_softmax`` in fp32, ``gather``; the
     attention from ``output_attentions=True`` (load the model with ``attn_implementation="eager"``)."""
@@ -425,6 +473,7 @@ def naive_token_signals(model: Any, batch: TokenBatch, want: Sequence[str] = ("l
 __all__ = [
     "SIGNALS",
     "TokenBatch",
+    "forward_token_signals",
     "head_transform",
     "make_token_batch",
     "model_parts",

@@ -132,16 +132,16 @@ def test_soft_weights_train_with_tokenclean_and_trl(
     tmp_path: Path, tiny_tok: Any, tiny_tok_dir: Path, tiny_model_dir: Path
 ) -> None:
     """select --weights sigmoid writes a weights column; tokenclean train --policy weights and TRL's
-    SFTTrainer with TokenWeightsMixin both train on it with the rule sum w*l / sum w."""
+    SFTTrainer with tokenclean's plug-in (tokenclean.interop.sft_trainer) both train on it with the rule sum w*l / sum w."""
     require("trl")
     import datasets
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from tokenclean.data.prepare import prepare
-    from tokenclean.interop import TokenWeightsMixin, weighted_token_loss, weights_collator
+    from tokenclean.interop import sft_trainer, token_collator, weighted_token_loss
     from tokenclean.training import TrainConfig, train
 
     prep = tmp_path / "prep"
@@ -161,27 +161,21 @@ def test_soft_weights_train_with_tokenclean_and_trl(
     done = train(tmp_path / "soft", str(tiny_model_dir), tmp_path / "tc", cfg, progress=False, device="cpu")
     assert done["policy"]["name"] == "weights" and math.isfinite(done["final_loss"])
 
-    class Weighted(TokenWeightsMixin, SFTTrainer):
-        pass
-
     args = SFTConfig(
         output_dir=str(tmp_path / "trl"),
         max_steps=1,
         per_device_train_batch_size=2,
         gradient_accumulation_steps=2,
         use_cpu=True,
+        bf16=False,
         report_to=[],
         save_strategy="no",
         disable_tqdm=True,
-        remove_unused_columns=False,
-        dataset_kwargs={"skip_prepare_dataset": True},
     )
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
-    coll = weights_collator(tiny_tok.pad_token_id)
-    trainer = Weighted(
-        model=model, args=args, train_dataset=ds, processing_class=tiny_tok, data_collator=coll
-    )
-    batch = coll([ds[i] for i in range(3)])
+    trainer = sft_trainer(model, args, tmp_path / "soft", processing_class=tiny_tok)
+    assert trainer.token_policy.name == "weights"
+    batch = token_collator(tiny_tok.pad_token_id)([ds[i] for i in range(3)])
     with torch.no_grad():  # the weighted loss equals a per-token computation by hand
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logp = torch.log_softmax(logits[:, :-1].float(), -1)
@@ -190,5 +184,6 @@ def test_soft_weights_train_with_tokenclean_and_trl(
         ww = batch["token_weights"][:, 1:]
         by_hand = float((ww * nll).sum() / ww.sum())
         got = float(weighted_token_loss(logits, batch["labels"], batch["token_weights"], ww.sum()))
-    assert got == pytest.approx(by_hand, rel=1e-5)
+        plug = float(trainer.compute_loss(model, dict(batch)))
+    assert got == pytest.approx(by_hand, rel=1e-5) and plug == pytest.approx(by_hand, rel=1e-5)
     assert math.isfinite(trainer.train().training_loss)

@@ -209,6 +209,8 @@ def test_eval_out_inside_an_input_or_a_foreign_file_is_refused_before_loading(
     code, err = cli(capsys, *args, str(prep / "manifest.json"))
     assert code == 2 and "is inside the input" in err, err
     assert (prep / "manifest.json").read_bytes() == before
+    code, err = cli(capsys, *args, "")
+    assert code == 2 and "empty path" in err, err
     notes = tmp_path / "notes"  # an existing file without .json: refused, not a FileExistsError
     notes.write_text("mine")
     code, err = cli(capsys, *args, str(notes))
@@ -446,6 +448,18 @@ def test_inspect_names_what_it_was_given(
     ):
         code, err = cli(capsys, "inspect", str(path))
         assert code == 2 and said in err and "Traceback" not in err, err
+
+
+def test_inspect_a_store_whose_prepared_set_is_gone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    prep = write_prepared(tmp_path / "prep", IDS, LABELS)
+    store = write_score_store(tmp_path / "scores", prep, seed=1)
+    shutil.rmtree(prep)
+    code, err = cli(capsys, "inspect", str(store))
+    assert code == 2 and "whose prepared dataset" in err and "Traceback" not in err, err
 
 
 def test_inspect_n_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -129,3 +129,33 @@ def test_attention_methods_name_the_setting_on_models_without_llama_attention(ea
     build_policy("sstoken", {}, None).check_model(eager_model)
     with pytest.raises(ConfigError, match="attention_warmup_steps"):
         build_policy("sstoken", {"gamma": 1.0, "attention_warmup_steps": 2}, None).check_model(gpt2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_forward_token_signals_equal_the_naive_twin_through_a_wrapper(tiny_tok, dtype: torch.dtype) -> None:
+    """The signals computed through the model's own forward (logits_to_keep empty, hidden states from a hook),
+    with the model inside a ``.module`` wrapper as DDP holds it, equal the full-logits twin and carry grad."""
+    from tokenclean.signals import forward_token_signals
+
+    model = make_tiny_llama(tiny_tok, seed=3).to(dtype).eval()
+
+    class Wrapper(torch.nn.Module):  # what DDP looks like from outside: .module and a forward
+        def __init__(self, m: torch.nn.Module) -> None:
+            super().__init__()
+            self.module = m
+            self.calls = 0
+
+        def forward(self, **kw):  # type: ignore[no-untyped-def]
+            self.calls += 1
+            return self.module(**kw)
+
+    b = _batch(seed=2)
+    wrapped = Wrapper(model)
+    out = forward_token_signals(wrapped, b, ("loss", "prob", "entropy"), chunk_rows=7)
+    assert wrapped.calls == 1 and out["loss"].requires_grad
+    slow = naive_token_signals(model, b, ("loss", "prob", "entropy"))
+    tol = 2e-5 if dtype == torch.float32 else 3e-2
+    for k in ("loss", "prob", "entropy"):
+        assert torch.allclose(out[k].detach().float(), slow[k].float(), atol=tol, rtol=tol), k
+    out["loss"].sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

@@ -202,3 +202,30 @@ def test_multiplier_scales_token_losses(lora_model) -> None:
     assert plain.multipliers == {} and set(with_p.multipliers) == {0}
     np.testing.assert_allclose(with_p.multipliers[0], lp.exp().numpy(), rtol=1e-5)
     np.testing.assert_array_equal(halved.multipliers[0], np.full(len(lp), 0.5, dtype=np.float32))
+
+
+def test_optimizer_step_takes_a_clip_that_returns_no_norm() -> None:
+    """Issue 17 (4): accelerate's ``clip_grad_norm_`` returns None where the engine clips itself;
+    ``float(None)`` used to raise. The step is taken on a finite loss and no norm is logged."""
+    from tokenclean.training.loop import _optimizer_step
+    from tokenclean.training.state import TrainState
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([p], lr=0.1)
+    p.grad = torch.full((3,), 2.0)
+    state = TrainState(identity={}, world_size=1)
+    assert _optimizer_step(1.5, [p], opt, 1.0, state, clip=lambda *a: None) is None
+    assert not torch.equal(p.detach(), torch.ones(3)) and state.nonfinite_steps == 0
+
+
+def test_deepspeed_is_refused_before_training() -> None:
+    """Issue 17 (4): under DeepSpeed accelerate steps the engine whenever ``sync_gradients`` is set, which
+    the loop never clears: the optimizer would step every micro-batch. Refused with the reason."""
+    from types import SimpleNamespace
+
+    from tokenclean.errors import ConfigError
+    from tokenclean.training.setup import check_distributed_type
+
+    check_distributed_type(SimpleNamespace(distributed_type="DistributedType.MULTI_GPU"))
+    with pytest.raises(ConfigError, match=r"DEEPSPEED is not supported.*every micro-batch"):
+        check_distributed_type(SimpleNamespace(distributed_type="DistributedType.DEEPSPEED"))

@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tokenclean.cli import data, evaluation, pipelines, report, scoring, selection, training, truth
+from tokenclean.cli import data, evaluation, export, pipelines, report, scoring, selection, training, truth
 from tokenclean.cli.args import Command, HelpFormatter, add_command
 from tokenclean.errors import TokencleanError
 
@@ -20,6 +20,7 @@ COMMANDS: tuple[Command, ...] = (
     *scoring.COMMANDS,  # score
     *selection.COMMANDS,  # select, xtf
     *training.COMMANDS,  # train, merge
+    *export.COMMANDS,  # export, import-weights (other trainers)
     *evaluation.COMMANDS,  # eval, eval-data
     *report.COMMANDS,  # report
     *truth.COMMANDS,  # groundtruth

@@ -151,23 +151,26 @@ def settings_from_args(
 
 
 def add_runtime(parser: argparse.ArgumentParser, device: bool = True) -> None:
-    """``--device``, ``--threads`` and ``--attn-implementation`` (:class:`tokenclean.config.Runtime`) of a
-    command where torch runs; with ``device=False`` (a run config names them) only ``--threads``."""
-    add_settings(parser, Runtime, only=RUNTIME_FLAGS if device else ("threads",))
+    """``--device``, ``--threads``, ``--attn-implementation`` and ``--group-timeout``
+    (:class:`tokenclean.config.Runtime`) of a command where torch runs; with ``device=False`` (a run config
+    names the device and attention) only ``--threads`` and ``--group-timeout``."""
+    add_settings(parser, Runtime, only=RUNTIME_FLAGS if device else ("threads", "group_timeout"))
 
 
-RUNTIME_FLAGS = ("device", "threads", "attn_implementation")
+RUNTIME_FLAGS = ("device", "threads", "attn_implementation", "group_timeout")
 
 
 def apply_runtime(a: argparse.Namespace) -> Runtime:
-    """Check ``--device``/``--threads``/``--attn-implementation``, set torch's CPU threads (imports torch)
-    and this process's attention implementation."""
+    """Check the runtime flags, set torch's CPU threads (imports torch), this process's attention
+    implementation and its process-group timeout."""
     from tokenclean.models.loader import set_attn_implementation
+    from tokenclean.runtime import set_group_timeout
     from tokenclean.utils import apply_threads
 
     rt = settings_from_args(Runtime, a, only=[n for n in RUNTIME_FLAGS if hasattr(a, n)])
     apply_threads(rt.threads)
     set_attn_implementation(rt.attn_implementation)
+    set_group_timeout(rt.group_timeout)
     return rt
 
 

@@ -55,8 +55,9 @@ def is_eval_result(obj: Any) -> bool:
 def check_eval_out(out: str | Path, suite: str, inputs: Sequence[Any]) -> Path:
     """The result file of ``out``, refused before any work when it is an input, inside one, or an existing
     file that is not an earlier result (:func:`tokenclean.outputs.check_file_target`)."""
-    from tokenclean.outputs import check_file_target
+    from tokenclean.outputs import check_file_target, check_path_text
 
+    check_path_text(out)  # '' would become ./eval_SUITE.json
     return check_file_target(_output_path(out, suite), "eval", is_eval_result, inputs)
 
 

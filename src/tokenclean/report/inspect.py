@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tokenclean import IGNORE_INDEX
@@ -96,7 +97,13 @@ def _open_rows(path: str) -> tuple[Any, Any, dict[str, Any]]:
     manifest = read_json(f"{path}/manifest.json")
     hint = "re-create it"
     if manifest.get("stage") == "score":
-        prep = manifest["prepared_dir"]
+        prep = manifest.get("prepared_dir") or ""
+        if not (Path(prep) / "manifest.json").is_file():
+            raise DataError(
+                path,
+                f"a score store whose prepared dataset ({prep or 'none recorded'}) is gone; the tokens "
+                "shown come from it: restore it, or inspect the cleaned dataset selected from this store",
+            )
         tok_info = read_json(f"{prep}/manifest.json").get("tokenizer", {})
         return load_dataset_dir(prep, hint), load_dataset_dir(path, hint), tok_info
     tok_info = manifest.get("tokenizer") or manifest.get("prepared", {}).get("tokenizer", {})
@@ -105,8 +112,6 @@ def _open_rows(path: str) -> tuple[Any, Any, dict[str, Any]]:
 
 def _not_inspectable(path: str) -> str:
     """Why ``path`` cannot be inspected, and what to pass instead."""
-    from pathlib import Path
-
     from tokenclean.artifacts import describe, kind_of
 
     k, p = kind_of(path), Path(path)

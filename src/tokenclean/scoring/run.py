@@ -261,15 +261,13 @@ def score_dataset(
 def _launched_group(num_shards: int, device: str) -> Any:
     """The accelerate ``PartialState`` when this process was started by a launcher with several processes
     (and no explicit ``--num-shards``), else None."""
-    from tokenclean.runtime import launched_world
+    from tokenclean.runtime import launched_world, process_group
 
     if launched_world()[1] <= 1 or num_shards != 1:
         return None
     import torch
-    from accelerate import PartialState
 
-    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    return PartialState(cpu=cpu)
+    return process_group(cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()))
 
 
 def _assemble_on_rank0(
@@ -285,19 +283,24 @@ def _assemble_on_rank0(
     t0: float,
     layout: Packing = PADDED,
 ) -> dict[str, Any]:
-    """Every rank has written its parts: rank 0 assembles the store once, the others wait and read it."""
+    """Every rank has written its parts: rank 0 assembles the store once, the others wait (outside any
+    collective: assembling a large store may outlast the group timeout) and read it."""
     from accelerate.utils import gather_object
+
+    from tokenclean.runtime import after_rank_zero
 
     group.wait_for_everyone()
     gathered = gather_object([check])  # the worst self-check over ranks goes in the manifest
     worst = max((c for c in gathered if c is not None), default=None)
-    if group.is_main_process:
-        manifest = store_manifest(plan, data, device, batch_tokens, num_shards, worst, pair.merge_reference)
-        manifest.update(processes=group.num_processes, **layout_entries(pair, layout))
-        total = store.n_chunks(len(data), plan["shard_size"])
-        merge_parts(out, data.sample_ids, data.lengths, manifest, total, t0)
-        warn_if_reference_is_base(out, pair.mode, pair.ref_spec.adapter if pair.ref_spec else None)
-    group.wait_for_everyone()
+    with after_rank_zero("assembling the score store") as first:
+        if first:
+            manifest = store_manifest(
+                plan, data, device, batch_tokens, num_shards, worst, pair.merge_reference
+            )
+            manifest.update(processes=group.num_processes, **layout_entries(pair, layout))
+            total = store.n_chunks(len(data), plan["shard_size"])
+            merge_parts(out, data.sample_ids, data.lengths, manifest, total, t0)
+            warn_if_reference_is_base(out, pair.mode, pair.ref_spec.adapter if pair.ref_spec else None)
     done = store.complete_manifest(out, plan)
     if done is None:
         raise store.StoreError(f"{out}: rank 0 did not assemble the store")

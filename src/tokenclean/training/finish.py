@@ -12,7 +12,12 @@ from tokenclean.config import settings_dict
 from tokenclean.outputs import file_digests
 from tokenclean.training.checkpoint import CHECKPOINT, is_sharded
 from tokenclean.training.collate import steps_per_epoch
-from tokenclean.training.model import lora_settings, portable_base_name, trainable_parameters
+from tokenclean.training.model import (
+    lora_settings,
+    portable_base_name,
+    trainable_parameters,
+    trainable_state,
+)
 from tokenclean.training.state import TrainRun, TrainState
 from tokenclean.utils import atomic_dir, get_logger, package_versions, sha256_file, write_json_atomic
 
@@ -22,12 +27,12 @@ log = get_logger("training")
 def finish(run: TrainRun, state: TrainState) -> dict[str, Any]:
     """Save the adapter, then done.json (last), then remove the checkpoint (rank 0; the others wait)."""
     acc, out = run.acc, run.out
-    full = acc.get_state_dict(run.model) if is_sharded(acc) else None  # every rank takes part in the gather
+    # sharded (FSDP): every rank takes part in gathering the LoRA matrices, never the frozen base weights
+    lora = trainable_state(run.net) if is_sharded(acc) else None
     done = done_record(run, state)
     if run.is_main:
-        lm_state = None if full is None else {k.removeprefix("lm."): v for k, v in full.items()}
         with atomic_dir(out / "adapter") as tmp:  # never resized; no Hub lookup
-            run.net.save_pretrained(str(tmp), save_embedding_layers=False, state_dict=lm_state)
+            run.net.save_pretrained(str(tmp), save_embedding_layers=False, state_dict=lora)
         done["adapter_files"] = file_digests(out / "adapter")  # verified before a finished run is reused
         write_json_atomic(out / "done.json", done)
         shutil.rmtree(out / CHECKPOINT, ignore_errors=True)

@@ -1,6 +1,7 @@
 """The training stage: LoRA fine-tuning driven by an ``accelerate.Accelerator`` (PEFT + torch AdamW + the
 transformers linear warm-up/decay schedule), one process or N (``accelerate launch`` / ``torchrun``: DDP by
-default, FSDP or DeepSpeed through an accelerate config).
+default, FSDP through an accelerate config; DeepSpeed is refused, see
+:func:`tokenclean.training.setup.check_distributed_type`).
 
 An Accelerator-driven loop rather than ``transformers.Trainer`` (docs/training.md says why): a token policy
 decides *inside* each step which tokens count (a no-grad signal pass, a top-k over all ranks, then the
@@ -67,6 +68,7 @@ from tokenclean.training.loss import StepResult, accumulate_step
 from tokenclean.training.model import (
     adapter_path,
     build_lora_model,
+    no_split_modules,
     portable_base_name,
     trainable_parameters,
 )
@@ -190,7 +192,9 @@ def _setup_optimizer(run: TrainRun, identity: dict[str, Any], saved: dict[str, A
     there is one. Returns the state to continue from."""
     cfg, acc = run.cfg, run.acc
     optimizer = torch.optim.AdamW(trainable_parameters(run.net), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    run.model, run.optimizer = acc.prepare(signal_model(run.net), optimizer)
+    wrapper = signal_model(run.net)
+    wrapper._no_split_modules = no_split_modules(run.net)  # FSDP wraps the model's own layer classes
+    run.model, run.optimizer = acc.prepare(wrapper, optimizer)
     run.global_batch, accum = cfg.step_batch(acc.num_processes)
     if acc.num_processes > 1 and cfg.global_batch is None and cfg.grad_accum is not None:
         log.warning(

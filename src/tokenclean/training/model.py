@@ -78,3 +78,26 @@ def trainable_parameters(model: Any) -> list[torch.nn.Parameter]:
 
 def adapter_path(init_adapter: str | None) -> str | None:
     return None if init_adapter is None else os.path.abspath(init_adapter)
+
+
+def no_split_modules(model: Any) -> list[str]:
+    """The layer classes the model says must stay whole (transformers' ``_no_split_modules``, e.g.
+    ``LlamaDecoderLayer``, ``MistralDecoderLayer``): FSDP's transformer auto-wrap shards by them when the
+    accelerate config names no class. Empty when no module of ``model`` declares any."""
+    for m in model.modules():
+        names = getattr(m, "_no_split_modules", None)
+        if names:
+            return list(names)
+    return []
+
+
+def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    """The trainable (LoRA) parameters by name, whole and on the CPU. Under FSDP2 each is a sharded
+    ``DTensor``: only these small matrices are gathered (every rank must call this), never the frozen
+    base weights."""
+    out = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            t = p.detach()
+            out[name] = (t.full_tensor() if hasattr(t, "full_tensor") else t).cpu()
+    return out

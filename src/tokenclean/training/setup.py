@@ -25,10 +25,14 @@ def accelerator(device: str) -> Any:
     """The Accelerator of this process: CPU when asked (or when no GPU), else the launcher's GPU."""
     from accelerate import Accelerator
 
+    from tokenclean.runtime import init_kwargs
+
     dev = resolve_device(device)
     # mixed precision is tokenclean's own setting (train.bf16, autocast); None keeps an accelerate state
-    # that this process already set up (e.g. an lm-eval or TRL run before this one in the same process)
-    acc = Accelerator(cpu=dev == "cpu", mixed_precision=None)
+    # that this process already set up (e.g. an lm-eval or TRL run before this one in the same process).
+    # The process-group timeout is --group-timeout (tokenclean.runtime) when this creates the group.
+    acc = Accelerator(cpu=dev == "cpu", mixed_precision=None, kwargs_handlers=[init_kwargs()])
+    check_distributed_type(acc)
     if acc.mixed_precision != "no":
         log.warning(
             "accelerate mixed precision '%s' is active (from an accelerate config or an earlier Accelerator "
@@ -36,6 +40,19 @@ def accelerator(device: str) -> Any:
             acc.mixed_precision,
         )
     return acc
+
+
+def check_distributed_type(acc: Any) -> None:
+    """DeepSpeed is refused: accelerate steps a DeepSpeed engine whenever ``sync_gradients`` is set, and the
+    loop accumulates a step's micro-batches itself (``no_sync``), so the engine would step every micro-batch
+    and its own accumulation, clipping and loss scaling would replace the loop's loss rule."""
+    kind = str(acc.distributed_type).split(".")[-1]
+    if kind == "DEEPSPEED":
+        raise ConfigError(
+            "accelerate config: distributed_type DEEPSPEED is not supported by tokenclean train (the engine "
+            "would step every micro-batch instead of once per optimizer step); use DDP (MULTI_GPU) or FSDP "
+            "(configs/accelerate/)"
+        )
 
 
 def check_world_size(saved: dict[str, Any], world: int, out: Path) -> None:
