@@ -84,11 +84,15 @@ def llamafactory(a: argparse.Namespace) -> dict[str, Any]:
 
 def axolotl(a: argparse.Namespace) -> dict[str, Any]:
     """axolotl's own config loader and dataset preparation (``load_cfg`` + ``load_datasets``) on the export's
-    ``axolotl.yaml``, then transformers' seq2seq padding collator (the one axolotl pads SFT batches with)."""
+    ``axolotl.yaml``, then axolotl's own padding collator for SFT batches (``DataCollatorForSeq2Seq``)."""
+    import os
+
+    os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")  # no telemetry upload attempts
     import yaml
     from axolotl.cli.config import load_cfg
     from axolotl.common.datasets import load_datasets
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq
+    from axolotl.utils.collators.batching import DataCollatorForSeq2Seq
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = yaml.safe_load((a.export / "axolotl.yaml").read_text())
     cfg.update(base_model=str(a.model), tokenizer_config=str(a.model), output_dir=tempfile.mkdtemp(),

@@ -55,6 +55,7 @@ MARKERS = {
     "truth": "manifest.json",
     "export": "manifest.json",
     "import": "manifest.json",
+    "split": "split.json",
 }
 """The file whose ``stage`` field says what a finished output is."""
 PARTIAL = {"score": ".work/plan.json", "train": "checkpoint/state.json"}

@@ -20,11 +20,57 @@ from tokenclean.errors import TokencleanError
 _LOGGER_CONFIGURED = False
 
 
+RESULT = {"tokenclean_result": True}
+"""``extra=`` of the log line that states a stage's result; hidden while a CLI command prints that result
+itself (:func:`result_printed_by_caller`), so every result is said once."""
+
+
+class _HideResults(logging.Filter):
+    active = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.active and getattr(record, "tokenclean_result", False))
+
+
+_HIDE_RESULTS = _HideResults()
+
+
+@contextlib.contextmanager
+def result_printed_by_caller() -> Iterator[None]:
+    """Hide the stages' result log lines (``extra=RESULT``) inside the block."""
+    _HIDE_RESULTS.active = True
+    try:
+        yield
+    finally:
+        _HIDE_RESULTS.active = False
+
+
+def quiet_libraries() -> None:
+    """Silence what the libraries print that says nothing to a tokenclean user: datasets', the Hub's and
+    transformers' progress bars ("Saving the dataset", "Loading weights") and the deprecation FutureWarnings
+    transformers and PEFT raise from their own code. tokenclean's own bars stay. Cheap (no heavy import):
+    environment defaults the libraries read when imported (a value the user set wins), and warning filters."""
+    import sys
+    import warnings
+
+    for var in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        os.environ.setdefault(var, "1")
+    for mod in ("transformers", "peft"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=rf"{mod}(\.|$)")
+    if "datasets" in sys.modules:  # imported already: the environment is read
+        sys.modules["datasets"].disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as tf_logging
+
+        tf_logging.disable_progress_bar()
+
+
 def get_logger(name: str) -> logging.Logger:
     """The one logger factory: ``tokenclean.<name>`` loggers writing to stderr."""
     global _LOGGER_CONFIGURED
     if not _LOGGER_CONFIGURED:
         handler = logging.StreamHandler()
+        handler.addFilter(_HIDE_RESULTS)
         handler.setFormatter(logging.Formatter("[tokenclean] %(message)s"))
         root = logging.getLogger("tokenclean")
         root.addHandler(handler)

@@ -149,7 +149,7 @@ def test_resume_gives_the_same_adapter(
     monkeypatch.delenv(loop_mod.INTERRUPT_ENV)
 
     with pytest.raises(
-        ConfigError, match=r"checkpoint was written by a different run \(train\.seed: 42 -> 1\)"
+        ConfigError, match=r"checkpoint was written by a different run \(train\.seed: 42 -> 1\); pass --force"
     ):
         train(prepared, str(tiny_model_dir), out, cfg.replace(seed=1), progress=False)
     done = train(prepared, str(tiny_model_dir), out, cfg, progress=False)
@@ -348,3 +348,23 @@ def test_cli_train_and_merge(tmp_path: Path, prepared: Path, tiny_model_dir: Pat
     merge_args = ["merge", "--model", str(tiny_model_dir), "--adapter", str(tmp_path / "r" / "adapter")]
     assert main([*merge_args, "--out", str(tmp_path / "m")]) == 0
     assert "(fp32) ->" in capsys.readouterr().out and (tmp_path / "m" / "model.safetensors").exists()
+
+
+def test_packed_training_equals_padded_and_logs_padding_efficiency(
+    tmp_path: Path, prepared: Path, tiny_model_dir: Path
+) -> None:
+    """Issue 17 (3): packed micro-batches (the default where the model supports it) train the padded run's
+    steps: the same losses (rel 1e-4) and adapter (1e-5); the log and done.json record padding efficiency
+    (real / computed tokens), 1.0 packed against < 1 padded."""
+    cfg = CFG.replace(max_steps=4, lora_dropout=0.0)
+    pk = train(prepared, str(tiny_model_dir), tmp_path / "packed", cfg, progress=False)
+    pd = train(prepared, str(tiny_model_dir), tmp_path / "padded", cfg.replace(pack=False), progress=False)
+    assert pk["packed"] and not pd["packed"]
+    assert pk["padding_efficiency"] == 1.0 and pd["padding_efficiency"] < 1.0
+    rec = [json.loads(x) for x in (tmp_path / "packed" / "log.jsonl").read_text().splitlines()]
+    assert all(r["padding_efficiency"] == 1.0 for r in rec)
+    np.testing.assert_allclose(log_losses(tmp_path / "packed"), log_losses(tmp_path / "padded"), rtol=1e-4)
+    a, b = (
+        load_file(str(tmp_path / d / "adapter" / "adapter_model.safetensors")) for d in ("packed", "padded")
+    )
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5

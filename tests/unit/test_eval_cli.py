@@ -10,6 +10,7 @@ from tokenclean.cli import main
 
 
 def test_eval_without_data_exits_2_naming_the_files(tmp_path: Path, capsys) -> None:
+    (tmp_path / "m").mkdir()  # a model directory (never loaded: the missing data is found first)
     rc = main(["eval", "--model", str(tmp_path / "m"), "--suite", "paper", "--data-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2

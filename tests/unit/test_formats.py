@@ -118,12 +118,22 @@ def test_forced_format_overrides_detection(tmp_path: Path) -> None:
         (
             '{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": 5}]}\n',
             "auto",
-            r"field 'messages\[1\]\.content': expected a string, got int",
+            r"field 'messages\[1\]\.content': expected a string or a list of text parts, got int",
         ),
         (
             '{"conversations": [{"from": "human", "value": "x"}, {"from": "alien", "value": "y"}]}\n',
             "auto",
             r"field 'conversations\[1\]\.from': unknown role 'alien'",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": [{"type": "image_url", "text": "x"}]}]}\n',
+            "auto",
+            r"field 'messages\[0\]\.content\[0\]': part type 'image_url' is not text",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": [{"type": "text"}]}]}\n',
+            "auto",
+            r"field 'messages\[0\]\.content\[0\]': expected a text part",
         ),
         ('{"messages": "hi"}\n', "auto", r"field 'messages': expected a list of turns, got str"),
         ('{"foo": 1}\n', "auto", r"x\.jsonl:1: cannot detect the format"),
@@ -186,3 +196,24 @@ def test_missing_file_and_unknown_suffix(tmp_path: Path) -> None:
         list(read_records(tmp_path / "nope.jsonl"))
     with pytest.raises(DataError, match="unknown file type"):
         list(read_records(write(tmp_path / "x.csv", "a,b")))
+
+
+def test_openai_content_parts_and_developer_role(tmp_path: Path) -> None:
+    """OpenAI chat records: content as a list of text parts (joined in order), `developer` as the system."""
+    row = {
+        "messages": [
+            {"role": "developer", "content": "Be brief."},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Capital of "}, {"type": "text", "text": "France?"}],
+            },
+            {"role": "assistant", "content": [{"type": "text", "text": "Paris."}]},
+        ]
+    }
+    p = write(tmp_path / "x.jsonl", json.dumps(row) + "\n")
+    (rec,) = read_records(p)
+    assert [(m.role, m.content) for m in rec.messages] == [
+        ("system", "Be brief."),
+        ("user", "Capital of France?"),
+        ("assistant", "Paris."),
+    ]

@@ -136,7 +136,9 @@ def test_prepare_cli_refuses_a_users_directory_before_loading_the_tokenizer(
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "a.txt").write_text("x")
-    code = main(["prepare", "--data", str(src), "--tokenizer", "no/such-model", "--out", str(mine)])
+    tok = tmp_path / "tok"  # exists (the name check passes) but is no tokenizer: never loaded
+    tok.mkdir()
+    code = main(["prepare", "--data", str(src), "--tokenizer", str(tok), "--out", str(mine)])
     assert code == 2 and "is not a tokenclean output" in capsys.readouterr().err
     assert (mine / "a.txt").read_text() == "x"
 

@@ -27,3 +27,11 @@ def test_exactly_two_setup_commands_and_ci_runs_the_test_one() -> None:
     assert len(ci_lines) == 2  # the main job's install ([demo]) and the test command
     assert ci_lines[1] == tests
     assert main_job.startswith(ci_lines[0] + " && tokenclean demo")
+
+
+def test_methods_table_lists_every_registered_method_once() -> None:
+    from tokenclean import methods
+
+    section = (ROOT / "README.md").read_text().split("## Methods", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \|", section, flags=re.M)
+    assert sorted(rows) == sorted(methods.names()) and len(rows) == len(set(rows))

@@ -105,3 +105,17 @@ def test_page_is_self_contained_and_has_filters(tmp_path: Path):
     urls = re.findall(r'(?:src|href)="([^"]*)"', doc)
     assert urls and all(u.startswith(("data:", "#")) for u in urls)  # nothing loaded from outside
     assert "@import" not in doc and "url(" not in doc
+
+
+def test_legend_lists_only_what_the_samples_show():
+    import dataclasses
+
+    view = View(key="full", round=None, run="r", run_dir=Path("."), scores=None, cleaned=Path("c"))
+    plain = SampleTokens(view, "s1", ["a", "b"], [PROMPT, KEPT], [None, 1.0], [None, 1.0], [None, 0.0])
+    assert page.legend([plain]) == '<span class="t kept">kept</span> <span class="t prompt">prompt</span>'
+    noisy = dataclasses.replace(plain, classes=[PROMPT, DROPPED], truth=[None, "noise:gibberish"])
+    text = page.legend([plain, noisy])
+    assert "dropped" in text and "truth: noise" in text
+    assert "truth: informative" not in text and "weight" not in text
+    soft = dataclasses.replace(plain, weight=[None, 0.4])
+    assert "weight 0.3" in page.legend([soft])

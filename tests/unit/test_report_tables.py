@@ -271,3 +271,11 @@ def test_quick_suite_losses_are_lower_is_better_and_not_averaged():
         "heldout_loss",
         "heldout_exact_match",
     ]  # no Average without benchmarks
+
+
+def test_a_column_where_every_value_ties_marks_no_best() -> None:
+    """An all-zero exact-match column has no best (it was bolded for every method)."""
+    assert tables.mark_best([0.0, 0.0, 0.0], True) == [False, False, False]
+    assert tables.mark_best([0.0, None, 0.0], False) == [False, False, False]
+    assert tables.mark_best([0.2, 0.5, 0.5], True) == [False, True, True]  # a tie at the top still marks
+    assert tables.mark_best([0.7], True) == [True]

@@ -77,35 +77,65 @@ def test_non_store_directory_is_refused(tmp_path: Path) -> None:
     assert (tmp_path / "o" / "notes.txt").exists()
 
 
-def test_assemble_checks_lengths_and_writes_dataset(tmp_path: Path) -> None:
+def _length_ordered_parts(out: Path, lengths: np.ndarray, size: int) -> list[np.ndarray]:
+    """Write base and ref parts of chunks of ``size`` in the global length order; sample r holds 10r + j."""
+    flat = [np.arange(n, dtype=np.float32) + 10 * r for r, n in enumerate(lengths)]
+    flat = [
+        np.where(np.arange(n) == 0, np.float32(np.nan), f) for f, n in zip(flat, lengths)
+    ]  # pos 0 unscored
+    for k in range(store.n_chunks(len(lengths), size)):
+        rows = store.chunk_rows(lengths, size, k)
+        offsets = np.concatenate([[0], np.cumsum(lengths[rows])])
+        values = np.concatenate([flat[r] for r in rows])
+        store.write_part(out, store.Part(k, "base", rows, offsets, values), {})
+        store.write_part(out, store.Part(k, "ref", rows, offsets, values - 0.25), {})
+    return flat
+
+
+def test_data_files_and_index_make_one_dataset_in_prepared_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks are runs of the global length order; each process's data file holds its block of prepared
+    rows gathered from every chunk (in blocks, here of <= 8 positions), and the index joins the files."""
     import datasets
 
     out = tmp_path / "o"
     store.prepare_out(out, _plan(), force=False)
-    store.write_part(out, _part(0, "base"), {})
-    store.write_part(out, _part(0, "ref"), {})
+    lengths = np.array([2, 5, 3, 5, 1, 4, 2])
+    assert store.length_order(lengths).tolist() == [1, 3, 5, 2, 0, 6, 4]  # longest first, ties by row
+    flat = _length_ordered_parts(out, lengths, 2)
+    ids, total = [f"s{i}" for i in range(7)], store.n_chunks(7, 2)
+    monkeypatch.setattr(store, "MAX_BLOCK_TOKENS", 8)
     with pytest.raises(store.StoreError, match="do not match"):
-        store.assemble(out, ["a", "b"], np.array([3, 4]), "token_cleaning", 1, with_ref=True)
-    counts = store.assemble(out, ["a", "b"], np.array([3, 3]), "token_cleaning", 1, with_ref=True)
-    assert counts == {"scored_positions": 3, "total_positions": 6}
+        store.write_shard(out, 0, 2, ids, lengths + 1, total, "token_cleaning", with_ref=True)
+    assert store.shard_done(out, 0, 2) is None
+    with pytest.raises(store.StoreError, match="missing for processes"):
+        store.write_index(out, 2, "f" * 16)
+    m0 = store.write_shard(out, 0, 2, ids, lengths, total, "token_cleaning", with_ref=True)
+    store.write_shard(out, 1, 2, ids, lengths, total, "token_cleaning", with_ref=True)
+    assert m0["rows_range"] == [0, 3] and m0["rows"] == 3 and store.shard_done(out, 0, 2) == m0
+    files, counts = store.write_index(out, 2, "f" * 16)
+    assert counts == {"scored_positions": int(lengths.sum()) - 7, "total_positions": int(lengths.sum())}
+    assert sorted(files) == [
+        "data-00000-of-00002.arrow",
+        "data-00001-of-00002.arrow",
+        "dataset_info.json",
+        "state.json",
+    ]
+    assert files["data-00000-of-00002.arrow"]["sha256"] == m0["sha256"]  # from the writer, not re-read
     ds = datasets.load_from_disk(str(out))
-    assert ds["sample_id"] == ["a", "b"]
-    np.testing.assert_allclose(ds[1]["score"], [np.nan, np.nan, 0.25])
+    assert ds["sample_id"] == ids
+    for r in range(7):
+        np.testing.assert_array_equal(np.asarray(ds[r]["base_loss"], np.float32), flat[r])
+        np.testing.assert_allclose(
+            np.asarray(ds[r]["score"], np.float32), np.where(np.isnan(flat[r]), np.nan, 0.25)
+        )
 
 
-def test_chunks_in_any_row_order_assemble_in_prepared_order() -> None:
-    """Chunks are runs of the global length order; assembly puts every sample back at its prepared row."""
-    lengths = np.array([2, 5, 3, 5, 1])
-    order = store.length_order(lengths)
-    assert order.tolist() == [1, 3, 2, 0, 4]  # longest first, ties by row
-    assert store.chunk_rows(lengths, 2, 1).tolist() == [2, 0]
-    flat = [np.arange(n, dtype=np.float32) + 10 * r for r, n in enumerate(lengths)]  # sample r: 10r + j
-    parts = []
-    for k in range(3):
-        rows = store.chunk_rows(lengths, 2, k)
-        offsets = np.concatenate([[0], np.cumsum(lengths[rows])])
-        parts.append(store.Part(k, "base", rows, offsets, np.concatenate([flat[r] for r in rows])))
-    got = store._in_prepared_order(Path("o"), parts, lengths, "base")
-    np.testing.assert_array_equal(got, np.concatenate(flat))
+def test_a_missing_chunk_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    store.prepare_out(out, _plan(), force=False)
+    lengths = np.array([2, 5, 3])
+    _length_ordered_parts(out, lengths, 2)
     with pytest.raises(store.StoreError, match="exactly once"):
-        store._in_prepared_order(Path("o"), parts[:2], lengths, "base")
+        store.write_shard(out, 0, 1, ["a", "b", "c"], lengths, 1, "token_cleaning", with_ref=True)

@@ -62,12 +62,12 @@ def test_parsing_no_flags_builds_the_default_settings(tmp_path: Path) -> None:
 
     (tmp_path / "d").mkdir()
     subs = _subparsers()
-    a = subs["train"].parse_args(["--data", str(tmp_path / "d"), "--model", "m", "--out", "o"])
+    a = subs["train"].parse_args(["--data", str(tmp_path / "d"), "--model", "smollm2", "--out", "o"])
     assert train_config_from_args(a) == TrainConfig()
     assert settings_from_args(Runtime, a) == Runtime()
-    a = subs["score"].parse_args(["--data", str(tmp_path / "d"), "--base", "m", "--out", "o"])
+    a = subs["score"].parse_args(["--data", str(tmp_path / "d"), "--base", "smollm2", "--out", "o"])
     assert settings_from_args(ScoringConfig, a, "scoring") == ScoringConfig()
-    a = subs["xtf"].parse_args(["--data", str(tmp_path / "d"), "--base", "m", "--out", "o"])
+    a = subs["xtf"].parse_args(["--data", str(tmp_path / "d"), "--base", "smollm2", "--out", "o"])
     assert settings_from_args(XtfSettings, a, "xtf") == XtfSettings()
     a = subs["select"].parse_args(["--scores", str(tmp_path / "d"), "--out", "o"])
     assert float(a.ratio) == SelectionConfig().ratio and a.seed == SelectionConfig().seed
@@ -139,9 +139,9 @@ def test_cli_bounds_fail_before_heavy_work(argv: list[str], message: str, tmp_pa
     d = tmp_path / "d"
     d.mkdir()
     required = {
-        "train": ["--data", str(d), "--model", "m", "--out", str(tmp_path / "o")],
-        "score": ["--data", str(d), "--base", "m", "--out", str(tmp_path / "o")],
-        "xtf": ["--data", str(d), "--base", "m", "--out", str(tmp_path / "o")],
+        "train": ["--data", str(d), "--model", "smollm2", "--out", str(tmp_path / "o")],
+        "score": ["--data", str(d), "--base", "smollm2", "--out", str(tmp_path / "o")],
+        "xtf": ["--data", str(d), "--base", "smollm2", "--out", str(tmp_path / "o")],
         "select": ["--scores", str(d)] + ([] if "--out" in argv else ["--out", str(tmp_path / "o")]),
     }[argv[0]]
     assert main([*argv, *required]) == 2

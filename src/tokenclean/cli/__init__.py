@@ -16,7 +16,7 @@ from tokenclean.errors import TokencleanError
 # Every command, in the order of the data flow (data -> scoring -> selection -> training -> evaluation ->
 # report), then the pipelines that arrange them.
 COMMANDS: tuple[Command, ...] = (
-    *data.COMMANDS,  # prepare, inspect
+    *data.COMMANDS,  # prepare, inspect, split
     *scoring.COMMANDS,  # score
     *selection.COMMANDS,  # select, xtf
     *training.COMMANDS,  # train, merge
@@ -26,6 +26,9 @@ COMMANDS: tuple[Command, ...] = (
     *truth.COMMANDS,  # groundtruth
     *pipelines.COMMANDS,  # run, demo, validate-config, settings
 )
+
+PRINTS_ITS_RESULT = frozenset({"prepare", "score", "select", "xtf", "train", "merge"})
+"""Commands that print their result line themselves (to stdout)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +57,14 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     args, extra = parser.parse_known_args(argv)
     if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
         args.overrides = [*(args.overrides or []), *extra]
+    elif extra and hasattr(args, "overrides"):  # `run CONFIG --data.path x`: say how overrides are written
+        dotted = [x.lstrip("-") for x in extra if x.startswith("--") and "." in x]
+        hint = f"; config overrides are key=value, e.g. {dotted[0].split('=')[0]}=VALUE" if dotted else ""
+        print(
+            f"tokenclean {args.command}: error: unrecognized arguments: {' '.join(extra)}{hint}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
@@ -85,7 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parse(build_parser(), expand_argv(sys.argv[1:] if argv is None else argv))
     except SystemExit as e:  # --help, --version, or a usage error already printed (a missing path: 2)
         return e.code if isinstance(e.code, int) else 2
+    from tokenclean.utils import quiet_libraries, result_printed_by_caller
+
+    quiet_libraries()
     try:
+        if args.command in PRINTS_ITS_RESULT:
+            with (
+                result_printed_by_caller()
+            ):  # the command's own line says it: the stage's log line would repeat it
+                return int(args.handler(args))
         return int(args.handler(args))
     except TokencleanError as e:
         print(f"tokenclean {args.command}: error: {e}", file=sys.stderr)

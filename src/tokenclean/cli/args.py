@@ -195,3 +195,20 @@ def data_source(value: str) -> str:
     if value.startswith(("hub:", "builtin:")):
         return value
     return existing("file or directory (or hub:NAME[:SPLIT], builtin:sample)")(value)
+
+
+def model_name(what: str) -> Callable[[str], str]:
+    """An argparse ``type`` for a model or tokenizer: an existing path, an alias or a Hub id checked at once
+    (:func:`tokenclean.models.names.check_model_name`), so a typo fails before anything is written."""
+
+    def check(value: str) -> str:
+        from tokenclean.errors import ModelError
+        from tokenclean.models.names import check_model_name
+
+        try:
+            check_model_name(value, what)
+        except ModelError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return value
+
+    return check

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from tokenclean.cli.args import Command, add_settings, data_source, existing, settings_from_args
+from tokenclean.cli.args import Command, add_settings, data_source, existing, model_name, settings_from_args
 from tokenclean.pipelines.config import DataConfig
 
 _PREPARE_SETTINGS = ("format", "template", "max_length", "skip_invalid")
@@ -18,7 +18,12 @@ def _prepare_args(s: argparse.ArgumentParser) -> None:
         type=data_source,
         help="JSONL/JSON/Parquet file, save_to_disk dir, hub:NAME[:SPLIT] or builtin:sample",
     )
-    s.add_argument("--tokenizer", required=True, help="Hub id, local dir, .gguf file or alias (smollm2)")
+    s.add_argument(
+        "--tokenizer",
+        required=True,
+        type=model_name("tokenizer"),
+        help="Hub id, local dir, .gguf file or alias (smollm2)",
+    )
     s.add_argument("--out", required=True, help="output directory (the prepared dataset)")
     add_settings(s, DataConfig, "data", only=_PREPARE_SETTINGS)
     s.add_argument(
@@ -76,7 +81,12 @@ def _inspect_args(s: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--n", type=_count(1), default=5, help="samples to show (>= 1)")
     s.add_argument("--start", type=_count(0), default=0, help="index of the first sample shown (>= 0)")
-    s.add_argument("--tokenizer", default=None, help="tokenizer to decode with (default: the manifest's)")
+    s.add_argument(
+        "--tokenizer",
+        default=None,
+        type=model_name("tokenizer"),
+        help="tokenizer to decode with (default: the manifest's)",
+    )
     s.add_argument("--markers", action="store_true", help="[+kept+] [-dropped-] markers instead of colour")
     s.add_argument("--scores", action="store_true", help="also list each response token's score")
 
@@ -89,6 +99,33 @@ def _inspect(a: argparse.Namespace) -> int:
     inspect(
         a.dir, n=a.n, start=a.start, tokenizer=tok, markers=True if a.markers else None, show_scores=a.scores
     )
+    return 0
+
+
+def _split_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--data", required=True, type=data_source, help="JSONL/JSON/Parquet file or save_to_disk dir"
+    )
+    s.add_argument("--out", required=True, help="output directory (train.jsonl, heldout.jsonl, part_N.jsonl)")
+    s.add_argument(
+        "--heldout", type=float, default=0.0, help="share of the rows held out (heldout.jsonl; 0: none)"
+    )
+    s.add_argument(
+        "--parts",
+        type=int,
+        default=1,
+        help="cut the rest into N seeded, equal parts (part_0.jsonl: the warm-up slice; run cuts its pool "
+        "into self_evolving.rounds + 1)",
+    )
+    s.add_argument("--seed", type=int, default=42, help="seed of the cut (run: selection.seed)")
+
+
+def _split(a: argparse.Namespace) -> int:
+    from tokenclean.data.split import split_file
+
+    info = split_file(a.data, a.out, heldout=a.heldout, parts=a.parts, seed=a.seed)
+    files = ", ".join(f"{name} {n}" for name, n in info["files"].items())
+    print(f"wrote {a.out}: {info['rows']} rows -> {files}")
     return 0
 
 
@@ -106,5 +143,12 @@ COMMANDS = (
         _inspect_args,
         _inspect,
         example="tokenclean inspect runs/clean --n 3 --markers",
+    ),
+    Command(
+        "split",
+        "cut an SFT file into a held-out file and seeded parts (part_0: the warm-up slice)",
+        _split_args,
+        _split,
+        example="tokenclean split --data my.jsonl --heldout 0.1 --parts 3 --out splits",
     ),
 )

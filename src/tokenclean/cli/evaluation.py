@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tokenclean.cli.args import Command, add_runtime, add_setting, apply_runtime, existing
+from tokenclean.cli.args import Command, add_runtime, add_setting, apply_runtime, existing, model_name
 from tokenclean.pipelines.config import EvalConfig
 
 
@@ -94,7 +94,10 @@ def _list(data_dir: str | None) -> None:
 
 def _eval_args(s: argparse.ArgumentParser) -> None:
     s.add_argument(
-        "--model", required=True, help="base model: Hub id, local dir, .gguf, adapter dir or alias"
+        "--model",
+        required=True,
+        type=model_name("model"),
+        help="base model: Hub id, local dir, .gguf, adapter dir or alias",
     )
     s.add_argument(
         "--adapter",

@@ -32,13 +32,18 @@ def _run(a: argparse.Namespace) -> int:
     cfg = load_run_config(a.config, a.overrides)  # a bad key fails here, before torch loads
     apply_runtime(a)
     from tokenclean.pipelines.runner import run
+    from tokenclean.report.text import eval_text_table
     from tokenclean.report.truth_tables import print_all
 
     summary = run(cfg, adopt=a.adopt_run_dir)
     if _not_rank0():
         return 0
-    if cfg.data.synthetic is not None or cfg.data.truth is not None:
+    print()
+    truth = cfg.data.synthetic is not None or cfg.data.truth is not None
+    if truth:
         print_all(summary)
+    if not truth or any((m.get("eval") or {}).get("tasks") for m in summary.get("methods", {}).values()):
+        print(eval_text_table(summary))
     print(f"run directory: {cfg.run_dir} (summary.json, config.yaml)")
     _print_report(summary)
     return 0
@@ -75,13 +80,24 @@ def _demo(a: argparse.Namespace) -> int:
 
 
 def _validate(a: argparse.Namespace) -> int:
+    import sys
+
     from tokenclean.config import to_yaml
+    from tokenclean.errors import TokencleanError
     from tokenclean.pipelines.config import load_run_config
 
-    for path in a.configs:
-        cfg = load_run_config(path, a.set or [])
+    failed = 0
+    for path in a.configs:  # every file is checked; each error names its file
+        try:
+            cfg = load_run_config(path, a.set or [])
+        except TokencleanError as e:
+            print(f"{path}: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
         print(f"{path}: ok" if not a.show else f"# {path}\n{to_yaml(cfg)}")
-    return 0
+    if failed:
+        print(f"{failed} of {len(a.configs)} config(s) invalid", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _settings(a: argparse.Namespace) -> int:
@@ -132,7 +148,8 @@ COMMANDS = (
     ),
     Command(
         "demo",
-        "offline demo: every method on a ground-truth pool with SmolLM2-135M",
+        "offline demo: base, full tokens, random, RHO, fixed-model and self-evolving cleaning on a ground-truth "
+        "pool with SmolLM2-135M (every method: configs/compare_smollm2.yaml)",
         _demo_args,
         _demo,
         example="tokenclean demo --out runs/demo",

@@ -11,6 +11,7 @@ from tokenclean.cli.args import (
     add_settings,
     apply_runtime,
     existing,
+    model_name,
     settings_from_args,
 )
 from tokenclean.pipelines.config import ScoringConfig
@@ -44,7 +45,7 @@ def _score(a: argparse.Namespace) -> int:
     if not m.get("complete", True):
         print(
             f"shard {a.shard_index}/{a.num_shards} done; waiting for {len(m['missing_chunks'])} chunks of "
-            "other shards (the last process to finish assembles the store; re-run any shard to merge)"
+            "other shards (the last process to finish writes the store's index; re-run any shard to finish it)"
         )
         return 0
     c, t = m["counts"], m.get("timings", {})
@@ -63,10 +64,16 @@ def _score_args(s: argparse.ArgumentParser) -> None:
         type=existing("prepared dataset"),
         help="prepared dataset (tokenclean prepare)",
     )
-    s.add_argument("--base", required=True, help="base model: Hub id, dir, .gguf file or alias (smollm2)")
+    s.add_argument(
+        "--base",
+        required=True,
+        type=model_name("base model"),
+        help="base model: Hub id, dir, .gguf file or alias (smollm2)",
+    )
     s.add_argument(
         "--reference",
         default=None,
+        type=model_name("reference"),
         help="reference model (same tokenizer), or a PEFT adapter dir on --base (one-model scoring)",
     )
     s.add_argument("--out", required=True, help="output directory (score store)")

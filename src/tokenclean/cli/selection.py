@@ -11,6 +11,7 @@ from tokenclean.cli.args import (
     add_settings,
     apply_runtime,
     existing,
+    model_name,
     settings_from_args,
 )
 from tokenclean.config import check_bounds
@@ -66,20 +67,10 @@ def _select(a: argparse.Namespace) -> int:
         weights=a.weights,
         temperature=a.temperature,
     )
+    from tokenclean.selection.stats import describe
+
     for out, st in zip(outs, all_stats):
-        what = f"score > {st['threshold']}" if a.level == "threshold" else f"K={st['requested_ratio']}"
-        print(
-            f"{'reused' if st.get('reused') else 'wrote'} {out}: {a.level} {what}: kept "
-            f"{st['kept_tokens']} of {st['total_response_tokens']} response tokens "
-            f"(achieved {st['achieved_ratio']:.4f}); {st['samples_emptied']} of {st['samples_total']} "
-            f"samples emptied and dropped; {st['nan_scores']} NaN scores"
-            + (
-                f"; soft weights ({st['weights']['mapping']}, T={st['weights']['temperature']}): "
-                f"sum {st['weights']['sum']:.1f}, mean {st['weights']['mean']:.3f}"
-                if st.get("weights")
-                else ""
-            )
-        )
+        print(f"{'reused' if st.get('reused') else 'wrote'} {out}: {describe(st, a.level)}")
     return 0
 
 
@@ -149,7 +140,12 @@ def _xtf_args(x: argparse.ArgumentParser) -> None:
         type=existing("prepared dataset"),
         help="prepared dataset (tokenclean prepare)",
     )
-    x.add_argument("--base", required=True, help="base model (Hub id, dir, .gguf or alias smollm2)")
+    x.add_argument(
+        "--base",
+        required=True,
+        type=model_name("base model"),
+        help="base model (Hub id, dir, .gguf or alias smollm2)",
+    )
     x.add_argument("--out", required=True, help="cleaned dataset directory")
     add_settings(x, XtfSettings, "xtf")
     x.add_argument(

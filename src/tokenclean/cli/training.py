@@ -12,6 +12,7 @@ from tokenclean.cli.args import (
     add_settings,
     apply_runtime,
     existing,
+    model_name,
     settings_from_args,
 )
 from tokenclean.training.config import TrainConfig
@@ -88,7 +89,10 @@ def _train_args(s: argparse.ArgumentParser) -> None:
         help="prepared (all response tokens) or cleaned (kept tokens) dataset directory",
     )
     s.add_argument(
-        "--model", required=True, help="base model: Hub id, local dir, .gguf file or alias (smollm2)"
+        "--model",
+        required=True,
+        type=model_name("model"),
+        help="base model: Hub id, local dir, .gguf file or alias (smollm2)",
     )
     s.add_argument(
         "--adapter",
@@ -114,7 +118,9 @@ def _train_args(s: argparse.ArgumentParser) -> None:
 
 
 def _merge_args(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--model", required=True, help="base model the adapter was trained on")
+    s.add_argument(
+        "--model", required=True, type=model_name("model"), help="base model the adapter was trained on"
+    )
     s.add_argument(
         "--adapter",
         required=True,

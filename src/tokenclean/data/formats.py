@@ -7,7 +7,8 @@ Supported record formats (auto-detected from the first record's keys, or forced)
 
 - ``prompt_completion``: ``prompt`` + ``completion`` (or ``response``), optional ``system``.
 - ``alpaca``: ``instruction`` + optional ``input``/``context`` + ``output``/``response`` (Alpaca, Dolly).
-- ``messages``: ``messages`` = [{role, content}], roles system/user/assistant, multi-turn.
+- ``messages``: ``messages`` = [{role, content}], roles system (or developer)/user/assistant, multi-turn;
+  content a string or OpenAI text parts ``[{"type": "text", "text": ...}]``.
 - ``sharegpt``: ``conversations`` = [{from, value}], from system/human/user/gpt/assistant/model.
 
 Every problem raises :class:`~tokenclean.errors.DataError` naming the file, the line (or row) and the field.
@@ -25,6 +26,8 @@ from typing import Any
 from tokenclean.errors import DataError
 
 ROLES = ("system", "user", "assistant")
+# OpenAI's `developer` role is the system prompt of its newer models.
+MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 SHAREGPT_ROLES = {
     "system": "system",
     "human": "user",
@@ -296,13 +299,39 @@ def _parse_turns(
             raise DataError(
                 loc, f"unknown role '{role}' (expected one of {sorted(roles)})", field=f"{fname}.{role_key}"
             )
-        content = turn.get(content_key)
-        if not isinstance(content, str):
-            what = "missing" if content is None else f"expected a string, got {type(content).__name__}"
-            raise DataError(loc, what, field=f"{fname}.{content_key}")
+        content = _content_text(turn.get(content_key), loc, f"{fname}.{content_key}")
         msgs.append(Message(roles[role], content))
     _check_turn_order(msgs, loc, key)
     return msgs
+
+
+def _content_text(content: Any, loc: str, fname: str) -> str:
+    """A turn's text: a string, or OpenAI content parts ``[{"type": "text", "text": ...}, ...]`` joined in
+    order without a separator (as the API concatenates them); a part of another type (an image) is refused."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        what = (
+            "missing"
+            if content is None
+            else f"expected a string or a list of text parts, got {type(content).__name__}"
+        )
+        raise DataError(loc, what, field=fname)
+    texts = []
+    for i, part in enumerate(content):
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        if not isinstance(part, dict) or not isinstance(part.get("text"), str):
+            raise DataError(
+                loc, 'expected a text part {"type": "text", "text": "..."}', field=f"{fname}[{i}]"
+            )
+        if part.get("type", "text") != "text":
+            raise DataError(
+                loc, f"part type '{part['type']}' is not text (only text is trained)", field=f"{fname}[{i}]"
+            )
+        texts.append(part["text"])
+    return "".join(texts)
 
 
 def _check_turn_order(msgs: list[Message], loc: str, key: str) -> None:
@@ -324,7 +353,7 @@ def _check_turn_order(msgs: list[Message], loc: str, key: str) -> None:
 
 
 def parse_messages(row: dict[str, Any], loc: str) -> list[Message]:
-    return _parse_turns(row, loc, "messages", "role", "content", {r: r for r in ROLES})
+    return _parse_turns(row, loc, "messages", "role", "content", MESSAGE_ROLES)
 
 
 def parse_sharegpt(row: dict[str, Any], loc: str) -> list[Message]:

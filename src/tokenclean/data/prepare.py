@@ -27,7 +27,15 @@ from tokenclean.data.formats import read_records
 from tokenclean.data.labels import encode_conversation
 from tokenclean.errors import DataError
 from tokenclean.outputs import decide, file_digests, guarded
-from tokenclean.utils import atomic_dir, get_logger, package_versions, sha256_file, sha256_json, sha256_tree
+from tokenclean.utils import (
+    RESULT,
+    atomic_dir,
+    get_logger,
+    package_versions,
+    sha256_file,
+    sha256_json,
+    sha256_tree,
+)
 
 log = get_logger("prepare")
 
@@ -142,7 +150,8 @@ def prepare(
     cols: dict[str, list[Any]] = {k: [] for k in prepared_features()}
     n_tokens = n_trained_total = 0
     records = read_records(data, fmt, on_error if skip_invalid else None)
-    for rec in tqdm(records, desc="prepare", unit="sample", disable=not progress):
+    total = _row_count(data) if progress else None
+    for rec in tqdm(records, desc="prepare", unit="sample", total=total, disable=not progress):
         counts["read"] += 1
         enc = encode_conversation(rec.messages, tokenizer, template, max_length)
         labels = list(enc.labels)
@@ -205,8 +214,42 @@ def prepare(
         counts["skipped_invalid"],
         out,
         manifest["seconds"],
+        extra=RESULT,
     )
     return manifest
+
+
+LIST_COLUMNS = ("input_ids", "labels")
+
+
+def _chunked_lists(rows: Any) -> Any:
+    """A list column of Python lists as chunked int32 Arrow lists (:func:`tokenclean.columns.list_array`, no
+    2**31 limit); Arrow arrays pass as they are."""
+    if not isinstance(rows, list):
+        return rows
+    import itertools
+
+    import numpy as np
+
+    from tokenclean.columns import list_array
+
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    values = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(lengths.sum()))
+    return list_array(values, lengths)
+
+
+def _row_count(data: str | Path) -> int | None:
+    """Rows of a JSONL file (non-blank lines, for the progress bar's total); None for other sources."""
+    src = str(data)
+    if src.startswith("builtin:"):
+        from tokenclean.data.formats import builtin_path
+
+        src = str(builtin_path(src.removeprefix("builtin:")))
+    p = Path(src)
+    if not (p.is_file() and p.suffix.lower() in (".jsonl", ".ndjson")):
+        return None
+    with p.open("rb") as f:
+        return sum(1 for line in f if line.strip())
 
 
 def write_prepared_dir(
@@ -220,6 +263,7 @@ def write_prepared_dir(
     import pyarrow as pa
 
     features = prepared_features()
+    cols = {k: _chunked_lists(v) if k in LIST_COLUMNS else v for k, v in cols.items()}
     table = pa.table(cols, schema=features.arrow_schema)
     key = manifest["cache_key"]
     ds = datasets.Dataset(table, info=datasets.DatasetInfo(features=features), fingerprint=key[:32])

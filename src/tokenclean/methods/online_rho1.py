@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tokenclean.columns import flat_list, offsets_of
 from tokenclean.config import check_fields, setting
 from tokenclean.errors import ConfigError
 from tokenclean.methods.spec import MethodSpec
@@ -60,8 +61,8 @@ def load_reference_losses(store_dir: str, sample_ids: Sequence[str]) -> list[np.
         raise ConfigError(f"train.policy_settings.scores: {path} has no ref_loss column")
     tbl = ds[:]
     by_id = dict(zip(tbl["sample_id"].to_pylist(), range(tbl.num_rows)))
-    col = tbl["ref_loss"].combine_chunks()
-    off, vals = col.offsets.to_numpy(), col.values.to_numpy(zero_copy_only=False)
+    vals, lengths = flat_list(tbl["ref_loss"], np.float32)  # chunk by chunk: no 2**31 limit
+    off = offsets_of(lengths)
     missing = [s for s in sample_ids if s not in by_id]
     if missing:
         raise ConfigError(

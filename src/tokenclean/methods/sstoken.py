@@ -6,7 +6,6 @@ attention of the token to its prompt positions (mean over heads). Cost: two no-g
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,6 +14,7 @@ import numpy as np
 from tokenclean.config import check_fields, setting
 from tokenclean.errors import ConfigError
 from tokenclean.methods.spec import MethodSpec
+from tokenclean.selection.masks import n_keep
 from tokenclean.training.policies import Policy, StepView
 
 
@@ -64,8 +64,7 @@ def top_per_sample(score: np.ndarray, rows: np.ndarray, pos: np.ndarray, ratio: 
     keep = np.zeros(len(score), dtype=bool)
     for r in np.unique(rows):
         idx = np.flatnonzero(rows == r)
-        k = math.floor(ratio * len(idx) + 1e-9)
-        order = np.lexsort((pos[idx], -score[idx]))[:k]
+        order = np.lexsort((pos[idx], -score[idx]))[: n_keep(ratio, len(idx))]
         keep[idx[order]] = True
     return keep
 
@@ -155,7 +154,7 @@ class SsTokenPolicy(Policy):
                     ) from None
                 cur = sig["loss"].float().cpu().numpy()
                 attn = sig["attn"].float().cpu().numpy() if "attn" in sig else np.zeros_like(cur)
-                rows, pos = mb.batch.rows.cpu().numpy(), mb.batch.pos.cpu().numpy()
+                rows, pos = mb.batch.token_sample.cpu().numpy(), mb.batch.token_pos.cpu().numpy()
                 if attn_only:
                     score = attn.astype(np.float64)
                 else:

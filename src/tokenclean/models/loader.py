@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenclean.errors import ModelError
+from tokenclean.models.names import check_model_name
 from tokenclean.utils import atomic_dir, get_logger, sha256_file, write_json_atomic
 
 log = get_logger("models")
@@ -101,8 +102,7 @@ def resolve_model(name: str, adapter: str | None = None) -> ModelSpec:
                 f"{p} has no config.json or tokenizer files (not a model, tokenizer or adapter dir)"
             )
         return ModelSpec(name, str(p), None, adapter)
-    if p.suffix == ".gguf" or name.startswith((".", "/")):
-        raise ModelError(f"model path '{name}' does not exist")
+    check_model_name(name)  # a typo fails here with a did-you-mean, before any download is tried
     return ModelSpec(name, name, None, adapter)  # a Hub id
 
 

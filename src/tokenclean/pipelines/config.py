@@ -138,7 +138,7 @@ class EvalConfig:
     limit: int | None = setting(None, "samples per task (null: all)", bounds=">= 1")
     data_dir: str | None = field(default=None, metadata=_h("local benchmark copies (see docs/evaluation.md)"))
     dtype: Literal["fp32", "bf16", "fp16", "auto"] = field(
-        default="fp32", metadata=_h("dtype of the evaluated model (on model.device)")
+        default="fp32", metadata=_h("dtype of the evaluated model")
     )
 
 
@@ -194,6 +194,7 @@ class RunConfig:
                 "model.base: required (a Hub id, a local directory, a .gguf file or the alias smollm2); "
                 "the config gives none"
             )
+        self._validate_heldout()
         for i, m in enumerate(self.methods):
             get_method(m, f"methods[{i}]")
         if self.warmup.cross_fit == 1:
@@ -211,6 +212,18 @@ class RunConfig:
             self.data.synthetic is None or self.data.synthetic.clean_repeats < 1
         ):
             raise ConfigError("warmup.data: synthetic:clean needs data.synthetic.clean_repeats >= 1")
+
+    def _validate_heldout(self) -> None:
+        """No silent default: the bundled sample is never the held-out set of the user's own data (that the
+        quick suite has a held-out set is checked when the run starts: pipelines/inputs.py)."""
+        d = self.data
+        cut = f"(cut one: tokenclean split --data {d.path or 'FILE'} --heldout 0.1 --out splits)"
+        if d.heldout == "builtin:sample" and d.path != "builtin:sample" and d.synthetic is None:
+            raise ConfigError(
+                f"data.heldout: builtin:sample is the bundled sample, but data.path is '{d.path}'; a loss on it "
+                f"says nothing about your data. Give data.heldout=YOUR_HELDOUT.jsonl {cut}, or "
+                "data.heldout=null eval.suite=none to skip the evaluation"
+            )
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

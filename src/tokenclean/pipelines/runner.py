@@ -10,7 +10,7 @@ from typing import Any
 from tokenclean import methods
 from tokenclean.pipelines.budget import self_evolving_updates
 from tokenclean.pipelines.config import RunConfig
-from tokenclean.pipelines.stages import get_logger, open_run, prepare_pool, report_stage
+from tokenclean.pipelines.stages import Run, get_logger, open_run, prepare_pool, report_stage
 from tokenclean.runtime import rank_zero_only
 
 log = get_logger("pipeline")
@@ -22,11 +22,13 @@ def run(cfg: RunConfig, adopt: bool = False) -> dict[str, Any]:
     ``adopt``, the CLI's ``--adopt-run-dir``). The run directory is locked and marked as a run's: a second
     ``tokenclean run`` on it stops with "in use by PID". With ``seeds`` every method runs once per seed
     (:mod:`tokenclean.pipelines.seeds`): the top-level directory is locked for the whole seeds run, each
-    seed's directory by its own run."""
+    seed's directory by its own run. Models and data files are checked first: a typo creates nothing."""
     from tokenclean.outputs import check_run_dir, mark_owned, output_lock
+    from tokenclean.pipelines.inputs import check_inputs
 
     check_run_dir(cfg.run_dir, adopt)
     with output_lock(cfg.run_dir):
+        check_inputs(cfg)  # before anything is written into the run directory
         mark_owned(Path(cfg.run_dir), "run")
         if cfg.seeds:
             from tokenclean.pipelines.seeds import run_seeds
@@ -55,12 +57,23 @@ def _run(cfg: RunConfig) -> dict[str, Any]:
         from tokenclean.pipelines.groundtruth import evaluate_ground_truth
 
         rank_zero_only(evaluate_ground_truth)(r)  # rank 0 measures; the others skip
-        r.save_summary()
+    else:
+        rank_zero_only(_record_budgets)(r)  # (ground-truth runs record theirs with their measurements)
+    r.save_summary()
     r.summary["total_seconds"] = round(time.time() - t0, 1)
     r.save_summary()
     if cfg.report:
         report_stage(r.root, r.summary, r.tokenizer)
     return r.summary
+
+
+def _record_budgets(r: Run) -> None:
+    """What every method's result cost (updates, trained tokens, token-passes) into its summary entry."""
+    from tokenclean.pipelines.budget import method_budget
+
+    rounds = r.summary.get("rounds", [])
+    for name, m in r.summary.get("methods", {}).items():
+        m["budget"] = method_budget(r.root, name, m, rounds)
 
 
 def _order(cfg: RunConfig) -> list[str]:

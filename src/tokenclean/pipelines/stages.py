@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenclean.config import to_dict
+from tokenclean.data.split import split_indices
 from tokenclean.outputs import (
     StaleOutputError,
     check_target,
@@ -100,7 +101,7 @@ def report_stage(root: Path, summary: dict[str, Any], tokenizer: Any = None) -> 
     paths = build_report([str(root)], tokenizer=tokenizer)
     summary["report"] = {k: str(v) for k, v in paths.items()}
     write_summary(root, summary)
-    log.info("report: %s", paths.get("index.html") or paths.get("report.md"))
+    log.debug("report: %s", paths.get("index.html") or paths.get("report.md"))  # the CLI prints it
 
 
 @rank_zero_first
@@ -161,14 +162,6 @@ def prepare_file(run: Run, source: str | Path, out: Path) -> Path:
         replace_stale=True,
     )
     return out
-
-
-def split_indices(n: int, parts: int, seed: int) -> list[list[int]]:
-    """A seeded permutation of ``range(n)`` cut into ``parts`` near-equal parts (sorted within each part)."""
-    import numpy as np
-
-    perm = np.random.default_rng(seed).permutation(n)
-    return [sorted(int(i) for i in chunk) for chunk in np.array_split(perm, parts)]
 
 
 def artifact_id(path: Path, marker: str = "manifest.json") -> str:
@@ -388,8 +381,17 @@ def eval_stage(run: Run, name: str, adapter: Path | None, out: Path) -> dict[str
         dtype=e.dtype,
     )
     write_json_atomic(out, dict(res, stage_identity=identity))
-    log.info("eval %s: %s", name, res.get("average"))
+    log.info("eval %s: %s", name, _eval_line(res))
     return res
+
+
+def _eval_line(res: dict[str, Any]) -> str:
+    """``average 41.20 (mmlu 0.4100, ...)`` or ``heldout_loss 1.2345, ...``: what an evaluation measured."""
+    tasks = ", ".join(
+        f"{k} {v['value']:.4f}" for k, v in (res.get("tasks") or {}).items() if v.get("value") is not None
+    )
+    avg = res.get("average")
+    return (f"average {avg:.4f} ({tasks})" if avg is not None else tasks) or "no task measured"
 
 
 # ------------------------------------------------------------------------------------------------ shared
@@ -408,9 +410,9 @@ def prepare_pool(run: Run) -> Path:
         gen = run.root / "data" / "source"
         _generate_once(generate_pool, d.synthetic, gen)
         source, heldout = str(gen / "pool.jsonl"), str(gen / "test.jsonl")
-    prepare_file(run, source, out)
-    if heldout:
+    if heldout:  # first: a held-out file with bad records stops the run before the (larger) pool is prepared
         prepare_file(run, heldout, run.root / "data" / "heldout")
+    prepare_file(run, source, out)
     run._pool = out
     return out
 

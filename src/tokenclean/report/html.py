@@ -162,6 +162,26 @@ def _select(id_: str, label: str, all_label: str, options: Sequence[tuple[str, s
     return f'<label>{esc(label)} <select id="{id_}"><option value="">{esc(all_label)}</option>{opts}</select></label>'
 
 
+def legend(samples: Sequence[SampleTokens]) -> str:
+    """Legend entries for what the page's samples show: dropped tokens, soft weights and truth labels only
+    when some sample has them."""
+    classes = {c for s in samples for c in s.classes}
+    parts = ['<span class="t kept">kept</span>']
+    if DROPPED in classes:
+        parts.append('<span class="t dropped">dropped</span>')
+    parts.append('<span class="t prompt">prompt</span>')
+    if any(_soft(s) for s in samples):
+        parts.append(
+            '<span class="w" style="--w:.3">weight 0.3</span> <span class="w" style="--w:.9">0.9</span>'
+        )
+    labels = {t for s in samples for t in (s.truth or []) if t is not None}
+    if any(_truth_class(t) == "tr-info" for t in labels):
+        parts.append('<i class="tr-info">truth: informative</i>')
+    if any(_truth_class(t) == "tr-noise" for t in labels):
+        parts.append('<i class="tr-noise">truth: noise</i>')
+    return " ".join(parts)
+
+
 def render_page(
     title: str,
     meta: Sequence[Mapping[str, object]],
@@ -179,10 +199,7 @@ def render_page(
         '<div class="filters">'
         + _select("f-method", "Method", "all methods", [(m, method_label(m)) for m in methods])
         + _select("f-round", "Round", "all rounds", [(str(r), f"round {r}") for r in rounds])
-        + '<span id="f-count"></span><span class="legend"><span class="t kept">kept</span> '
-        '<span class="t dropped">dropped</span> <span class="t prompt">prompt</span> '
-        '<span class="w" style="--w:.3">weight 0.3</span> <span class="w" style="--w:.9">0.9</span> '
-        '<i class="tr-info">truth: informative</i> <i class="tr-noise">truth: noise</i></span></div>'
+        + f'<span id="f-count"></span><span class="legend">{legend(samples)}</span></div>'
     )
     meta_html = "".join(
         "<li>"

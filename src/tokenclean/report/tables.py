@@ -107,9 +107,12 @@ def task_label(task: str) -> str:
 
 
 def mark_best(values: Sequence[float | None], higher_is_better: bool | None) -> list[bool]:
-    """Flags for the best value(s); ties (relative 1e-9) are all marked; None values never are."""
+    """Flags for the best value(s); ties (relative 1e-9) are all marked; None values never are, and nothing
+    is marked when every value ties (an all-zero column has no best)."""
     vals = [v for v in values if v is not None]
     if higher_is_better is None or not vals:
+        return [False] * len(values)
+    if len(vals) > 1 and math.isclose(max(vals), min(vals), rel_tol=1e-9, abs_tol=1e-12):
         return [False] * len(values)
     best = max(vals) if higher_is_better else min(vals)
     return [v is not None and math.isclose(v, best, rel_tol=1e-9, abs_tol=1e-12) for v in values]

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from tokenclean import IGNORE_INDEX
+from tokenclean.columns import flat_list, offsets_of
 from tokenclean.errors import DataError
 from tokenclean.report.inspect import DROPPED, KEPT, PROMPT, token_classes, token_pieces
 from tokenclean.report.runs import View
@@ -56,11 +57,8 @@ def _load(path: Path) -> Any:
 
 def _ragged(ds: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
     """A list column as (flat values (N,), offsets (n_rows + 1,)); nulls inside become NaN."""
-    arr = ds.data.column(name).combine_chunks()
-    lengths = np.nan_to_num(arr.value_lengths().to_numpy(zero_copy_only=False)).astype(np.int64)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return arr.flatten().to_numpy(zero_copy_only=False), offsets
+    values, lengths = flat_list(ds.data.column(name), None)  # chunk by chunk: no 2**31 limit
+    return values, offsets_of(lengths)
 
 
 def _gather_index(offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:

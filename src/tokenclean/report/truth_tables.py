@@ -12,7 +12,7 @@ from tokenclean.report.tables import method_order
 from tokenclean.stats import Interval, overlap_sentence
 
 
-def _text_table(cols: list[str], rows: list[list[str]]) -> str:
+def text_table(cols: list[str], rows: list[list[str]]) -> str:
     """Left-aligned columns under a header and a rule."""
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
@@ -35,7 +35,7 @@ def fmt(x: Any, ci: list[float] | None = None, pct: bool = False, digits: int = 
     return s
 
 
-def _count(x: Any) -> str:
+def fmt_count(x: Any) -> str:
     if x is None:
         return "-"
     return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e4 else f"{x:.0f}"
@@ -63,13 +63,13 @@ def results_table(summary: dict[str, Any]) -> str:
                 fmt(ho.get("loss"), hci.get("loss"), digits=2),
                 fmt(ho.get("answer_loss"), hci.get("answer_loss"), digits=2),
                 fmt(ho.get("exact_match"), hci.get("exact_match"), True),
-                _count(b.get("updates")),
-                _count(b.get("trained_tokens")),
-                _count(b.get("forward_tokens")),
-                _count(b.get("backward_tokens")),
+                fmt_count(b.get("updates")),
+                fmt_count(b.get("trained_tokens")),
+                fmt_count(b.get("forward_tokens")),
+                fmt_count(b.get("backward_tokens")),
             ]
         )
-    return _text_table(cols, rows)
+    return text_table(cols, rows)
 
 
 CLASS_LABELS = {
@@ -114,7 +114,7 @@ def class_table(summary: dict[str, Any]) -> str:
                 cell = f"w {fmt(c['mean_weight'], (ci.get(key) or {}).get('mean_weight'), digits=2)}"
             row.append(cell if c.get("mean_score") is None else f"{cell} / {c['mean_score']:.2f}")
         rows.append(row)
-    return _text_table(cols, rows)
+    return text_table(cols, rows)
 
 
 def decisive_table(summary: dict[str, Any]) -> str:
@@ -147,7 +147,7 @@ def decisive_table(summary: dict[str, Any]) -> str:
                 fmt(c.get("auroc_decisive"), cc.get("auroc_decisive"), digits=2),
             ]
         rows.append(row)
-    return _text_table(cols, rows)
+    return text_table(cols, rows)
 
 
 HELDOUT_WORDS = (

@@ -18,6 +18,7 @@ import numpy as np
 
 from tokenclean import IGNORE_INDEX
 from tokenclean.alignment import scatter_to_positions
+from tokenclean.columns import flat_list, list_lengths, offsets_of
 from tokenclean.config import DEFAULT_DEVICE
 from tokenclean.errors import ConfigError, DataError, ModelError
 from tokenclean.outputs import content_id, guarded, load_dataset_dir, verify_input
@@ -40,7 +41,7 @@ from tokenclean.scoring.models import (
     resolve_pair,
 )
 from tokenclean.scoring.scorers import get_scorer
-from tokenclean.utils import get_logger, package_versions, read_json, sha256_json
+from tokenclean.utils import RESULT, get_logger, package_versions, read_json, sha256_json
 
 log = get_logger("scoring")
 
@@ -61,9 +62,9 @@ class PreparedData:
         self.manifest = verify_input(self.dir, hint="re-run tokenclean prepare with --force")
         self.content = content_id(self.manifest["files"]) if self.manifest.get("files") else None
         self.ds = load_dataset_dir(self.dir, "re-run tokenclean prepare with --force").with_format("arrow")
-        self.sample_ids: list[str] = self.ds[:]["sample_id"].to_pylist()
-        ids = self.ds[:]["input_ids"].combine_chunks()
-        self.lengths = np.diff(ids.offsets.to_numpy()).astype(np.int64)  # (n,)
+        table = self.ds[:]  # memory-mapped, zero-copy
+        self.sample_ids: list[str] = table["sample_id"].to_pylist()
+        self.lengths = list_lengths(table["input_ids"])  # (n,) int64, chunk by chunk
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -71,9 +72,9 @@ class PreparedData:
     def samples(self, rows: np.ndarray) -> list[Sample]:
         """The samples at prepared ``rows`` (any order), in that order."""
         tbl = self.ds[[int(r) for r in rows]]
-        ids, labels = (tbl[c].combine_chunks() for c in ("input_ids", "labels"))
-        off, iv, lv = ids.offsets.to_numpy(), ids.values.to_numpy(), labels.values.to_numpy()
-        loff = labels.offsets.to_numpy()
+        iv, ilen = flat_list(tbl["input_ids"], np.int32)  # chunk by chunk: no 2**31 limit
+        lv, llen = flat_list(tbl["labels"], np.int32)
+        off, loff = offsets_of(ilen), offsets_of(llen)
         return [
             Sample(int(row), iv[off[r] : off[r + 1]], lv[loff[r] : loff[r + 1]]) for r, row in enumerate(rows)
         ]
@@ -283,8 +284,9 @@ def _assemble_on_rank0(
     t0: float,
     layout: Packing = PADDED,
 ) -> dict[str, Any]:
-    """Every rank has written its parts: rank 0 assembles the store once, the others wait (outside any
-    collective: assembling a large store may outlast the group timeout) and read it."""
+    """Every rank has written its parts: each rank writes its own data file (its block of prepared rows, from
+    every rank's parts), then rank 0 waits for them and writes the index and manifest; no rank assembles or
+    re-hashes the store. The waits are outside any collective (a large store may outlast the group timeout)."""
     from accelerate.utils import gather_object
 
     from tokenclean.runtime import after_rank_zero
@@ -292,8 +294,12 @@ def _assemble_on_rank0(
     group.wait_for_everyone()
     gathered = gather_object([check])  # the worst self-check over ranks goes in the manifest
     worst = max((c for c in gathered if c is not None), default=None)
-    with after_rank_zero("assembling the score store") as first:
+    if store.shard_done(out, group.process_index, num_shards) is None:
+        args = (data.sample_ids, data.lengths, store.n_chunks(len(data), plan["shard_size"]), plan["scorer"])
+        store.write_shard(out, group.process_index, num_shards, *args, pair.mode != "base_only")
+    with after_rank_zero("writing the score store's index") as first:
         if first:
+            store.wait_for_shards(out, num_shards)  # every rank's data file (polls their markers)
             manifest = store_manifest(
                 plan, data, device, batch_tokens, num_shards, worst, pair.merge_reference
             )
@@ -301,7 +307,7 @@ def _assemble_on_rank0(
             total = store.n_chunks(len(data), plan["shard_size"])
             merge_parts(out, data.sample_ids, data.lengths, manifest, total, t0)
             warn_if_reference_is_base(out, pair.mode, pair.ref_spec.adapter if pair.ref_spec else None)
-    done = store.complete_manifest(out, plan)
+    done = store.complete_manifest(out, plan, verify=False)  # rank 0 wrote it just now: no re-hash
     if done is None:
         raise store.StoreError(f"{out}: rank 0 did not assemble the store")
     return done
@@ -394,9 +400,10 @@ def merge_parts(
     total: int,
     t0: float,
 ) -> dict[str, Any]:
-    """Assemble the ``total`` chunks of every phase in ``out/.work`` into the store (rows ``sample_ids``
-    of ``lengths`` positions), then write ``manifest`` with counts, timings and versions (under the merge
-    lock; a store of the same ``run_key`` already there is returned as it is)."""
+    """Finish the store from the ``total`` chunks of every phase in ``out/.work`` (rows ``sample_ids`` of
+    ``lengths`` positions): write the data files of processes that did not write their own (none when every
+    process finished), then the index and ``manifest`` with counts, timings and versions (under the merge
+    lock; a store of the same ``run_key`` already there is returned as it is). No data is concatenated."""
     with store.merge_lock(out):
         if (out / "manifest.json").exists():
             old = read_json(out / "manifest.json")
@@ -404,7 +411,13 @@ def merge_parts(
                 return dict(old, reused=True)
         phases = store.PHASES if manifest["mode"] != "base_only" else ("base",)
         markers = store.read_markers(out, total, phases)
-        counts = store.assemble(out, sample_ids, lengths, manifest["scorer"], total, len(phases) == 2)
+        num = int(manifest.get("num_shards") or 1)
+        for i in range(num):  # the data files no process wrote (e.g. shard processes without a launcher)
+            if store.shard_done(out, i, num) is None:
+                store.write_shard(
+                    out, i, num, sample_ids, lengths, total, manifest["scorer"], len(phases) == 2
+                )
+        files, counts = store.write_index(out, num, manifest["run_key"])
         compute_s = sum(m["seconds"] for m in markers)
         cpu_s = sum(m.get("cpu_seconds", 0.0) for m in markers)
         tokens = sum(m["tokens"] for m in markers if m["phase"] == "base")
@@ -422,12 +435,13 @@ def merge_parts(
             versions=package_versions(),
             padding_efficiency=round(real / computed, 4) if computed else None,
         )
-        store.finish(out, manifest)
+        store.finish(out, manifest, files)
     log.info(
         "scored %d samples (%d positions) -> %s at %s tok/s",
         len(sample_ids),
         counts["scored_positions"],
         out,
         manifest["timings"]["tokens_per_s"],
+        extra=RESULT,
     )
     return manifest

@@ -1,4 +1,4 @@
-"""The score store: crash-safe chunk files while scoring, one ``load_from_disk`` dataset at the end.
+"""The score store: crash-safe chunk files while scoring, one data file per process, a small index at the end.
 
 Layout of ``OUT`` while a run is in progress (or was killed)::
 
@@ -7,17 +7,23 @@ Layout of ``OUT`` while a run is in progress (or was killed)::
                                       length order (longest first; S = shard_size), their prepared rows
     OUT/.work/chunk-00012.base.json   completion marker: written after the .npz, holds its SHA-256
     OUT/.work/chunk-00012.ref.npz     reference losses of the same samples (+ .ref.json marker)
+    OUT/.work/data-00001-of-00004.arrow   process 1's block of prepared rows (+ shard-00001-of-00004.json)
 
 Every file is written to a temporary name, fsynced and moved into place with ``os.replace``; a part counts
 as done only when its marker exists and the hash matches, so a run killed at any moment never reads a
 partial file. A restart recomputes exactly the parts without a valid marker, with the same chunk
 boundaries and batching, so it ends with bit-identical scores.
 
-Chunk ``k`` belongs to process ``k % num_shards``: processes started with ``shard_index = 0..n-1`` score
-disjoint chunks into the same ``OUT`` and whichever finds all chunks done assembles the final store
-(under a file lock). Assembly writes the dataset files into ``OUT`` and ``OUT/manifest.json`` last; the
-manifest is the mark of a complete store and records the size and SHA-256 of every dataset file, checked
-before the store is reused. ``.work`` is removed after assembly.
+Chunk ``k`` belongs to process ``k % num_shards``. When every part is done, process ``i`` of ``n`` writes
+its own Arrow data file (:func:`write_shard`): the prepared rows ``[i*N/n, (i+1)*N/n)`` gathered from the
+parts, in blocks of at most :data:`MAX_BLOCK_TOKENS` positions (one part in memory at a time besides the
+block), hashed once by the process that wrote it (the hash goes into its marker). Then one process (rank 0
+under a launcher; without one, the process that finds every part done, under a file lock, after writing the
+data files nobody wrote) writes the index: the data files moved into ``OUT`` in row order, ``state.json`` and
+``dataset_info.json`` (so ``datasets.load_from_disk`` reads the store as one dataset), and
+``OUT/manifest.json`` last, the completion mark, with the size and SHA-256 of every file taken from the
+markers, not re-read. No process holds the whole store. ``.work`` is removed at the end. A store written by
+an older tokenclean (one data file) is read the same way.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from tokenclean.columns import list_array
 from tokenclean.errors import TokencleanError
 from tokenclean.outputs import OWNER_FILE, StaleOutputError, file_digests, verify_files
 from tokenclean.scoring.scorers import get_scorer
@@ -103,14 +110,15 @@ def _is_store_file(rel: str) -> bool:
     return rel in DATASET_FILES or (rel.startswith("data-") and rel.endswith(".arrow"))
 
 
-def complete_manifest(out: Path, plan: dict[str, Any]) -> dict[str, Any] | None:
+def complete_manifest(out: Path, plan: dict[str, Any], verify: bool = True) -> dict[str, Any] | None:
     """The manifest of ``out`` when it already holds this run's complete store and its files are the ones
-    recorded when it was written (sizes and SHA-256), else None (a damaged store is recomputed)."""
+    recorded when it was written (sizes and SHA-256; ``verify`` False: trust a store this job just wrote),
+    else None (a damaged store is recomputed)."""
     manifest = Path(out) / "manifest.json"
     if manifest.exists():
         old = read_json(manifest)
         if old.get("stage") == "score" and old.get("run_key") == plan["run_key"]:
-            problem = verify_files(out, old.get("files"), only=_is_store_file)
+            problem = verify_files(out, old.get("files"), only=_is_store_file) if verify else None
             if problem is None:
                 return dict(old)
             log.warning("recomputing %s: %s", out, problem)
@@ -247,74 +255,198 @@ def score_features() -> Any:
     )
 
 
-def _list_array(offsets: np.ndarray, values: np.ndarray) -> Any:
-    import pyarrow as pa
-
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.float32()))
+MAX_BLOCK_TOKENS = 1 << 27  # positions of a data file gathered per pass over the parts (~0.5 GB per column)
 
 
-def _in_prepared_order(out: Path, parts: list[Part], lengths: np.ndarray, phase: str) -> np.ndarray:
-    """The parts' values as one flat array in prepared row order. Shape (sum T,)."""
-    rows = np.concatenate([np.asarray(p.rows, np.int64) for p in parts])  # (n,) chunk order
-    got = np.concatenate([np.diff(p.offsets) for p in parts])  # (n,) lengths in chunk order
-    lengths = np.asarray(lengths, np.int64)
-    if len(rows) != len(lengths) or not np.array_equal(np.sort(rows), np.arange(len(lengths))):
+def _gather_block(out: Path, lo: int, hi: int, lengths: np.ndarray, total: int, phase: str) -> np.ndarray:
+    """Values of prepared rows ``[lo, hi)`` in prepared order from every chunk's part (one part in memory
+    at a time). Shape (sum of the rows' lengths,)."""
+    want = np.asarray(lengths[lo:hi], np.int64)  # (m,)
+    starts = np.concatenate([[0], np.cumsum(want)]).astype(np.int64)  # (m+1,) block offsets
+    values = np.full(int(starts[-1]), np.nan, dtype=np.float32)
+    seen = np.zeros(hi - lo, dtype=np.int64)
+    for k in range(total):
+        part = read_part(out, k, phase)
+        rows = np.asarray(part.rows, np.int64)  # (n,) chunk order
+        got = np.diff(part.offsets)  # (n,)
+        if not np.array_equal(got, lengths[rows]):
+            raise StoreError(
+                f"{work_dir(out)}: {phase} chunk {k} lengths do not match the prepared input_ids"
+            )
+        inside = np.flatnonzero((rows >= lo) & (rows < hi))
+        if inside.size == 0:
+            continue
+        r = rows[inside] - lo  # (j,) rows in the block
+        seen[r] += 1
+        n = got[inside]
+        src = np.repeat(part.offsets[inside], n) + _within(n)  # (sum n,) positions in the part
+        dst = np.repeat(starts[r], n) + _within(n)  # (sum n,) positions in the block
+        values[dst] = part.values[src]
+    if np.any(seen != 1):
         raise StoreError(f"{work_dir(out)}: {phase} chunks do not hold every prepared sample exactly once")
-    if not np.array_equal(got, lengths[rows]):
-        raise StoreError(f"{work_dir(out)}: {phase} chunk lengths do not match the prepared input_ids")
-    values = np.concatenate([p.values for p in parts])  # (sum T,) chunk order
-    start_in_values = np.concatenate([[0], np.cumsum(got)[:-1]])  # (n,) start of each chunk-order sample
-    start_of_row = np.empty(len(rows), np.int64)
-    start_of_row[rows] = start_in_values  # (n,) indexed by prepared row
-    base = np.concatenate([[0], np.cumsum(lengths)[:-1]])  # (n,) prepared-order starts
-    gather = np.repeat(start_of_row - base, lengths) + np.arange(int(lengths.sum()))  # (sum T,)
-    return values[gather]
+    return values
 
 
-def assemble(
-    out: Path, sample_ids: list[str], lengths: np.ndarray, scorer: str, total: int, with_ref: bool
-) -> dict[str, int]:
-    """Build the final dataset from all parts into ``out`` (manifest written by the caller, last).
+def _within(n: np.ndarray) -> np.ndarray:
+    """Position of each element within its run, for runs of lengths ``n``: (sum n,) int64."""
+    n = np.asarray(n, np.int64)
+    return np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
 
-    Columns: ``sample_id``, ``base_loss``, ``ref_loss``, ``score`` (float32 lists, NaN where not scored), one
-    row per prepared sample in prepared order. Returns counts of scored positions."""
-    import datasets
+
+def _blocks(lengths: np.ndarray, lo: int, hi: int) -> list[tuple[int, int]]:
+    """Row blocks of ``[lo, hi)`` holding at most ``MAX_BLOCK_TOKENS`` positions each (at least one row)."""
+    out, a = [], lo
+    csum = np.concatenate([[0], np.cumsum(np.asarray(lengths[lo:hi], np.int64))])
+    while a < hi:
+        b = lo + int(np.searchsorted(csum, csum[a - lo] + MAX_BLOCK_TOKENS, side="right")) - 1
+        b = min(max(b, a + 1), hi)
+        out.append((a, b))
+        a = b
+    return out
+
+
+def _block_table(
+    out: Path,
+    lo: int,
+    hi: int,
+    sample_ids: list[str],
+    lengths: np.ndarray,
+    total: int,
+    scorer: str,
+    with_ref: bool,
+) -> tuple[Any, dict[str, int]]:
+    """Prepared rows ``[lo, hi)`` of the store as a pyarrow Table, and their position counts."""
     import pyarrow as pa
 
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # (n + 1,)
-    flat = {}
-    for phase in PHASES if with_ref else ("base",):
-        flat[phase] = _in_prepared_order(
-            out, [read_part(out, k, phase) for k in range(total)], lengths, phase
-        )
-    base = flat["base"]
-    ref = flat.get("ref", np.full_like(base, np.nan))
+    base = _gather_block(out, lo, hi, lengths, total, "base")
+    ref = _gather_block(out, lo, hi, lengths, total, "ref") if with_ref else np.full_like(base, np.nan)
     mask = ~np.isnan(base)
-    score = get_scorer(scorer)(base, ref, mask)  # (sum T,)
+    score = get_scorer(scorer)(base, ref, mask)  # per position
+    n = lengths[lo:hi]
     table = pa.table(
         {
-            "sample_id": pa.array(sample_ids, pa.string()),
-            "base_loss": _list_array(offsets, base),
-            "ref_loss": _list_array(offsets, ref),
-            "score": _list_array(offsets, score),
+            "sample_id": pa.array(sample_ids[lo:hi], pa.string()),
+            "base_loss": list_array(base, n, pa.float32()),
+            "ref_loss": list_array(ref, n, pa.float32()),
+            "score": list_array(score, n, pa.float32()),
         }
     )
-    features = score_features()
-    ds = datasets.Dataset(table.cast(features.arrow_schema), info=datasets.DatasetInfo(features=features))
-    tmp = work_dir(out) / "final"
+    counts = {"scored_positions": int(mask.sum()), "total_positions": int(base.size)}
+    return table.cast(score_features().arrow_schema), counts
+
+
+def shard_rows(n_samples: int, index: int, num: int) -> tuple[int, int]:
+    """The prepared rows ``[lo, hi)`` of process ``index``'s data file (contiguous, in order)."""
+    return index * n_samples // num, (index + 1) * n_samples // num
+
+
+def shard_paths(out: Path, index: int, num: int) -> tuple[Path, Path]:
+    """Process ``index`` of ``num``: its data file and its marker, in ``.work``."""
+    w = work_dir(out)
+    return w / f"data-{index:05d}-of-{num:05d}.arrow", w / f"shard-{index:05d}-of-{num:05d}.json"
+
+
+def shard_done(out: Path, index: int, num: int) -> dict[str, Any] | None:
+    """The marker of process ``index``'s data file when it was written completely (marker after file)."""
+    path, marker = shard_paths(out, index, num)
+    if not marker.exists():
+        return None
+    try:
+        m = dict(read_json(marker))
+    except CorruptFileError:
+        return None
+    if m.get("file") is not None and not (path.exists() and path.stat().st_size == m["size"]):
+        return None
+    return m
+
+
+def write_shard(
+    out: Path,
+    index: int,
+    num: int,
+    sample_ids: list[str],
+    lengths: np.ndarray,
+    total: int,
+    scorer: str,
+    with_ref: bool,
+) -> dict[str, Any]:
+    """Write process ``index``'s data file: its contiguous block of prepared rows (:func:`shard_rows`),
+    gathered from the ``total`` chunks' parts (every part done) in blocks of at most ``MAX_BLOCK_TOKENS``
+    positions; hash it once and write its marker. Returns the marker."""
+    from datasets.arrow_writer import ArrowWriter
+
+    path, marker = shard_paths(out, index, num)
+    lengths = np.asarray(lengths, np.int64)
+    lo, hi = shard_rows(len(sample_ids), index, num)
+    counts = {"rows": hi - lo, "scored_positions": 0, "total_positions": 0}
+    info: dict[str, Any] = {"index": index, "num": num, "rows_range": [lo, hi], "file": None}
+    if hi > lo:
+        tmp = path.with_name(f".{path.name}.tmp")
+        writer = ArrowWriter(features=score_features(), path=str(tmp))
+        try:
+            for a, b in _blocks(lengths, lo, hi):
+                table, c = _block_table(out, a, b, sample_ids, lengths, total, scorer, with_ref)
+                writer.write_table(table)
+                counts.update({n: counts[n] + c[n] for n in c})
+            writer.finalize()
+        finally:
+            writer.close()
+        _fsync_replace(str(tmp), path)
+        info.update(file=path.name, size=path.stat().st_size, sha256=sha256_file(path))
+    info.update(counts)
+    write_json_atomic(marker, info)
+    return info
+
+
+def wait_for_shards(out: Path, num: int, poll_s: float = 0.5) -> None:
+    """Wait (outside any collective) until the ``num`` processes' data files are written."""
+    import time
+
+    waited = 0.0
+    while any(shard_done(out, i, num) is None for i in range(num)):
+        time.sleep(poll_s)
+        waited += poll_s
+        if waited % 300 < poll_s:
+            missing = [i for i in range(num) if shard_done(out, i, num) is None]
+            log.info("%s: waiting for the data files of processes %s", out, missing)
+
+
+def write_index(out: Path, num: int, fingerprint: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """Move the ``num`` data files (all written) into ``out`` in row order and write ``state.json`` and
+    ``dataset_info.json`` beside them. Returns the file digests (data files from their markers) and the
+    summed counts. Reads no data."""
+    import datasets
+
+    markers = [shard_done(out, i, num) for i in range(num)]
+    if any(m is None for m in markers):
+        raise StoreError(
+            f"{work_dir(out)}: data files missing for processes {[i for i, m in enumerate(markers) if m is None]}"
+        )
+    tmp = work_dir(out) / "index"
     shutil.rmtree(tmp, ignore_errors=True)
-    ds.save_to_disk(str(tmp))
+    features = score_features()
+    empty = datasets.Dataset.from_dict({k: [] for k in features}, features=features)
+    empty.save_to_disk(str(tmp))  # datasets' own state.json and dataset_info.json, for no rows
+    state = read_json(tmp / "state.json")
+    names = [m["file"] for m in markers if m and m["file"]]
+    state["_data_files"] = [{"filename": n} for n in names]
+    state["_fingerprint"] = fingerprint[:16]
+    write_json_atomic(tmp / "state.json", state)
     _remove_store_files(out)
-    names = sorted(p.name for p in tmp.iterdir())
-    for name in sorted(names, key=lambda n: n == "state.json"):  # state.json last
+    files = {n: {"size": m["size"], "sha256": m["sha256"]} for m in markers if m and (n := m["file"])}
+    for n in names:
+        os.replace(work_dir(out) / n, out / n)
+    for name in ("dataset_info.json", "state.json"):  # state.json last: from here the store reads as whole
         os.replace(tmp / name, out / name)
-    return {"scored_positions": int(mask.sum()), "total_positions": len(base)}
+        files[name] = {"size": (out / name).stat().st_size, "sha256": sha256_file(out / name)}
+    counts = {c: sum(int(m[c]) for m in markers if m) for c in ("scored_positions", "total_positions")}
+    return files, counts
 
 
-def finish(out: Path, manifest: dict[str, Any]) -> None:
-    """Write the manifest (the completion mark, with the size and SHA-256 of every dataset file) and drop
-    the work directory."""
-    manifest["files"] = file_digests(out, only=_is_store_file)
+def finish(out: Path, manifest: dict[str, Any], files: dict[str, Any] | None = None) -> None:
+    """Write the manifest (the completion mark, with the size and SHA-256 of every dataset file: ``files``
+    as recorded by their writers, else hashed now) and drop the work directory."""
+    manifest["files"] = files if files is not None else file_digests(out, only=_is_store_file)
     write_json_atomic(Path(out) / "manifest.json", manifest)
     shutil.rmtree(work_dir(out), ignore_errors=True)
     (Path(out) / ".merge.lock").unlink(missing_ok=True)

@@ -4,6 +4,9 @@
   flat score array with CSR offsets; one global sort for many ratios);
 - :mod:`tokenclean.selection.stats`: what a selection did (requested vs achieved ratio, histogram, ...);
 - :mod:`tokenclean.selection.table`: a score store joined row by row with its prepared dataset;
+- :mod:`tokenclean.selection.selector`: the offline selector base (a subclass gives ``keep(table)``, the base
+  writes the cleaned set, ``dropped.jsonl``, stats and manifest once); :mod:`tokenclean.selection.levels`
+  the score-based selectors (global, sample, random, threshold, soft weights), :mod:`.xtf` XTF;
 - :mod:`tokenclean.selection.cleaned`: the ``select`` stage writing the cleaned dataset.
 
 Synthetic stores and prepared data for tests and benchmarks: :mod:`tokenclean.testing.stores`.
@@ -17,12 +20,14 @@ from tokenclean.selection.masks import (
     global_masks,
     global_ranking,
     keep_mask,
+    n_keep,
     ratio_count,
     select_global,
     select_random,
     select_sample,
     select_threshold,
 )
+from tokenclean.selection.selector import Selection, Selector, write_selection
 from tokenclean.selection.stats import selection_stats
 from tokenclean.selection.table import TokenTable, load_token_table
 
@@ -30,11 +35,14 @@ __all__ = [
     "LEVELS",
     "TIE_RULE",
     "GlobalRanking",
+    "Selection",
+    "Selector",
     "TokenTable",
     "global_masks",
     "global_ranking",
     "keep_mask",
     "load_token_table",
+    "n_keep",
     "ratio_count",
     "select",
     "select_global",
@@ -43,4 +51,5 @@ __all__ = [
     "select_sample",
     "select_threshold",
     "selection_stats",
+    "write_selection",
 ]

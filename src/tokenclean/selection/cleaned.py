@@ -17,9 +17,7 @@ Output directory (``datasets.load_from_disk(DIR)``), one row per sample that kee
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,15 +26,16 @@ from typing import Any
 import numpy as np
 
 from tokenclean import IGNORE_INDEX
+from tokenclean.columns import list_array
 from tokenclean.errors import ConfigError, DataError
-from tokenclean.outputs import check_target, content_id, decide, file_digests, guarded, verify_input
-from tokenclean.selection.masks import LEVELS, TIE_RULE, keep_mask, ratio_fraction
-from tokenclean.selection.stats import kept_per_sample, selection_stats, tie_decided
+from tokenclean.outputs import check_target, content_id, file_digests, guarded, verify_input
+from tokenclean.selection import levels
+from tokenclean.selection.selector import reusable_selection, write_selection
+from tokenclean.selection.stats import kept_per_sample
 from tokenclean.selection.table import TokenTable, load_token_table, resolve_prepared_dir
 from tokenclean.utils import (
     atomic_dir,
     get_logger,
-    package_versions,
     read_json,
     sha256_file,
     sha256_json,
@@ -47,8 +46,6 @@ from tokenclean.utils import (
 log = get_logger("select")
 
 SELECT_VERSION = 1  # bump when the output of select changes for the same inputs
-TIE_WARN_SHARE = 0.1  # warn when ties at the cut chose at least this share of the kept tokens
-MAX_CHUNK_TOKENS = 1 << 30  # Arrow list offsets are int32: keep every chunk well below 2**31 values
 
 
 def cleaned_features(with_weights: bool = False) -> Any:
@@ -76,28 +73,6 @@ def position_labels(table: TokenTable, keep: np.ndarray) -> np.ndarray:
     out = np.full(table.labels.size, IGNORE_INDEX, dtype=np.int32)
     out[kept_pos] = table.labels[kept_pos]
     return out
-
-
-def list_array(values: np.ndarray, lengths: np.ndarray) -> Any:
-    """A list column from flat values and row lengths, chunked so no chunk overflows int32 offsets."""
-    import pyarrow as pa
-
-    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])  # (S+1,)
-    bounds = [0]  # row boundaries of the chunks
-    while bounds[-1] < lengths.size:
-        start = bounds[-1]
-        end = int(np.searchsorted(offsets, offsets[start] + MAX_CHUNK_TOKENS, side="right")) - 1
-        bounds.append(max(end, start + 1))
-    if len(bounds) == 1:
-        bounds.append(0)  # no rows: one empty chunk
-    chunks = [
-        pa.ListArray.from_arrays(
-            pa.array((offsets[a : b + 1] - offsets[a]).astype(np.int32)),
-            pa.array(values[offsets[a] : offsets[b]]),
-        )
-        for a, b in itertools.pairwise(bounds)
-    ]
-    return pa.chunked_array(chunks)
 
 
 def cleaned_arrow(
@@ -181,24 +156,6 @@ def check_same_data(scores_dir: Path, prep: Path) -> None:
         )
 
 
-def _settings(level: str, ratio: float | None, seed: int, threshold: float | None, column: str) -> dict:
-    """Checked settings; ``ratio`` is recorded as None for ``threshold`` and ``threshold`` as None otherwise."""
-    if level not in LEVELS:
-        raise ConfigError(f"level: unknown '{level}' (valid: {', '.join(LEVELS)})")
-    if level == "threshold":
-        if threshold is None or not math.isfinite(float(threshold)):
-            raise ConfigError(
-                f"threshold: level 'threshold' needs a finite threshold value, got {threshold!r}"
-            )
-        ratio = None
-    else:
-        if ratio is None:
-            raise ConfigError(f"ratio: level '{level}' needs a ratio in [0, 1]")
-        ratio_fraction(ratio)
-        threshold = None
-    return {"level": level, "ratio": ratio, "seed": seed, "threshold": threshold, "column": column}
-
-
 def write_cleaned(
     out: str | Path,
     table: TokenTable,
@@ -222,79 +179,6 @@ def write_cleaned(
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         write_json_atomic(tmp / "selection_stats.json", stats)
         write_json_atomic(tmp / "manifest.json", dict(manifest, files=file_digests(tmp)))
-
-
-def _select_one(
-    table: TokenTable,
-    keep: np.ndarray,
-    settings: dict,
-    inputs: dict,
-    key: str,
-    out: Path,
-    t0: float,
-    weights: np.ndarray | None = None,
-) -> dict[str, Any]:
-    s = settings
-    if not keep.any():
-        raise DataError(
-            str(out),
-            f"selection kept no token ({s['level']}, ratio={s['ratio']}, threshold={s['threshold']}); "
-            "nothing to train on",
-        )
-    stats = selection_stats(
-        keep, table.response_scores, table.response_offsets, s["level"], s["ratio"], s["seed"], s["threshold"]
-    )
-    stats["tie_decided_tokens"] = tie_decided(keep, table.response_scores, table.response_offsets, s["level"])
-    warn_if_ties_decide(stats, out)
-    manifest = dict(
-        stage="select",
-        cache_key=key,
-        **s,
-        **inputs,
-        counts={
-            k: stats[k] for k in ("kept_tokens", "total_response_tokens", "samples_kept", "samples_emptied")
-        },
-        versions=package_versions(),
-    )
-    if weights is not None:
-        stats["weights"] = weight_stats(weights, keep, s)
-        manifest["weights"] = stats["weights"]
-    write_cleaned(out, table, keep, stats, dict(manifest, seconds=round(time.time() - t0, 3)), weights)
-    log.info(
-        "%s K=%s: kept %d of %d response tokens (%.4f), %d of %d samples emptied -> %s",
-        s["level"],
-        s["ratio"] if s["level"] != "threshold" else f"score>{s['threshold']}",
-        stats["kept_tokens"],
-        stats["total_response_tokens"],
-        stats["achieved_ratio"],
-        stats["samples_emptied"],
-        stats["samples_total"],
-        out,
-    )
-    return stats
-
-
-def _reusable(out: Path, identity: dict, force: bool, replace_stale: bool) -> dict[str, Any] | None:
-    old = decide(out, "select", identity, force=force, replace_stale=replace_stale)
-    if old is None:
-        return None
-    return dict(read_json(out / "selection_stats.json"), reused=True)
-
-
-def warn_if_ties_decide(stats: dict[str, Any], out: Path) -> None:
-    """Warn when equal scores, not the scores, chose a large share of the kept tokens."""
-    n, kept = stats.get("tie_decided_tokens", 0), stats["kept_tokens"]
-    if kept and n >= TIE_WARN_SHARE * kept:
-        log.warning(
-            "%s: ties decided %d of the %d kept tokens (%.0f%%): that many tokens share the score at the cut "
-            "and were taken in dataset order (%s), not by score; the scores may carry little information "
-            "(all zero when the reference equals the base)",
-            out,
-            n,
-            kept,
-            100 * n / kept,
-            TIE_RULE,
-        )
 
 
 def select(
@@ -354,7 +238,7 @@ def select_many(
     Masks of a global sweep are nested (a larger K keeps a superset). With ``weights="sigmoid"`` (soft
     Token Cleaning, level global only) every scored response token is kept with the weight
     ``sigmoid((score - tau) / temperature)``, ``tau`` the score at the global top-K cut (see
-    :func:`soft_weights`), written as a ``weights`` column for ``train.policy: weights``."""
+    :func:`~.levels.soft_weights`), written as a ``weights`` column for ``train.policy: weights``."""
     if len(ratios) != len(outs):
         raise ConfigError(f"ratios/outs: {len(ratios)} ratios but {len(outs)} output directories")
     t0 = time.time()
@@ -365,9 +249,9 @@ def select_many(
     inputs = _inputs(scores_dir, prep)
     jobs = []
     for r, o in zip(ratios, outs):
-        settings = _settings(level, r, seed, threshold, column)
+        settings = levels.settings(level, r, seed, threshold, column)
         if weights is not None:
-            settings = _weight_settings(settings, weights, temperature)
+            settings = levels.weight_settings(settings, weights, temperature)
         identity = {
             "v": SELECT_VERSION,
             "settings": settings,
@@ -375,13 +259,13 @@ def select_many(
             "prep": inputs["prepared"],
         }
         key = sha256_json(identity)
-        reused = _reusable(Path(o), identity, force, replace_stale)
+        reused = reusable_selection(Path(o), identity, force, replace_stale)
         jobs.append((settings, key, identity, Path(o), reused))
     if all(j[4] is not None for j in jobs):
         return [j[4] for j in jobs]  # type: ignore[misc]
     table = load_token_table(scores_dir, prep, column)
     check_same_data(scores_dir, prep)
-    scores, offsets = table.response_scores, table.response_offsets
+    scores = table.response_scores
     if scores.size and np.isnan(scores).all():
         raise DataError(
             str(scores_dir),
@@ -402,60 +286,6 @@ def select_many(
         if reused is not None:
             results.append(reused)
             continue
-        keep = keep_mask(level, scores, offsets, settings["ratio"], seed, threshold)  # O(N) for global
-        w = None
-        if weights is not None:
-            w = soft_weights(scores, keep, temperature)
-            keep = w > 0
-        results.append(_select_one(table, keep, settings, dict(inputs, identity=identity), key, out, t0, w))
+        fields = dict(settings, **inputs, identity=identity)
+        results.append(write_selection(levels.selector_for(settings), table, out, key, fields, t0))
     return results
-
-
-WEIGHT_MAPPINGS = ("sigmoid",)
-
-
-def _weight_settings(settings: dict, mapping: str, temperature: float) -> dict:
-    if mapping not in WEIGHT_MAPPINGS:
-        raise ConfigError(f"weights: unknown mapping '{mapping}' (valid: {', '.join(WEIGHT_MAPPINGS)})")
-    if settings["level"] != "global":
-        raise ConfigError(
-            f"weights: the '{mapping}' mapping centres on the global top-K cut; use --level global"
-        )
-    t = float(temperature)
-    if not (math.isfinite(t) and t > 0):
-        raise ConfigError(f"temperature: expected a positive number, got {temperature!r}")
-    return dict(settings, weights=mapping, temperature=t)
-
-
-def soft_weights(scores: np.ndarray, hard_keep: np.ndarray, temperature: float) -> np.ndarray:
-    """Soft Token Cleaning: ``w = sigmoid((score - tau) / temperature)`` per response token, float32 (N,).
-
-    ``tau`` is the midpoint between the lowest kept and the highest dropped score of the hard global top-K
-    selection ``hard_keep``, so a token at the cut gets ~0.5, the hard-kept tokens mostly above it and the
-    dropped ones below; ``temperature`` (nats of score) sets how soft the cut is (-> 0: the hard selection).
-    Unscored (NaN) tokens get 0. The training loss is then ``sum w*l / sum w`` (policy ``weights``)."""
-    ok = ~np.isnan(scores)
-    finite = np.isfinite(scores)  # the cut sits between finite scores; +-inf get weight 1 / 0
-    kept, dropped = scores[hard_keep & finite], scores[~hard_keep & finite]
-    if kept.size and dropped.size:
-        tau = 0.5 * (float(kept.min()) + float(dropped.max()))
-    elif kept.size:
-        tau = float(kept.min())
-    else:
-        tau = float(dropped.max()) if dropped.size else 0.0
-    with np.errstate(invalid="ignore"):  # NaN scores: weight 0 below
-        z = (scores.astype(np.float64) - tau) / temperature
-    w = 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
-    return np.where(ok, w, 0.0).astype(np.float32)
-
-
-def weight_stats(weights: np.ndarray, keep: np.ndarray, settings: dict) -> dict[str, Any]:
-    w = weights[keep]
-    return {
-        "mapping": settings.get("weights"),
-        "temperature": settings.get("temperature"),
-        "sum": float(w.sum()),
-        "mean": float(w.mean()) if w.size else None,
-        "share_above_half": float((w > 0.5).mean()) if w.size else None,
-        "effective_tokens": float(w.sum()),
-    }

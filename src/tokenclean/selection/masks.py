@@ -49,10 +49,15 @@ def ratio_fraction(ratio: float) -> Fraction:
     return Fraction(repr(float(ratio))).limit_denominator(10**9)
 
 
-def ratio_count(ratio: float, n: int) -> int:
-    """``floor(ratio * n)`` exactly (on the decimal ratio as written)."""
+def n_keep(ratio: float, n: int) -> int:
+    """How many of ``n`` tokens a top-``ratio`` selection keeps: ``floor(ratio * n)`` exactly, on the decimal
+    ratio as written (``n_keep(0.29, 100) == 29`` where float arithmetic gives 28). The one rounding rule
+    of every top-k in tokenclean (offline levels here, the online policies' per-step and per-sample k)."""
     f = ratio_fraction(ratio)
     return (int(n) * f.numerator) // f.denominator
+
+
+ratio_count = n_keep  # the name the selection code has used
 
 
 def ratio_counts(ratio: float, n: np.ndarray) -> np.ndarray:

@@ -94,3 +94,25 @@ def tie_decided(keep: np.ndarray, scores: np.ndarray, offsets: np.ndarray, level
     tied = (s == cut[seg]) & has_kept[seg]  # (N,)
     split = np.bincount(seg[tied & ~keep], minlength=off.size - 1) > 0  # (S,) some tied dropped
     return int(np.count_nonzero(tied & keep & split[seg]))
+
+
+def describe(stats: dict[str, Any], level: str) -> str:
+    """One line saying what a selection did. A soft selection (``weights``) keeps every scored token and
+    says so, with its weights, instead of a hard "kept N of N"."""
+    w = stats.get("weights")
+    total = stats["total_response_tokens"]
+    if w:
+        above = w.get("share_above_half")
+        return (
+            f"soft weights ({w['mapping']}, T={w['temperature']}) around the global K={stats['requested_ratio']} "
+            f"cut: all {stats['kept_tokens']} of {total} scored response tokens train, weighted; mean weight "
+            f"{w['mean']:.3f} ({w['effective_tokens']:.1f} effective tokens)"
+            + (f", {100 * above:.1f}% weighted above 0.5" if above is not None else "")
+        )
+    what = f"score > {stats['threshold']}" if level == "threshold" else f"K={stats['requested_ratio']}"
+    nan = f"; {stats['nan_scores']} NaN scores" if stats.get("nan_scores") else ""
+    return (
+        f"{level} {what}: kept {stats['kept_tokens']} of {total} response tokens "
+        f"(achieved {stats['achieved_ratio']:.4f}); {stats['samples_emptied']} of {stats['samples_total']} "
+        f"samples emptied and dropped{nan}"
+    )

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from tokenclean import IGNORE_INDEX
+from tokenclean.columns import flat_list
 from tokenclean.errors import DataError
 
 
@@ -51,17 +52,10 @@ def arrow_table(ds: Any) -> Any:
 
 
 def list_column(table: Any, name: str, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
-    """A list column as (flat values (T,), lengths (S,) int64); nulls inside lists become NaN/0."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    col = table.column(name)
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = pc.list_flatten(arr)
-    if flat.null_count:
-        flat = flat.fill_null(np.nan if np.issubdtype(dtype, np.floating) else IGNORE_INDEX)
-    return flat.to_numpy(zero_copy_only=False).astype(dtype, copy=False), lengths
+    """A list column as (flat values (T,), lengths (S,) int64), read chunk by chunk (no 2**31 limit, see
+    :mod:`tokenclean.columns`); nulls inside lists become NaN (floats) or IGNORE_INDEX (ints)."""
+    fill = None if np.issubdtype(dtype, np.floating) else IGNORE_INDEX
+    return flat_list(table.column(name), dtype, fill)
 
 
 def _first_mismatch(a: np.ndarray, b: np.ndarray) -> int:
@@ -163,3 +157,15 @@ def load_token_table(
     table = TokenTable(ids_p, offsets, input_ids, labels, score)
     check_scored_positions(scores_dir, table)
     return table
+
+
+def load_prepared_table(prepared_dir: str | Path) -> TokenTable:
+    """A prepared dataset alone as a table (scores all NaN): for selectors that score it themselves."""
+    import datasets
+
+    pt = arrow_table(datasets.load_from_disk(str(prepared_dir)))
+    input_ids, lens = list_column(pt, "input_ids", np.int32)
+    labels, _ = list_column(pt, "labels", np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    ids = np.asarray(pt.column("sample_id").to_pylist(), dtype=object)
+    return TokenTable(ids, offsets, input_ids, labels, np.full(labels.size, np.nan, dtype=np.float32))

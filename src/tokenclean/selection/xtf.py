@@ -24,16 +24,16 @@ import itertools
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from tokenclean.config import DEFAULT_DEVICE, check_fields, setting
 from tokenclean.errors import ConfigError
 from tokenclean.outputs import guarded
-from tokenclean.utils import get_logger, package_versions, sha256_json, sha256_tree
-
-log = get_logger("select")
+from tokenclean.selection.selector import Selection, Selector, reusable_selection, write_selection
+from tokenclean.selection.table import TokenTable, load_prepared_table
+from tokenclean.utils import read_json, sha256_json, sha256_tree
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,65 @@ def xtf_signals(
     return {"novelty": 1.0 - prob, "attention": attn}
 
 
+@dataclass(frozen=True)
+class XtfSelector(Selector):
+    """XTF as an offline selector: the union of the noise filters is dropped; the recorded score is the
+    novelty ``1 - P_base`` of every scored response token."""
+
+    level: ClassVar[str] = "xtf"
+    model: Any = None
+    settings: XtfSettings = XtfSettings()
+    expert: np.ndarray | None = None  # token ids of the expert words; None: every prompt token of the data
+
+    def keep(self, table: TokenTable) -> Selection:
+        st = self.settings
+        prompts = [table.labels[a:b] == -100 for a, b in itertools.pairwise(table.offsets)]
+        sig = xtf_signals(self.model, table, prompts, with_attention="attention" in st.filters)
+        expert = self.expert if self.expert is not None else table.input_ids[table.labels == -100]
+        rel = relevance(self.model, table.input_ids[table.response_positions], expert)
+        scored = ~np.isnan(sig["novelty"])
+        low_relevance, otsu_thresholds = otsu_low_class(rel, st.otsu_classes)
+        attention = np.nan_to_num(sig["attention"], nan=np.inf)
+        noise = {
+            "novelty": scored & (sig["novelty"] < st.novelty_min),
+            "attention": scored & iqr_fence_noise(attention, table.response_offsets, st.iqr_k),
+            "relevance": low_relevance,
+        }
+        union = np.zeros(len(rel), dtype=bool)
+        for f in st.filters:
+            union |= noise[f]
+        record = {
+            "settings": asdict(st),
+            "noise_tokens": {f: int(noise[f].sum()) for f in noise},
+            "union": int(union.sum()),
+            "otsu_thresholds": otsu_thresholds,
+        }
+        return Selection(keep=~union & scored, scores=sig["novelty"], record={"xtf": record})
+
+
+def _expert_ids(base: str, words: tuple[str, ...]) -> np.ndarray | None:
+    if not words:
+        return None
+    from tokenclean.models.loader import load_tokenizer
+
+    tok = load_tokenizer(base)
+    return np.asarray([t for w in words for t in tok(" " + w, add_special_tokens=False)["input_ids"]])
+
+
+def _load_base(base: str, dtype: str, device: str, filters: tuple[str, ...]) -> Any:
+    from tokenclean.models.loader import load_model, resolve_device
+    from tokenclean.signals import attention_unavailable
+
+    model = load_model(base, dtype=dtype, device=resolve_device(device))
+    model.eval()
+    if "attention" in filters and (why := attention_unavailable(model)):
+        raise ConfigError(
+            f"peers.xtf.filters: the attention filter cannot run on {base}: {why}; "
+            "leave 'attention' out of the filters (e.g. filters: [novelty, relevance])"
+        )
+    return model
+
+
 @guarded("select", inputs=("prepared_dir",))
 def xtf_select(
     prepared_dir: str | Path,
@@ -147,94 +206,20 @@ def xtf_select(
 ) -> dict[str, Any]:
     """Run XTF on a prepared dataset with ``base`` and write a cleaned dataset (``tokenclean select``'s
     layout) to ``out``. Returns the selection stats, with per-filter counts under ``xtf``."""
-    import datasets
-
-    from tokenclean.models.loader import load_model, load_tokenizer, resolve_device
-    from tokenclean.selection.cleaned import _reusable, write_cleaned
-    from tokenclean.selection.stats import selection_stats
-    from tokenclean.selection.table import TokenTable, arrow_table, list_column
-
     t0, prep, out = time.time(), Path(prepared_dir), Path(out)
     identity = {"xtf": asdict(settings), "base": base, "dtype": dtype, "prep": sha256_tree(prep)}
     key = sha256_json(identity)
-    reused = _reusable(out, identity, force, replace_stale)
+    reused = reusable_selection(out, identity, force, replace_stale)
     if reused is not None:
         return reused
-    pt = arrow_table(datasets.load_from_disk(str(prep)))
-    input_ids, lens = list_column(pt, "input_ids", np.int32)
-    labels, _ = list_column(pt, "labels", np.int32)
-    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    table = TokenTable(
-        np.asarray(pt.column("sample_id").to_pylist(), dtype=object), offsets, input_ids, labels, np.zeros(0)
-    )
-    prompts = [labels[a:b] == -100 for a, b in itertools.pairwise(offsets)]
-    from tokenclean.signals import attention_unavailable
-
-    model = load_model(base, dtype=dtype, device=resolve_device(device))
-    model.eval()
-    if "attention" in settings.filters and (why := attention_unavailable(model)):
-        raise ConfigError(
-            f"peers.xtf.filters: the attention filter cannot run on {base}: {why}; "
-            "leave 'attention' out of the filters (e.g. filters: [novelty, relevance])"
-        )
-    sig = xtf_signals(model, table, prompts, with_attention="attention" in settings.filters)
-    resp_ids = table.input_ids[table.response_positions]
-    if settings.expert_words:
-        tok = load_tokenizer(base)
-        expert = np.asarray(
-            [t for w in settings.expert_words for t in tok(" " + w, add_special_tokens=False)["input_ids"]]
-        )
-    else:
-        expert = input_ids[labels == -100]
-    rel = relevance(model, resp_ids, expert)
-    scored = ~np.isnan(sig["novelty"])
-    low_relevance, otsu_thresholds = otsu_low_class(rel, settings.otsu_classes)
-    noise = {
-        "novelty": scored & (sig["novelty"] < settings.novelty_min),
-        "attention": scored
-        & iqr_fence_noise(
-            np.nan_to_num(sig["attention"], nan=np.inf), table.response_offsets, settings.iqr_k
-        ),
-        "relevance": low_relevance,
-    }
-    union = np.zeros(len(rel), dtype=bool)
-    for f in settings.filters:
-        union |= noise[f]
-    keep = ~union & scored
-    score = np.full(len(labels), np.nan, dtype=np.float32)
-    score[table.response_positions] = sig["novelty"]
-    table = TokenTable(table.sample_ids, offsets, input_ids, labels, score)
-    stats = selection_stats(keep, table.response_scores, table.response_offsets, "xtf", None, None, None)
-    stats["xtf"] = {
-        "settings": asdict(settings),
-        "noise_tokens": {f: int(noise[f].sum()) for f in noise},
-        "union": int(union.sum()),
-        "otsu_thresholds": otsu_thresholds,
-    }
-    manifest = {
-        "stage": "select",
-        "level": "xtf",
-        "cache_key": key,
-        "identity": identity,
-        "base": base,
-        "prepared": {"dir": str(prep.resolve())},
-        "xtf": stats["xtf"],
-        "counts": {
-            k: stats[k] for k in ("kept_tokens", "total_response_tokens", "samples_kept", "samples_emptied")
-        },
-        "versions": package_versions(),
-        "seconds": round(time.time() - t0, 3),
-    }
+    table = load_prepared_table(prep)
+    model = _load_base(base, dtype, device, settings.filters)
+    selector = XtfSelector(model=model, settings=settings, expert=_expert_ids(base, settings.expert_words))
+    fields = {"level": "xtf", "identity": identity, "base": base, "prepared": {"dir": str(prep.resolve())}}
     pm = prep / "manifest.json"
     if pm.exists():
-        from tokenclean.utils import read_json
-
-        manifest["tokenizer"] = read_json(pm).get("tokenizer")
-    write_cleaned(out, table, keep, stats, manifest)
-    log.info(
-        "xtf: kept %d of %d response tokens -> %s", stats["kept_tokens"], stats["total_response_tokens"], out
-    )
-    return stats
+        fields["tokenizer"] = read_json(pm).get("tokenizer")
+    return write_selection(selector, table, out, key, fields, t0)
 
 
-__all__ = ["XtfSettings", "iqr_fence_noise", "otsu_low_class", "xtf_select", "xtf_signals"]
+__all__ = ["XtfSelector", "XtfSettings", "iqr_fence_noise", "otsu_low_class", "xtf_select", "xtf_signals"]

@@ -65,8 +65,8 @@ def prepared_from_arrays(
     ``prepare`` stage's writer."""
     import pyarrow as pa
 
+    from tokenclean.columns import list_array
     from tokenclean.data.prepare import PREPARE_VERSION, write_prepared_dir
-    from tokenclean.selection.cleaned import list_array
     from tokenclean.utils import package_versions, sha256_json
 
     off = np.asarray(offsets, dtype=np.int64)
@@ -192,7 +192,11 @@ def store_from_arrays(
             info = {"n": b - a, "tokens": int(off[b] - off[a]), "seconds": 0.0, "cpu_seconds": 0.0}
             store.write_part(out, part, info)
     manifest = store_manifest(plan, data, "cpu", 0, 1, None, False)
+<<<<<<< HEAD
     manifest.update(synthetic=True, packing={"packed": False, "row_tokens": None}, attn_implementation=None)
+=======
+    manifest.update(synthetic=True, packing=None, attn_implementation=None)  # no model ran: no batch layout
+>>>>>>> main
     merge_parts(out, ids, np.diff(off), manifest, total, t0)
     return out
 

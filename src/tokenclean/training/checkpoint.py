@@ -110,7 +110,8 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], what: str) ->
             diffs.append(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}")
     if diffs:
         raise StaleOutputError(
-            f"{what} was written by a different run ({'; '.join(diffs)}); use another --out or delete it"
+            f"{what} was written by a different run ({'; '.join(diffs)}); pass --force to train again from "
+            "the start, or use another --out"
         )
 
 

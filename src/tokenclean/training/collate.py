@@ -62,6 +62,24 @@ def micro_batches(
     return [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
 
 
+def packed_micro_batches(
+    samples: np.ndarray, lengths: np.ndarray, rank: int, world: int, batch_size: int
+) -> list[np.ndarray]:
+    """This rank's micro-batches of one step, balanced by tokens: the step's samples longest first (stable),
+    each to the rank with the fewest tokens so far (ties: the lowest rank); this rank's samples, longest
+    first, cut into micro-batches of ``batch_size`` (each packed padding-free by :func:`collate`). Every
+    rank computes the same assignment; ``world = 1`` keeps every sample."""
+    load = np.zeros(world, dtype=np.int64)  # (world,) tokens assigned so far
+    mine = []
+    for i in samples[np.argsort(-lengths[samples], kind="stable")]:
+        r = int(np.argmin(load))
+        load[r] += int(lengths[i])
+        if r == rank:
+            mine.append(i)
+    arr = np.asarray(mine, dtype=np.int64)
+    return [arr[i : i + batch_size] for i in range(0, len(arr), batch_size)]
+
+
 @dataclass
 class MicroBatch:
     """One forward pass: the padded samples and their *candidate* tokens (every trained label, j >= 1).
@@ -83,6 +101,11 @@ class MicroBatch:
         return len(self.keys)
 
     @property
+    def n_computed(self) -> int:
+        """Tokens the forward pass computes (rows x row length, padding included)."""
+        return int(self.batch.input_ids.numel())
+
+    @property
     def n_kept(self) -> int:
         """Candidates with a positive dataset weight (with no weights column: all of them)."""
         return int((self.data_weights > 0).sum())
@@ -97,13 +120,28 @@ class MicroBatch:
         return tb, torch.from_numpy(np.ascontiguousarray(weights[sel], dtype=np.float32)).to(idx.device)
 
 
-def collate(data: TrainData, idx: np.ndarray, device: str = "cpu") -> MicroBatch:
-    """Right-pad the samples ``idx`` into one micro-batch; every trained label is a candidate."""
+NOT_PACKED = -1  # collate(row_tokens=NOT_PACKED): one right-padded sample per row
+
+
+def collate(
+    data: TrainData, idx: np.ndarray, device: str = "cpu", row_tokens: int | None = NOT_PACKED
+) -> MicroBatch:
+    """The samples ``idx`` as one micro-batch; every trained label is a candidate. Right-padded, one sample
+    per row (``row_tokens=NOT_PACKED``), or packed padding-free (:func:`tokenclean.packing.
+    make_packed_batch`: samples back to back, ``position_ids`` restarting per sample) into rows of at most
+    ``row_tokens`` tokens (None: one row). Packing needs data without an ``attention_mask`` column."""
     ids = [np.asarray(data.input_ids[i], dtype=np.int64) for i in idx]
     att = None if data.attention_mask is None else [data.attention_mask[i] for i in idx]
     pos = [trained_positions(data.labels[i]) for i in idx]  # (n_r,) positions j >= 1 that are trained
     prompt = [data.prompt_mask(i) for i in idx]
-    batch = make_token_batch(ids, pos, pad_id=0, attention_mask=att, prompt_mask=prompt)
+    if row_tokens == NOT_PACKED:
+        batch = make_token_batch(ids, pos, pad_id=0, attention_mask=att, prompt_mask=prompt)
+    else:
+        from tokenclean.packing import make_packed_batch
+
+        if att is not None:
+            raise ValueError("packing needs data without an attention_mask column")
+        batch = make_packed_batch(ids, pos, row_tokens, pad_id=0, prompt_mask=prompt)
     if data.weights is not None:
         w = np.concatenate([np.asarray(data.weights[i], dtype=np.float32)[p] for i, p in zip(idx, pos)])
     else:

@@ -88,6 +88,13 @@ class TrainConfig:
         True,
         "sort each optimizer step's samples by length before cutting micro-batches (less padding; same loss)",
     )
+    pack: bool = setting(
+        True,
+        "pack each micro-batch padding-free (samples back to back, position_ids restarting per sample; "
+        "flash-attention varlen or a block-diagonal mask) and balance the ranks by tokens; used when the "
+        "model keeps packed samples apart (probed once) and the data has no attention_mask column, else "
+        "right-padded micro-batches; the loss is the same",
+    )
     save_steps: int = setting(
         50,
         "write a resumable checkpoint every this many optimizer steps (0: never; the final adapter is always saved)",

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from tokenclean import IGNORE_INDEX
+from tokenclean.columns import flat_list, offsets_of
 from tokenclean.errors import DataError
 from tokenclean.outputs import verify_input
 from tokenclean.utils import get_logger
@@ -57,10 +58,9 @@ class TrainData:
 
 
 def _flat_column(table: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """A list column as (flat values, offsets (n+1,)) without copying per row."""
-    arr = table.column(name).combine_chunks()
-    offsets = arr.offsets.to_numpy()
-    return arr.flatten().to_numpy(), (offsets - offsets[0]).astype(np.int64)
+    """A list column as (flat values, offsets (n+1,) int64), chunk by chunk (no 2**31 limit)."""
+    values, lengths = flat_list(table.column(name), None)
+    return values, offsets_of(lengths)
 
 
 def _row_of(flat_index: int, offsets: np.ndarray) -> int:

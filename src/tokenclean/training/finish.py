@@ -19,7 +19,7 @@ from tokenclean.training.model import (
     trainable_state,
 )
 from tokenclean.training.state import TrainRun, TrainState
-from tokenclean.utils import atomic_dir, get_logger, package_versions, sha256_file, write_json_atomic
+from tokenclean.utils import RESULT, atomic_dir, get_logger, package_versions, sha256_file, write_json_atomic
 
 log = get_logger("training")
 
@@ -43,6 +43,7 @@ def finish(run: TrainRun, state: TrainState) -> dict[str, Any]:
             "-" if state.last_loss is None else f"{state.last_loss:.4f}",
             done["tokens_per_s"],
             out / "adapter",
+            extra=RESULT,
         )
     acc.wait_for_everyone()
     return done
@@ -75,6 +76,8 @@ def done_record(run: TrainRun, state: TrainState) -> dict[str, Any]:
         "skipped_steps": state.skipped_steps,
         "nonfinite_steps": state.nonfinite_steps,
         "tokens": {"input": state.tokens_input, "kept": state.tokens_kept},
+        "packed": run.row_tokens != -1,
+        "padding_efficiency": round(state.tokens_input / max(state.tokens_computed, 1), 4),
         "final_loss": state.last_loss,
         "tokens_per_s": round(state.session_tokens / max(secs, 1e-9), 2),
         "kept_tokens_per_s": round(state.session_kept / max(secs, 1e-9), 2),

@@ -50,9 +50,11 @@ from tokenclean.training.checkpoint import (
     save_checkpoint,
 )
 from tokenclean.training.collate import (
+    NOT_PACKED,
     MicroBatch,
     collate,
     micro_batches,
+    packed_micro_batches,
     rank_share,
     step_samples,
     steps_per_epoch,
@@ -69,13 +71,12 @@ from tokenclean.training.model import (
     adapter_path,
     build_lora_model,
     no_split_modules,
-    portable_base_name,
     trainable_parameters,
 )
 from tokenclean.training.policies import StepView, build_policy
 from tokenclean.training.schedule import warn_if_no_update
-from tokenclean.training.state import TrainRun, TrainState
-from tokenclean.utils import apply_threads, get_logger, read_json, sha256_tree
+from tokenclean.training.state import TrainRun, TrainState, run_identity
+from tokenclean.utils import apply_threads, get_logger, read_json
 
 log = get_logger("training")
 
@@ -85,18 +86,6 @@ INTERRUPT_ENV = "TOKENCLEAN_TRAIN_INTERRUPT_AFTER"
 
 class TrainingInterrupted(TokencleanError):
     """Raised by the ``TOKENCLEAN_TRAIN_INTERRUPT_AFTER`` hook; a re-run resumes from the last checkpoint."""
-
-
-def run_identity(
-    cfg: TrainConfig, data_dir: Path, spec: ModelSpec, init_adapter: str | None
-) -> dict[str, Any]:
-    """What makes two runs the same run: result-affecting config, data bytes, base model, initial adapter."""
-    return {
-        "config": cfg.identity(),
-        "data_sha256": sha256_tree(data_dir),
-        "model": portable_base_name(spec),
-        "init_adapter_sha256": sha256_tree(init_adapter) if init_adapter else None,
-    }
 
 
 @guarded("train", inputs=("data_dir", "init_adapter", "model"), in_place=True, before=check_finished)
@@ -195,16 +184,11 @@ def _setup_optimizer(run: TrainRun, identity: dict[str, Any], saved: dict[str, A
     wrapper = signal_model(run.net)
     wrapper._no_split_modules = no_split_modules(run.net)  # FSDP wraps the model's own layer classes
     run.model, run.optimizer = acc.prepare(wrapper, optimizer)
-    run.global_batch, accum = cfg.step_batch(acc.num_processes)
-    if acc.num_processes > 1 and cfg.global_batch is None and cfg.grad_accum is not None:
-        log.warning(
-            "global batch %d = batch_size %d x grad_accum %d x %d processes (it grows with the processes); "
-            "set train.global_batch to train the same steps on any number of processes",
-            *(run.global_batch, cfg.batch_size, accum, acc.num_processes),
-        )
+    run.global_batch = setup.global_batch(cfg, acc.num_processes)
     run.n_steps = total_steps(len(run.data), run.global_batch, cfg.epochs, cfg.max_steps)
     warn_if_no_update(len(run.data), cfg, run.n_steps, acc.num_processes)
     run.scheduler = setup.scheduler(run.optimizer, cfg, run.n_steps)
+    run.row_tokens = setup.packed_rows(run.net, cfg, run.data)
     state = TrainState(identity=identity, world_size=acc.num_processes)
     if saved is not None:
         args = (run.out, acc, run.model, run.net, run.optimizer, run.scheduler, run.policy)
@@ -229,8 +213,13 @@ class _Loop:
         r = self.run_
         cfg, data, dev = r.cfg, r.data, str(r.acc.device)
         idx = step_samples(len(data), r.global_batch, cfg.seed, step)
-        mine = rank_share(idx, data.lengths, r.acc.process_index, r.world, cfg.group_by_length)
-        mbs = [collate(data, b, dev) for b in micro_batches(mine, data.lengths, cfg.batch_size, False)]
+        rank = r.acc.process_index
+        if r.row_tokens == NOT_PACKED:
+            mine = rank_share(idx, data.lengths, rank, r.world, cfg.group_by_length)
+            parts = micro_batches(mine, data.lengths, cfg.batch_size, False)
+        else:
+            parts = packed_micro_batches(idx, data.lengths, rank, r.world, cfg.batch_size)
+        mbs = [collate(data, b, dev, r.row_tokens) for b in parts]
         return mbs, (collate(data, idx[:1], dev) if not mbs else None)
 
     def step_weights(self, step: int, mbs: list[MicroBatch]) -> list[Any]:
@@ -253,6 +242,7 @@ class _Loop:
         if stand_in is not None:
             mbs, weights = [stand_in], [stand_in.data_weights * 0.0]
         lr = r.scheduler.get_last_lr()[0]
+        state.tokens_computed += int(self.dist.sum(sum(mb.n_computed for mb in mbs)))
         pol = r.policy
         res = accumulate_step(
             r.model, mbs, weights, self.autocast, self.dist, pol.multiplier, pol.forward_signals
@@ -285,6 +275,7 @@ class _Loop:
             rate = (state.tokens_input - tok0) / max(elapsed, 1e-9)
             rec = {"step": step + 1, "loss": res.loss, "lr": lr, "kept_tokens": res.n_kept}
             rec |= {"tokens": res.n_tokens, "grad_norm": grad_norm, "tokens_per_s": round(rate, 2)}
+            rec["padding_efficiency"] = round(state.tokens_input / max(state.tokens_computed, 1), 4)
             rec |= self.run_.policy.metrics(res)
             rec["seconds"] = round(state.seconds, 3)
             self.log_step(rec, step, state)

@@ -15,7 +15,7 @@ from tokenclean.config import DEFAULT_DEVICE
 from tokenclean.errors import ConfigError, ModelError
 from tokenclean.models.loader import DTYPES, ModelSpec, load_model, load_tokenizer, resolve_model
 from tokenclean.outputs import check_target, guarded
-from tokenclean.utils import atomic_dir, get_logger, package_versions, sha256_tree, write_json_atomic
+from tokenclean.utils import RESULT, atomic_dir, get_logger, package_versions, sha256_tree, write_json_atomic
 
 log = get_logger("training")
 
@@ -70,5 +70,5 @@ def merge(
         tok.save_pretrained(str(tmp))
         manifest["seconds"] = round(time.time() - t0, 3)
         write_json_atomic(tmp / "merge.json", manifest)
-    log.info("merged %s into %s (%s) -> %s", spec.adapter, spec.name, dt, out)
+    log.info("merged %s into %s (%s) -> %s", spec.adapter, spec.name, dt, out, extra=RESULT)
     return manifest

@@ -22,7 +22,6 @@ method modules (:mod:`tokenclean.methods`); the policy names of ``train --policy
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -31,6 +30,7 @@ import numpy as np
 
 from tokenclean.config import from_dict
 from tokenclean.errors import ConfigError
+from tokenclean.selection.masks import n_keep
 
 
 @dataclass(frozen=True)
@@ -133,9 +133,8 @@ def top_k_over_ranks(
     k = np.concatenate([a.reshape(-1, 2) for a in all_k])  # (N, 2)
     origin = np.concatenate([np.full(len(a), r) for r, a in enumerate(all_v)])  # (N,)
     local = np.concatenate([np.arange(len(a)) for a in all_v])  # (N,)
-    n_keep = math.floor(ratio * len(v) + 1e-9)
     v = np.where(np.isnan(v), -np.inf, v)  # unscored tokens go last
-    order = np.lexsort((k[:, 1], k[:, 0], -v))[:n_keep]
+    order = np.lexsort((k[:, 1], k[:, 0], -v))[: n_keep(ratio, len(v))]
     mine = np.zeros(len(values), dtype=bool)
     mine[local[order][origin[order] == rank]] = True
     return mine

@@ -74,6 +74,19 @@ def scheduler(optimizer: Any, cfg: TrainConfig, n_steps: int) -> Any:
     return get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * n_steps), n_steps)
 
 
+def global_batch(cfg: TrainConfig, world: int) -> int:
+    """Samples per optimizer step on ``world`` processes (:meth:`TrainConfig.step_batch`); warns when the
+    Hugging Face convention makes it grow with the processes."""
+    batch, accum = cfg.step_batch(world)
+    if world > 1 and cfg.global_batch is None and cfg.grad_accum is not None:
+        log.warning(
+            "global batch %d = batch_size %d x grad_accum %d x %d processes (it grows with the processes); "
+            "set train.global_batch to train the same steps on any number of processes",
+            *(batch, cfg.batch_size, accum, world),
+        )
+    return batch
+
+
 def check_vocab(data: TrainData, net: Any, data_dir: Path) -> None:
     """Every token id of the data must be inside the model's embedding table."""
     vocab = net.get_input_embeddings().num_embeddings
@@ -105,6 +118,29 @@ def check_tokenizer(manifest: dict[str, Any], spec: ModelSpec, data_dir: Path) -
             f"the tokenizer of model '{spec.name}' (vocab {got['vocab_size']}); prepare the data with the "
             "model's tokenizer"
         )
+
+
+def packed_rows(net: Any, cfg: TrainConfig, data: TrainData) -> int | None:
+    """How training micro-batches are laid out: :data:`~tokenclean.training.collate.NOT_PACKED` (right-
+    padded) unless ``cfg.pack``, the data has no ``attention_mask`` and the model keeps packed samples apart
+    (:func:`tokenclean.packing.packing_works`, probed in eval mode); else the packed row length
+    (:func:`tokenclean.packing.row_tokens_for`: None = one row for flash-attention varlen)."""
+    from tokenclean.packing import packing_works, row_tokens_for
+    from tokenclean.training.collate import NOT_PACKED
+
+    if not cfg.pack or data.attention_mask is not None:
+        return NOT_PACKED
+    was_training = net.training
+    net.eval()  # no dropout in the probe
+    try:
+        ok = packing_works(net)
+    finally:
+        net.train(was_training)
+    if not ok:
+        log.warning("this model mixes packed samples (attention ignores position_ids); training pads instead")
+        return NOT_PACKED
+    attn = getattr(getattr(net, "config", None), "_attn_implementation", None)
+    return row_tokens_for(attn, cfg.batch_size * cfg.max_length)
 
 
 def autocast(dev: str, bf16: bool) -> Callable[[], contextlib.AbstractContextManager[Any]]:

@@ -11,7 +11,22 @@ from typing import Any
 from tokenclean.models.loader import ModelSpec
 from tokenclean.training.config import TrainConfig
 from tokenclean.training.data import TrainData
+from tokenclean.training.model import portable_base_name
 from tokenclean.training.policies import Policy
+from tokenclean.utils import sha256_tree
+
+
+def run_identity(
+    cfg: TrainConfig, data_dir: Path, spec: ModelSpec, init_adapter: str | None
+) -> dict[str, Any]:
+    """What makes two runs the same run: result-affecting config, data bytes, base model, initial adapter."""
+    return {
+        "config": cfg.identity(),
+        "data_sha256": sha256_tree(data_dir),
+        "model": portable_base_name(spec),
+        "init_adapter_sha256": sha256_tree(init_adapter) if init_adapter else None,
+    }
+
 
 # kept in memory only: the counters of this process's session (a resumed run starts them at 0)
 _SESSION = ("session_seconds", "session_tokens", "session_kept")
@@ -26,6 +41,7 @@ class TrainState:
     step: int = 0  # optimizer steps done = the data position
     tokens_input: int = 0  # non-padding input tokens of the gradient passes, all ranks
     tokens_kept: int = 0  # counted tokens, all ranks
+    tokens_computed: int = 0  # tokens the gradient passes computed (padding included), all ranks
     seconds: float = 0.0  # training-loop seconds over every session
     skipped_steps: int = 0  # steps with no counted token
     nonfinite_steps: int = 0  # steps skipped for a non-finite loss or gradient norm
@@ -62,6 +78,7 @@ class TrainRun:
     scheduler: Any = None
     n_steps: int = 0
     global_batch: int = 0  # samples per optimizer step over all ranks
+    row_tokens: int | None = -1  # packed micro-batch rows (None: one row; -1: not packed, right-padded)
     resumed_from: int | None = None
 
     @property
@@ -73,4 +90,4 @@ class TrainRun:
         return int(self.acc.num_processes)
 
 
-__all__ = ["TrainRun", "TrainState"]
+__all__ = ["TrainRun", "TrainState", "run_identity"]

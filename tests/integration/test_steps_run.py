@@ -1,0 +1,62 @@
+"""Step-annotated traces through a run: ``truth from-steps`` -> ``data.truth`` with correct/mistake/after, and
+``tokenclean groundtruth`` reproduces the run's per-label recovery from its outputs (tiny model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenclean.groundtruth.steps_io import from_steps
+from tokenclean.pipelines.config import load_run_config
+from tokenclean.pipelines.runner import run
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "configs" / "tiny_cpu.yaml"
+
+
+def _traces(tmp_path: Path) -> Path:
+    rows = []
+    for i in range(14):
+        steps = [f"start {i}", f"push ( ; stack: ( {i}", f"pop ) ; stack: empty {i}", f"so the answer is {i}"]
+        rows.append(
+            {"input": f"close ( {i}", "steps": steps, "mistake_index": None if i % 4 == 0 else 1 + i % 3}
+        )
+    p = tmp_path / "traces.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+def test_step_truth_in_a_run_and_groundtruth_agree(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    from tokenclean.cli import main
+
+    from_steps([_traces(tmp_path)], tmp_path / "bbm")
+    data, truth = tmp_path / "bbm" / "data.jsonl", tmp_path / "bbm" / "truth.jsonl"
+    cfg = load_run_config(
+        TINY,
+        [
+            f"run_dir={tmp_path / 'run'}",
+            f"model.base={tiny_model_dir}",
+            f"data.path={data}",
+            f"data.truth={truth}",
+            "data.truth_positive=[correct]",
+            "data.truth_noise=[mistake,after]",
+            "data.heldout=null",
+            "methods=[fixed_model]",
+            "report=false",
+            "eval.suite=none",
+        ],
+    )
+    m = run(cfg)["methods"]["fixed_model"]
+    assert set(m["classes"]) >= {"correct", "mistake", "after"}
+    mis = m["classes"]["mistake"]
+    assert mis["spans"] >= 1 and "auroc_decisive" in mis and "decisive_dropped" in mis
+    out = tmp_path / "gt.json"
+    args = ["groundtruth", "--data", str(data), "--truth", str(truth), "--positive", "correct"]
+    args += ["--noise", "mistake,after", "--selection", str(tmp_path / "run" / m["cleaned"])]
+    args += ["--scores", str(tmp_path / "run" / m["scores"]), "--out", str(out)]
+    assert main(args) == 0
+    assert "spans removed" in capsys.readouterr().out
+    got = json.loads(out.read_text())["methods"]["selection"]
+    for label in ("correct", "mistake", "after"):
+        assert got["classes"][label]["kept"] == m["classes"][label]["kept"]  # the CLI and the run agree
+    assert got["classes"]["mistake"]["auroc_decisive"] == mis["auroc_decisive"]
