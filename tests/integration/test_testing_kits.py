@@ -89,11 +89,7 @@ def test_kit_score_store_is_what_scoring_writes(
     assert set(kit) == set(real) | {"synthetic"}
     differ = {"base", "reference", "run_key", "timings", "batch_tokens", "self_check_max_diff", "files"}
     differ |= {"reference_merged_in_place"}  # how the reference model was loaded
-<<<<<<< HEAD
-    differ |= {"attn_implementation", "padding_efficiency"}  # what ran (the kit runs no model)
-=======
     differ |= {"packing", "attn_implementation", "padding_efficiency"}  # the models' batch layout
->>>>>>> main
     assert {k for k in real if real[k] != kit[k]} <= differ
     assert {k: v for k, v in kit["files"].items() if k != "state.json"} == {
         k: v for k, v in real["files"].items() if k != "state.json"

@@ -192,11 +192,7 @@ def store_from_arrays(
             info = {"n": b - a, "tokens": int(off[b] - off[a]), "seconds": 0.0, "cpu_seconds": 0.0}
             store.write_part(out, part, info)
     manifest = store_manifest(plan, data, "cpu", 0, 1, None, False)
-<<<<<<< HEAD
-    manifest.update(synthetic=True, packing={"packed": False, "row_tokens": None}, attn_implementation=None)
-=======
     manifest.update(synthetic=True, packing=None, attn_implementation=None)  # no model ran: no batch layout
->>>>>>> main
     merge_parts(out, ids, np.diff(off), manifest, total, t0)
     return out
 
