@@ -381,11 +381,12 @@ def train_in_process(work: Path) -> str:
     return ""
 
 
-def train_launched(work: Path) -> str:
+def train_launched(work: Path, config: str | None = None, device: str = "cuda") -> str:
+    """Three ``accelerate launch`` runs (``config``: the accelerate YAML, default FSDP on 1 process)."""
     import subprocess
 
     cfg = work / "accelerate.yaml"
-    cfg.write_text(FSDP_1PROC)
+    cfg.write_text(config or FSDP_1PROC)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TOKENCLEAN_LOGLEVEL="WARNING")
     args = [
         sys.executable,
@@ -402,7 +403,7 @@ def train_launched(work: Path) -> str:
         str(work / "model"),
         "--quiet",
         "--device",
-        "cuda",
+        device,
     ]
     for k, v in TRAIN_ARGS.items():
         args += ["--" + k.replace("_", "-"), str(v)]  # fmt: skip
