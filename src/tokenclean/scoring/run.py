@@ -208,11 +208,7 @@ def score_dataset(
 
     t0 = time.time()
     _validate(scorer, reference, adapter, shard_size)
-    launched = _launched_group(num_shards, device)
-    if launched is not None:  # accelerate launch / torchrun: one shard per process
-        shard_index, num_shards = launched.process_index, launched.num_processes
-        if device in ("cuda", "auto") and str(launched.device).startswith("cuda"):
-            device = str(launched.device)
+    launched, shard_index, num_shards, device = _launch(num_shards, shard_index, device)
     data = PreparedData(prepared_dir)
     out = Path(out).resolve()
     device = resolve_device(device)
@@ -229,13 +225,7 @@ def score_dataset(
     layout = resolve_packing(pair, packing, batch_tokens)
     base_id, ref_id = pair.identities()  # a Hub model downloaded just now has a commit hash only from here
     plan = scoring_plan({"base": base_id, "reference": ref_id, "mode": mode}, **settings)
-    if launched is None:
-        store.prepare_out(out, plan, force, replace_stale)
-    else:
-        with launched.main_process_first():  # rank 0 sets up OUT, then the others check it
-            main = launched.is_main_process
-            store.prepare_out(out, plan, force and main, replace_stale and main)
-        progress = progress and launched.is_main_process
+    progress = _prepare_out(launched, out, plan, force, replace_stale) and progress
     total = store.n_chunks(len(data), shard_size)
     mine = store.my_chunks(len(data), shard_size, shard_index, num_shards)
     phases = store.PHASES if pair.mode != "base_only" else ("base",)
@@ -257,6 +247,29 @@ def score_dataset(
     manifest = merge_parts(out, data.sample_ids, data.lengths, manifest, total, t0)
     warn_if_reference_is_base(out, pair.mode, adapter or reference)
     return manifest
+
+
+def _launch(num_shards: int, shard_index: int, device: str) -> tuple[Any, int, int, str]:
+    """(launched group or None, shard index, number of shards, device): under accelerate launch / torchrun
+    one shard per process, on the process's own GPU."""
+    launched = _launched_group(num_shards, device)
+    if launched is None:
+        return None, shard_index, num_shards, device
+    if device in ("cuda", "auto") and str(launched.device).startswith("cuda"):
+        device = str(launched.device)
+    return launched, launched.process_index, launched.num_processes, device
+
+
+def _prepare_out(launched: Any, out: Path, plan: dict[str, Any], force: bool, replace_stale: bool) -> bool:
+    """Set up the store directory (under a launcher: rank 0 first, then the others check it); returns
+    whether this process shows progress."""
+    if launched is None:
+        store.prepare_out(out, plan, force, replace_stale)
+        return True
+    with launched.main_process_first():
+        main = launched.is_main_process
+        store.prepare_out(out, plan, force and main, replace_stale and main)
+    return bool(main)
 
 
 def _launched_group(num_shards: int, device: str) -> Any:
