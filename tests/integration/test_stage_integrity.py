@@ -193,6 +193,30 @@ def test_training_without_an_update_warns_with_the_numbers(
     assert "= 1 optimizer step(s)" in warn[0] and "= 1 step(s)" in warn[0]
 
 
+def test_cli_train_stops_before_loading_when_no_step_would_update(
+    prepared: Path, tiny_model_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """`tokenclean train` on too few samples for the default global batch (48) refuses before the model
+    loads (no output written), naming the numbers and --allow-no-update; with the flag it trains."""
+    from tokenclean.cli import main
+    from tokenclean.training import model as training_model
+
+    loads = []
+    real = training_model.build_lora_model
+    monkeypatch.setattr(
+        "tokenclean.training.loop.build_lora_model", lambda *a, **k: loads.append(1) or real(*a, **k)
+    )
+    args = ["train", "--data", str(prepared), "--model", str(tiny_model_dir), "--lora-r", "4", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "this schedule gives no update: 12 samples / effective batch 48" in err and "--allow-no-update" in err
+    )
+    assert loads == [] and not (tmp_path / "t" / "adapter").exists()
+    assert main([*args, "--out", str(tmp_path / "t2"), "--allow-no-update", "--save-steps", "0"]) == 0
+    assert loads == [1] and (tmp_path / "t2" / "adapter").exists()
+
+
 # ------------------------------------------------------------------------ case 10: device and dtype
 
 

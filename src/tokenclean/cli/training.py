@@ -57,6 +57,7 @@ def _train(a: argparse.Namespace) -> int:
         device=rt.device,
         threads=rt.threads,
         force=a.force,
+        allow_no_update=a.allow_no_update,
     )
     if launched_world()[0] != 0:
         return 0  # rank 0 reports
@@ -103,6 +104,12 @@ def _train_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--out", required=True, help="output dir (adapter/, done.json); re-running resumes")
     s.add_argument(
         "--force", action="store_true", help="start over: discard a finished or interrupted training in --out"
+    )
+    s.add_argument(
+        "--allow-no-update",
+        action="store_true",
+        help="train even when the schedule gives no update (too few samples for the global batch, or every "
+        "step in the warm-up); without it such a run stops before the model loads",
     )
     add_settings(s, TrainConfig, "train", skip=("policy_settings",))
     s.add_argument(
