@@ -427,7 +427,6 @@ mixed_precision: "no"
 fsdp_config:
   fsdp_version: 2
   fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
-  fsdp_transformer_layer_cls_to_wrap: LlamaDecoderLayer
   fsdp_state_dict_type: SHARDED_STATE_DICT
   fsdp_reshard_after_forward: true"""
 
