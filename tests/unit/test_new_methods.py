@@ -12,7 +12,7 @@ import torch
 from tokenclean import methods
 from tokenclean.errors import ConfigError
 from tokenclean.signals import make_token_batch, naive_token_signals, signal_model, token_signals
-from tokenclean.testing import make_tiny_llama
+from tokenclean.testing import make_tiny_llama, make_tiny_peft, small_train_data
 from tokenclean.training.collate import collate
 from tokenclean.training.data import TrainData
 from tokenclean.training.policies import StepView, build_policy
@@ -20,27 +20,13 @@ from tokenclean.training.policies import StepView, build_policy
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _data(seed: int) -> TrainData:
-    rng = np.random.default_rng(seed)
-    ids, labels = [], []
-    for n in (9, 14, 6, 11):
-        x = rng.integers(5, 300, n).astype(np.int32)
-        lab = np.full(n, -100, dtype=np.int32)
-        lab[n // 3 :] = x[n // 3 :]
-        ids.append(x)
-        labels.append(lab)
-    return TrainData(ids, labels, None, np.array([len(x) - len(x) // 3 for x in ids]), list("abcd"))
+def _data(seed: int = 0) -> TrainData:
+    return small_train_data(seed)
 
 
 @pytest.fixture()
 def peft_model(tiny_tok):
-    from peft import LoraConfig, get_peft_model
-
-    base = make_tiny_llama(tiny_tok, seed=7)
-    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
-    cfg.init_lora_weights = False
-    torch.manual_seed(0)
-    return get_peft_model(base, cfg).eval()
+    return make_tiny_peft(tiny_tok, seed=7)
 
 
 def _view(model, mbs) -> StepView:

@@ -10,7 +10,7 @@ import torch
 
 from tokenclean.errors import ConfigError
 from tokenclean.signals import signal_model
-from tokenclean.testing import make_tiny_llama
+from tokenclean.testing import make_tiny_llama, make_tiny_peft, small_train_data
 from tokenclean.training.collate import collate
 from tokenclean.training.config import TrainConfig
 from tokenclean.training.data import TrainData
@@ -20,26 +20,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(seed: int = 0) -> TrainData:
-    rng = np.random.default_rng(seed)
-    ids, labels = [], []
-    for n in (9, 14, 6, 11):
-        x = rng.integers(5, 300, n).astype(np.int32)
-        lab = np.full(n, -100, dtype=np.int32)
-        lab[n // 3 :] = x[n // 3 :]
-        ids.append(x)
-        labels.append(lab)
-    return TrainData(ids, labels, None, np.array([len(x) - len(x) // 3 for x in ids]), list("abcd"))
+    return small_train_data(seed)
 
 
 @pytest.fixture()
 def peft_model(tiny_tok):
-    from peft import LoraConfig, get_peft_model
-
-    base = make_tiny_llama(tiny_tok, seed=2)
-    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
-    cfg.init_lora_weights = False  # a non-zero adapter: current and base losses differ
-    torch.manual_seed(0)
-    return get_peft_model(base, cfg).eval()
+    return make_tiny_peft(tiny_tok, seed=2)
 
 
 def _local_gather(arr: np.ndarray) -> list[np.ndarray]:

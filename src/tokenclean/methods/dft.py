@@ -8,11 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from tokenclean.config import check_fields, setting
 from tokenclean.methods.spec import MethodSpec
-from tokenclean.training.policies import Policy, StepView
+from tokenclean.training.policies import Policy
 
 
 @dataclass(frozen=True)
@@ -36,9 +34,6 @@ class DftPolicy(Policy):
     Settings = DftSettings
     forward_signals = ("prob",)
     soft = True
-
-    def weights(self, view: StepView) -> list[np.ndarray]:
-        return [np.ones(mb.n_candidates, dtype=np.float32) for mb in view.micro_batches]
 
     def multiplier(self, signals: dict[str, Any]) -> Any:
         p = signals["prob"]  # detached by the primitive

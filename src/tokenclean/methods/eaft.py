@@ -20,11 +20,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from tokenclean.config import check_fields, setting
 from tokenclean.methods.spec import MethodSpec
-from tokenclean.training.policies import Policy, StepView
+from tokenclean.training.policies import Policy
 
 
 @dataclass(frozen=True)
@@ -55,9 +53,6 @@ class EaftPolicy(Policy):
     def __init__(self, settings: EaftSettings, train_data: Any = None) -> None:
         super().__init__(settings, train_data)
         self.forward_signals = (f"topk_entropy:{settings.k}",)  # type: ignore[misc]
-
-    def weights(self, view: StepView) -> list[np.ndarray]:
-        return [np.ones(mb.n_candidates, dtype=np.float32) for mb in view.micro_batches]
 
     def multiplier(self, signals: dict[str, Any]) -> Any:
         return eaft_weight(signals[f"topk_entropy:{self.settings.k}"], self.settings)

@@ -18,11 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
-
 from tokenclean.config import check_fields, setting
 from tokenclean.methods.spec import MethodSpec
-from tokenclean.training.policies import Policy, StepView
+from tokenclean.training.policies import Policy
 
 
 @dataclass(frozen=True)
@@ -53,9 +51,6 @@ class NegProbPolicy(Policy):
     Settings = NegProbSettings
     forward_signals = ("prob",)
     soft = True
-
-    def weights(self, view: StepView) -> list[np.ndarray]:
-        return [np.ones(mb.n_candidates, dtype=np.float32) for mb in view.micro_batches]
 
     def multiplier(self, signals: dict[str, Any]) -> Any:
         return neg_prob_multiplier(signals["prob"], self.settings)

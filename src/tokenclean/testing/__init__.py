@@ -4,7 +4,8 @@ Used by the test suite and the benchmarks, and handy for users writing their own
 re-implements a stage: the writers call the code a real run calls, so what they write is what a run writes.
 
 - :mod:`tokenclean.testing.tiny`: :func:`make_tiny_tokenizer`, :func:`make_tiny_llama`,
-  :func:`make_lora_adapter` (built from a seed; no network, no hub);
+  :func:`make_lora_adapter`, :func:`make_tiny_peft`, :func:`small_train_data` (built from a seed; no
+  network, no hub);
 - :mod:`tokenclean.testing.deps`: :func:`require` (skip a test without an optional dependency, fail it
   under CI) and :func:`have`;
 - :mod:`tokenclean.testing.stores`: prepared datasets and score stores from token ids and scores (or
@@ -25,7 +26,9 @@ from tokenclean.testing.tiny import (
     WORDS,
     make_lora_adapter,
     make_tiny_llama,
+    make_tiny_peft,
     make_tiny_tokenizer,
+    small_train_data,
     tiny_corpus,
 )
 
@@ -39,7 +42,9 @@ __all__ = [
     "in_ci",
     "make_lora_adapter",
     "make_tiny_llama",
+    "make_tiny_peft",
     "make_tiny_tokenizer",
     "require",
+    "small_train_data",
     "tiny_corpus",
 ]

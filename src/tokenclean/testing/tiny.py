@@ -253,3 +253,34 @@ def make_lora_adapter(
         saved["base_model_name_or_path"] = str(base)
         cfg_path.write_text(json.dumps(saved, indent=2))
     return Path(out_dir)
+
+
+def make_tiny_peft(tokenizer: Any, seed: int, init_seed: int = 0) -> Any:
+    """A tiny Llama (``seed``) with a non-zero LoRA adapter on q/v (r 4, drawn with ``init_seed``), in eval
+    mode: the current and the adapter-off models differ, as a policy's signals need."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    cfg.init_lora_weights = False
+    base = make_tiny_llama(tokenizer, seed=seed)
+    torch.manual_seed(init_seed)
+    return get_peft_model(base, cfg).eval()
+
+
+def small_train_data(seed: int) -> Any:
+    """Four random samples (9, 14, 6 and 11 tokens, ids 5..299), the last two thirds of each trained, as
+    :class:`tokenclean.training.data.TrainData` with ids ``a``-``d``: a step for policy tests."""
+    import numpy as np
+
+    from tokenclean.training.data import TrainData
+
+    rng = np.random.default_rng(seed)
+    ids, labels = [], []
+    for n in (9, 14, 6, 11):
+        x = rng.integers(5, 300, n).astype(np.int32)
+        lab = np.full(n, -100, dtype=np.int32)
+        lab[n // 3 :] = x[n // 3 :]
+        ids.append(x)
+        labels.append(lab)
+    return TrainData(ids, labels, None, np.array([len(x) - len(x) // 3 for x in ids]), list("abcd"))

@@ -87,7 +87,8 @@ class Policy:
         self.settings = settings
 
     def weights(self, view: StepView) -> list[np.ndarray]:
-        raise NotImplementedError
+        """Per micro-batch, the weight of each candidate; the default: every candidate counts (``w = 1``)."""
+        return [np.ones(mb.n_candidates, dtype=np.float32) for mb in view.micro_batches]
 
 
 def policy_names() -> list[str]:
@@ -171,9 +172,6 @@ class LabelsPolicy(Policy):
     name = "labels"
     Settings = NoSettings
     records_counted = False
-
-    def weights(self, view: StepView) -> list[np.ndarray]:
-        return [np.ones(mb.n_candidates, dtype=np.float32) for mb in view.micro_batches]
 
 
 class WeightsPolicy(Policy):
