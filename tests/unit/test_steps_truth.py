@@ -87,7 +87,7 @@ def test_no_annotation_and_bad_json_are_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"bad.jsonl:2.*neither 'mistake_index'.*nor 'ratings'"):
         list(read_traces([src]))
     src = _jsonl(tmp_path / "bad2.jsonl", ["{oops"])
-    with pytest.raises(DataError, match=r"bad2.jsonl:1.*not valid JSON"):
+    with pytest.raises(DataError, match=r"bad2.jsonl:1.*malformed JSON"):
         list(read_traces([src]))
     with pytest.raises(DataError, match="mistake_index"):
         list(

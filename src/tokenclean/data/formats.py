@@ -73,7 +73,7 @@ def iter_raw_rows(source: str | Path) -> Iterator[tuple[int, str, dict[str, Any]
     elif path.is_file():
         suffix = path.suffix.lower()
         if suffix in (".jsonl", ".ndjson"):
-            yield from _iter_jsonl(path)
+            yield from iter_jsonl(path)
         elif suffix == ".json":
             yield from _iter_json(path)
         elif suffix in (".parquet", ".pq"):
@@ -102,7 +102,9 @@ def _decode_error_line(data: bytes, err: UnicodeDecodeError) -> int:
     return data.count(b"\n", 0, err.start) + 1
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """``(row, FILE:LINE, object)`` of every non-blank line of a JSONL file: the one JSONL reader (bad UTF-8,
+    malformed or too deeply nested JSON, a non-object line and lone surrogates are DataErrors at FILE:LINE)."""
     row = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):

@@ -122,18 +122,12 @@ def read_traces(
     paths: Sequence[str | Path], f: StepFields | None = None, style: Style = "auto"
 ) -> Iterator[tuple[str, Trace]]:
     """``(FILE:LINE, trace)`` of every non-blank line; default ids are ``FILE_STEM-LINE``."""
+    from tokenclean.data.formats import iter_jsonl
+
     f = f or StepFields()
     for p in paths:
-        with open(p, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                loc = f"{p}:{n}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(loc, f"not valid JSON ({e.msg})") from None
-                yield loc, parse_trace(row, f, style, loc, f"{Path(p).stem}-{n}")
+        for _, loc, row in iter_jsonl(p):
+            yield loc, parse_trace(row, f, style, loc, f"{Path(p).stem}-{loc.rsplit(':', 1)[1]}")
 
 
 def sample_and_truth(t: Trace, sep: str = "\n") -> tuple[dict[str, Any], dict[str, Any]]:

@@ -179,22 +179,16 @@ def map_spans(
 
 def read_truth_file(path: str | Path) -> dict[str, tuple[str, Any, Any]]:
     """``{id: (location, spans, decisive)}`` from a truth JSONL; format errors name file, line and field."""
+    from tokenclean.data.formats import iter_jsonl
+
     out: dict[str, tuple[str, Any, Any]] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            loc = f"{path}:{n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(loc, f"not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or "id" not in row or "spans" not in row:
-                raise DataError(loc, "each line needs 'id' and 'spans'")
-            sid = str(row["id"])
-            if sid in out:
-                raise DataError(loc, f"duplicate id '{sid}' (first at {out[sid][0]})", field="id")
-            out[sid] = (f"{loc} (id '{sid}')", row["spans"], row.get("decisive"))
+    for _, loc, row in iter_jsonl(path):
+        if "id" not in row or "spans" not in row:
+            raise DataError(loc, "each line needs 'id' and 'spans'")
+        sid = str(row["id"])
+        if sid in out:
+            raise DataError(loc, f"duplicate id '{sid}' (first at {out[sid][0]})", field="id")
+        out[sid] = (f"{loc} (id '{sid}')", row["spans"], row.get("decisive"))
     return out
 
 
