@@ -147,3 +147,26 @@ def tc_log():
     yield records
     root.removeHandler(handler)
     root.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def cleaned_sets(tmp_path_factory: pytest.TempPathFactory, tiny_tok, tiny_tok_dir: Path) -> dict[str, Path]:
+    """The builtin sample prepared with the tiny tokenizer (``prep``), a cleaned set of its kept tokens
+    (``clean``, global top 0.6 of random scores) and a soft-weighted one (``soft``, sigmoid weights)."""
+    from tokenclean.data.prepare import prepare
+    from tokenclean.selection import select
+    from tokenclean.testing.stores import write_score_store
+
+    d = tmp_path_factory.mktemp("cleaned_sets")
+    prepare(
+        "builtin:sample",
+        tiny_tok,
+        d / "prep",
+        template="tulu",
+        max_length=128,
+        tokenizer_name=str(tiny_tok_dir),
+    )
+    store = write_score_store(d / "scores", d / "prep", seed=0)
+    select(store, 0.6, "global", d / "clean")
+    select(store, 0.6, "global", d / "soft", weights="sigmoid", temperature=0.5)
+    return {"clean": d / "clean", "soft": d / "soft", "prep": d / "prep"}

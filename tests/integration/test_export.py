@@ -12,27 +12,11 @@ import pytest
 from tokenclean import IGNORE_INDEX
 from tokenclean.interop.export import TARGETS, export
 from tokenclean.outputs import OutputError
-from tokenclean.selection import select
-from tokenclean.testing.stores import write_score_store
 
 
 @pytest.fixture(scope="module")
-def sets(tmp_path_factory: pytest.TempPathFactory, tiny_tok: Any, tiny_tok_dir: Path) -> dict[str, Path]:
-    from tokenclean.data.prepare import prepare
-
-    d = tmp_path_factory.mktemp("export_sets")
-    prepare(
-        "builtin:sample",
-        tiny_tok,
-        d / "prep",
-        template="tulu",
-        max_length=128,
-        tokenizer_name=str(tiny_tok_dir),
-    )
-    store = write_score_store(d / "scores", d / "prep", seed=0)
-    select(store, 0.6, "global", d / "clean")
-    select(store, 0.6, "global", d / "soft", weights="sigmoid", temperature=0.5)
-    return {"clean": d / "clean", "soft": d / "soft"}
+def sets(cleaned_sets: dict[str, Path]) -> dict[str, Path]:
+    return cleaned_sets
 
 
 def exported_rows(out: Path, target: str) -> list[dict[str, Any]]:

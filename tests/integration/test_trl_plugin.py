@@ -11,31 +11,14 @@ from typing import Any
 import pytest
 
 from tokenclean.errors import ConfigError
-from tokenclean.selection import select
 from tokenclean.testing import require
-from tokenclean.testing.stores import write_score_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def sets(tmp_path_factory: pytest.TempPathFactory, tiny_tok: Any, tiny_tok_dir: Path) -> dict[str, Path]:
-    """A cleaned set (kept tokens) and a soft-weighted set (sigmoid weights) of the builtin sample."""
-    from tokenclean.data.prepare import prepare
-
-    d = tmp_path_factory.mktemp("trl_sets")
-    prepare(
-        "builtin:sample",
-        tiny_tok,
-        d / "prep",
-        template="tulu",
-        max_length=128,
-        tokenizer_name=str(tiny_tok_dir),
-    )
-    store = write_score_store(d / "scores", d / "prep", seed=0)
-    select(store, 0.6, "global", d / "clean")
-    select(store, 0.6, "global", d / "soft", weights="sigmoid", temperature=0.5)
-    return {"clean": d / "clean", "soft": d / "soft", "prep": d / "prep"}
+def sets(cleaned_sets: dict[str, Path]) -> dict[str, Path]:
+    return cleaned_sets
 
 
 def lora(model_dir: Path, seed: int = 0) -> Any:
