@@ -186,7 +186,7 @@ def test_registry_traits_of_the_new_methods() -> None:
     # every policy method's policy is found under its own name, and soft methods' policies say so
     for spec in methods.specs():
         if spec.policy is not None:
-            assert methods.spec_of_policy(spec.policy.name) is spec
+            assert methods.policy_class(spec.policy.name) is spec.policy
             assert spec.policy.soft == (spec.kind == "soft")
 
 

@@ -58,11 +58,6 @@ def get(name: str, prefix: str = "methods") -> MethodSpec:
     raise ConfigError(f"{prefix}: unknown method {name!r} (valid: {', '.join(names())})")
 
 
-def find(name: str) -> MethodSpec | None:
-    """The spec of ``name`` or None (report keys such as ``sweep 0.5`` or user names are not methods)."""
-    return next((s for s in specs() if s.name == name), None)
-
-
 @cache
 def _policies() -> dict[str, type[Policy]]:
     from tokenclean.training.policies import GENERIC_POLICIES
@@ -86,11 +81,6 @@ def policy_class(name: str, prefix: str = "train.policy") -> type[Policy]:
     return pols[name]
 
 
-def spec_of_policy(policy: str | None) -> MethodSpec | None:
-    """The method whose policy is named ``policy`` (None for the generic labels/weights policies)."""
-    return next((s for s in specs() if s.policy is not None and s.policy.name == policy), None)
-
-
 def method_settings(peers: Any, spec: MethodSpec) -> Any:
     """The typed settings of ``spec`` in a run config's ``peers`` section."""
     return getattr(peers, spec.name) if spec.settings is not None else None
@@ -99,13 +89,11 @@ def method_settings(peers: Any, spec: MethodSpec) -> Any:
 __all__ = [
     "Kind",
     "MethodSpec",
-    "find",
     "get",
     "method_settings",
     "names",
     "policy_class",
     "policy_names",
     "settings_dict",
-    "spec_of_policy",
     "specs",
 ]

@@ -63,9 +63,6 @@ class MethodSpec:
         module, _, fn = self.run.partition(":")
         return getattr(importlib.import_module(module), fn)  # type: ignore[no-any-return]
 
-    def default_settings(self) -> Any:
-        return None if self.settings is None else self.settings()
-
     def settings_from(self, values: dict[str, Any] | Any | None, prefix: str) -> Any:
         """``settings`` from a mapping (strict, naming ``prefix.key``) or as given when already typed."""
         from tokenclean.config import from_dict
