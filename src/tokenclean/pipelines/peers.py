@@ -14,6 +14,7 @@ from typing import Any
 
 from tokenclean.methods import MethodSpec, method_settings, settings_dict
 from tokenclean.pipelines.stages import Run, eval_stage, matched_train_dir, prepare_pool, train_stage
+from tokenclean.training.policies import LabelsPolicy
 
 
 def train_with_policy(
@@ -28,10 +29,11 @@ def train_with_policy(
     """Train ``spec``'s method: ``data`` (default: the prepared pool) with ``policy`` (default: the spec's
     own policy with ``settings``, default the run config's ``peers.<name>``; else ``labels``)."""
     data = data if data is not None else prepare_pool(run)
-    if policy is None:
-        policy = spec.policy.name if spec.policy is not None else "labels"
+    if spec.policy is not None and policy in (None, spec.policy.name):  # the method's own policy
+        policy = spec.policy.name
         settings = settings if settings is not None else method_settings(run.cfg.peers, spec)
-    settings = settings if spec.policy is not None and policy == spec.policy.name else None
+    else:  # a generic policy on an offline method's data: it has no settings
+        policy, settings = policy or LabelsPolicy.name, None
     d = run.root / "methods" / spec.name
     cfg = dataclasses.replace(run.cfg.train, policy=policy, policy_settings=settings or {})
     out, steps = matched_train_dir(run, d)
