@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from tokenclean.config import DEFAULT_DEVICE
-from tokenclean.errors import ConfigError, DataError, TokencleanError
+from tokenclean.errors import DataError, TokencleanError
 from tokenclean.models.loader import ModelSpec, resolve_model
 from tokenclean.outputs import guarded
 from tokenclean.signals import signal_model
@@ -74,7 +74,7 @@ from tokenclean.training.model import (
     trainable_parameters,
 )
 from tokenclean.training.policies import StepView, build_policy
-from tokenclean.training.schedule import no_update_message, warn_if_no_update
+from tokenclean.training.schedule import warn_if_no_update
 from tokenclean.training.state import TrainRun, TrainState, run_identity
 from tokenclean.utils import apply_threads, get_logger, read_json
 
@@ -136,7 +136,7 @@ def train(
         check_same_run(saved["identity"], identity, str(out / CHECKPOINT))
     run = _setup_data(cfg, spec, data_dir, out, init_adapter, device, saved)
     if not allow_no_update:
-        _refuse_no_update(run)
+        setup.check_updates(run.cfg, len(run.data), run.acc.num_processes, run.data_dir)
     run = _setup_model(run)
     state = _setup_optimizer(run, identity, saved)
     if run.is_main:
@@ -169,17 +169,6 @@ def _setup_data(
             f"policy {policy.name!r} needs a weights column (tokenclean select --weights)",
         )
     return TrainRun(cfg, spec, data_dir, out, init_adapter, data, acc, None, policy)
-
-
-def _refuse_no_update(run: TrainRun) -> None:
-    """Stop before any model loads when no optimizer step of the schedule would update the adapter."""
-    world = run.acc.num_processes
-    n_steps = total_steps(
-        len(run.data), setup.global_batch(run.cfg, world), run.cfg.epochs, run.cfg.max_steps
-    )
-    msg = no_update_message(len(run.data), run.cfg, n_steps, world)
-    if msg is not None:
-        raise ConfigError(f"{run.data_dir}: {msg} (--allow-no-update trains anyway)")
 
 
 def _setup_model(run: TrainRun) -> TrainRun:

@@ -87,6 +87,17 @@ def global_batch(cfg: TrainConfig, world: int) -> int:
     return batch
 
 
+def check_updates(cfg: TrainConfig, n_samples: int, world: int, data_dir: Path) -> None:
+    """Stop before any model loads when no optimizer step of the schedule would update the adapter."""
+    from tokenclean.training.collate import total_steps
+    from tokenclean.training.schedule import no_update_message
+
+    n_steps = total_steps(n_samples, global_batch(cfg, world), cfg.epochs, cfg.max_steps)
+    msg = no_update_message(n_samples, cfg, n_steps, world)
+    if msg is not None:
+        raise ConfigError(f"{data_dir}: {msg} (--allow-no-update trains anyway)")
+
+
 def check_vocab(data: TrainData, net: Any, data_dir: Path) -> None:
     """Every token id of the data must be inside the model's embedding table."""
     vocab = net.get_input_embeddings().num_embeddings
