@@ -63,17 +63,11 @@ class MethodSpec:
         module, _, fn = self.run.partition(":")
         return getattr(importlib.import_module(module), fn)  # type: ignore[no-any-return]
 
-    def settings_from(self, values: dict[str, Any] | Any | None, prefix: str) -> Any:
-        """``settings`` from a mapping (strict, naming ``prefix.key``) or as given when already typed."""
-        from tokenclean.config import from_dict
-
-        if self.settings is None:
-            return None
-        if isinstance(values, self.settings):
-            return values
-        return from_dict(self.settings, dict(values or {}), prefix)
-
     def passes(self, settings: dict[str, Any] | Any | None) -> int:
-        """No-grad passes per input token and step under ``settings`` (a mapping from a summary, or typed)."""
-        typed = self.settings_from(settings, f"peers.{self.name}") if self.settings else None
-        return int(self.no_grad_passes(typed))
+        """No-grad passes per input token and step of the method's policy under ``settings`` (a mapping
+        from a summary, or typed; parsed as ``train --policy`` parses them); 0 without a policy."""
+        if self.policy is None:
+            return 0
+        from tokenclean.training.policies import parse_settings
+
+        return int(self.no_grad_passes(parse_settings(self.policy.name, settings, f"peers.{self.name}")))
