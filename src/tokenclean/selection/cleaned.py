@@ -17,7 +17,6 @@ Output directory (``datasets.load_from_disk(DIR)``), one row per sample that kee
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,14 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from tokenclean import IGNORE_INDEX
-from tokenclean.columns import list_array
 from tokenclean.errors import ConfigError, DataError
 from tokenclean.outputs import check_target, content_id, file_digests, guarded, verify_input
 from tokenclean.selection import levels
-from tokenclean.selection.selector import reusable_selection, write_selection
+from tokenclean.selection.blocks import token_blocks
+from tokenclean.selection.selector import reusable_selection
 from tokenclean.selection.stats import kept_per_sample
-from tokenclean.selection.table import TokenTable, load_token_table, resolve_prepared_dir
+from tokenclean.selection.streamed import write_streamed
+from tokenclean.selection.table import TokenTable, resolve_prepared_dir
+from tokenclean.selection.writer import CleanedSize, write_rows
 from tokenclean.utils import (
     atomic_dir,
     get_logger,
@@ -46,75 +46,6 @@ from tokenclean.utils import (
 log = get_logger("select")
 
 SELECT_VERSION = 1  # bump when the output of select changes for the same inputs
-
-
-def cleaned_features(with_weights: bool = False) -> Any:
-    import datasets
-
-    ints = datasets.Sequence(datasets.Value("int32"))
-    extra = {"weights": datasets.Sequence(datasets.Value("float32"))} if with_weights else {}
-    return datasets.Features(
-        {
-            "sample_id": datasets.Value("string"),
-            "input_ids": ints,
-            "attention_mask": datasets.Sequence(datasets.Value("int8")),
-            "labels": ints,
-            "response_labels": ints,
-            "score": datasets.Sequence(datasets.Value("float32")),
-            "completion_mask": datasets.Sequence(datasets.Value("int8")),
-            **extra,
-        }
-    )
-
-
-def position_labels(table: TokenTable, keep: np.ndarray) -> np.ndarray:
-    """Labels after selection, per position: (T,) int32; ``keep`` is the (N,) mask over response tokens."""
-    kept_pos = table.response_positions[keep]  # (n_kept,) flat positions
-    out = np.full(table.labels.size, IGNORE_INDEX, dtype=np.int32)
-    out[kept_pos] = table.labels[kept_pos]
-    return out
-
-
-def cleaned_arrow(
-    table: TokenTable, keep: np.ndarray, weights: np.ndarray | None = None
-) -> tuple[Any, np.ndarray]:
-    """The cleaned rows as a pyarrow Table, and the (S,) bool mask of rows kept (>= 1 kept token).
-    With ``weights`` ((N,) over response tokens) a ``weights`` column holds them per position (0 elsewhere)."""
-    import pyarrow as pa
-
-    kept_rows = kept_per_sample(keep, table.response_offsets) > 0  # (S,)
-    lengths = np.diff(table.offsets)  # (S,)
-    pos_rows = np.repeat(kept_rows, lengths)  # (T,) positions of kept rows
-    new_labels = position_labels(table, keep)[pos_rows]  # (T_kept,)
-    lens = lengths[kept_rows]
-    ones = np.ones(int(lens.sum()), dtype=np.int8)
-    cols = {
-        "sample_id": pa.array(table.sample_ids[kept_rows].tolist(), type=pa.string()),
-        "input_ids": list_array(table.input_ids[pos_rows], lens),
-        "attention_mask": list_array(ones, lens),
-        "labels": list_array(new_labels, lens),
-        "response_labels": list_array(table.labels[pos_rows], lens),
-        "score": list_array(table.score[pos_rows], lens),
-        "completion_mask": list_array((new_labels != IGNORE_INDEX).astype(np.int8), lens),
-    }
-    if weights is not None:
-        flat_w = np.zeros(table.labels.size, dtype=np.float32)  # (T,)
-        flat_w[table.response_positions] = np.where(keep, weights, 0.0)
-        cols["weights"] = list_array(flat_w[pos_rows], lens)
-    return pa.table(cols, schema=cleaned_features(weights is not None).arrow_schema), kept_rows
-
-
-def _emptied_records(table: TokenTable, kept_rows: np.ndarray) -> list[dict[str, Any]]:
-    n_resp = np.diff(table.response_offsets)
-    return [
-        {
-            "kind": "emptied",
-            "row": int(i),
-            "sample_id": str(table.sample_ids[i]),
-            "response_tokens": int(n_resp[i]),
-        }
-        for i in np.flatnonzero(~kept_rows)
-    ]
 
 
 def _inputs(scores_dir: Path, prep: Path) -> dict[str, Any]:
@@ -164,19 +95,13 @@ def write_cleaned(
     manifest: dict[str, Any],
     weights: np.ndarray | None = None,
 ) -> None:
-    """Write the cleaned dataset, its stats, emptied samples and manifest atomically into ``out``."""
-    import datasets
-
-    arrow, kept_rows = cleaned_arrow(table, keep, weights)
-    features = cleaned_features(weights is not None)
-    ds = datasets.Dataset(
-        arrow, info=datasets.DatasetInfo(features=features), fingerprint=manifest["cache_key"][:32]
-    )
+    """Write the cleaned dataset of an in-memory table (one block of :func:`~.writer.write_rows`), its stats,
+    emptied samples and manifest atomically into ``out``."""
+    size = CleanedSize()
+    size.add(table, kept_per_sample(keep, table.response_offsets) > 0)
     with atomic_dir(out) as tmp:
-        ds.save_to_disk(str(tmp))
-        with open(tmp / "dropped.jsonl", "w") as f:
-            for rec in _emptied_records(table, kept_rows):
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        rows = [(0, table, keep, weights)]
+        write_rows(tmp, rows, size, weights is not None, manifest["cache_key"][:32])
         write_json_atomic(tmp / "selection_stats.json", stats)
         write_json_atomic(tmp / "manifest.json", dict(manifest, files=file_digests(tmp)))
 
@@ -234,7 +159,8 @@ def select_many(
     temperature: float = 1.0,
     replace_stale: bool = False,
 ) -> list[dict[str, Any]]:
-    """Score once, select many: one cleaned dataset per ratio from one load of the store and the data.
+    """Score once, select many: one cleaned dataset per ratio, each selected and written block by block
+    (:mod:`~.streamed`: memory bounded by one record batch, whatever the pool).
     Masks of a global sweep are nested (a larger K keeps a superset). With ``weights="sigmoid"`` (soft
     Token Cleaning, level global only) every scored response token is kept with the weight
     ``sigmoid((score - tau) / temperature)``, ``tau`` the score at the global top-K cut (see
@@ -263,29 +189,13 @@ def select_many(
         jobs.append((settings, key, identity, Path(o), reused))
     if all(j[4] is not None for j in jobs):
         return [j[4] for j in jobs]  # type: ignore[misc]
-    table = load_token_table(scores_dir, prep, column)
+    blocks = token_blocks(scores_dir, prep, column)  # checks the columns and row counts
     check_same_data(scores_dir, prep)
-    scores = table.response_scores
-    if scores.size and np.isnan(scores).all():
-        raise DataError(
-            str(scores_dir),
-            f"every one of the {scores.size} response-token scores (column '{column}') is NaN: the store "
-            "holds no usable score, whatever the level; re-run tokenclean score (with --force)",
-            field=column,
-        )
-    if weights is not None and scores.size and not np.isfinite(scores).any():
-        n_inf = int(np.isinf(scores).sum())
-        raise DataError(
-            str(scores_dir),
-            f"no response-token score (column '{column}') is finite ({n_inf} are +-inf, the rest NaN): soft "
-            "weights place their cut between finite scores; re-run tokenclean score, or select without --weights",
-            field=column,
-        )
     results = []
     for settings, key, identity, out, reused in jobs:
         if reused is not None:
             results.append(reused)
             continue
         fields = dict(settings, **inputs, identity=identity)
-        results.append(write_selection(levels.selector_for(settings), table, out, key, fields, t0))
+        results.append(write_streamed(blocks, settings, out, key, fields, t0, scores_dir))
     return results

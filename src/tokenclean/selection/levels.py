@@ -102,15 +102,55 @@ class SoftWeights(ScoreSelector):
         return Selection(keep=keep, weights=w, record={"weights": self.weight_stats(w, keep)})
 
     def weight_stats(self, weights: np.ndarray, keep: np.ndarray) -> dict[str, Any]:
-        w = weights[keep]
+        tally = WeightTally()
+        tally.add(weights[keep])
+        return tally.result(self.mapping, self.temperature)
+
+
+class WeightTally:
+    """The ``weights`` record of a soft selection, summed block by block. The sum is exact (every float32
+    is an integer multiple of 2**-149, summed as a Python int) and rounded once, so it does not depend on
+    how the weights are cut into blocks."""
+
+    def __init__(self) -> None:
+        self.scaled = 0  # sum of the kept weights * 2**149
+        self.count = self.above_half = 0
+
+    def add(self, w: np.ndarray) -> None:
+        """Count the (n,) float32 weights of kept tokens."""
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        self.count += int(w.size)
+        self.above_half += int(np.count_nonzero(w > 0.5))
+        self.scaled += exact_scaled_sum(w)
+
+    def result(self, mapping: str, temperature: float) -> dict[str, Any]:
+        total = self.scaled / (1 << 149)  # int / int: correctly rounded
+        n = self.count
         return {
-            "mapping": self.mapping,
-            "temperature": self.temperature,
-            "sum": float(w.sum()),
-            "mean": float(w.mean()) if w.size else None,
-            "share_above_half": float((w > 0.5).mean()) if w.size else None,
-            "effective_tokens": float(w.sum()),
+            "mapping": mapping,
+            "temperature": temperature,
+            "sum": total,
+            "mean": self.scaled / (n << 149) if n else None,
+            "share_above_half": self.above_half / n if n else None,
+            "effective_tokens": total,
         }
+
+
+def exact_scaled_sum(x: np.ndarray) -> int:
+    """``sum(x) * 2**149`` exactly for finite float32 ``x``: the integer mantissas summed per exponent
+    (in float64 slices of at most 2**28 values, below 2**53: exact), then shifted and added as ints."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    total = 0
+    for a in range(0, bits.size, 1 << 28):
+        b = bits[a : a + (1 << 28)]
+        exp = ((b >> np.uint32(23)) & np.uint32(0xFF)).astype(np.int64)  # biased exponent
+        man = (b & np.uint32(0x7FFFFF)).astype(np.int64) | np.where(exp > 0, 1 << 23, 0)
+        man = np.where(b >> np.uint32(31), -man, man)  # value = man * 2**(max(exp, 1) - 150)
+        shift = np.maximum(exp, 1) - 1  # value * 2**149 = man << shift
+        sums = np.bincount(shift, weights=man.astype(np.float64), minlength=1)
+        for s in np.flatnonzero(sums):
+            total += int(sums[s]) << int(s)
+    return total
 
 
 SELECTORS: dict[str, type[ScoreSelector]] = {c.level: c for c in (GlobalTopK, PerSample, RandomK, Threshold)}

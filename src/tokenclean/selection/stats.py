@@ -45,35 +45,69 @@ def selection_stats(
     threshold: float | None,
 ) -> dict[str, Any]:
     """Requested vs achieved ratio, kept/total tokens, NaN count, kept-fraction histogram, samples emptied."""
-    off = check_offsets(offsets, keep.size)
-    n_i = np.diff(off)  # (S,)
-    kept = kept_per_sample(keep, off)  # (S,)
-    total = int(keep.size)
-    n_kept = int(kept.sum())
-    if level in ("global", "random") and ratio is not None:
-        requested_tokens: int | None = ratio_count(ratio, total)
-    elif level == "sample" and ratio is not None:
-        requested_tokens = int(ratio_counts(ratio, n_i).sum())
-    else:
-        requested_tokens = None
-    emptied = int(np.count_nonzero(kept == 0))
-    return {
-        "level": level,
-        "requested_ratio": ratio,
-        "requested_tokens": requested_tokens,
-        "achieved_ratio": (n_kept / total) if total else 0.0,
-        "kept_tokens": n_kept,
-        "total_response_tokens": total,
-        "dropped_tokens": total - n_kept,
-        "nan_scores": int(np.count_nonzero(np.isnan(scores))),
-        "samples_total": int(n_i.size),
-        "samples_emptied": emptied,
-        "samples_kept": int(n_i.size) - emptied,
-        "kept_fraction_histogram": kept_fraction_histogram(kept, n_i),
-        "seed": seed,  # only the random level draws from it
-        "threshold": threshold if level == "threshold" else None,
-        "tie_rule": TIE_RULE,
-    }
+    tally = SelectionTally(level, ratio)
+    tally.add(keep, scores, offsets)
+    return tally.result(seed, threshold)
+
+
+class SelectionTally:
+    """:func:`selection_stats` summed block by block (blocks of whole samples, in order): every entry is a
+    sum of per-block counts, so any cut into blocks gives the dict one block gives."""
+
+    def __init__(self, level: str, ratio: float | None) -> None:
+        self.level, self.ratio = level, ratio
+        self.total = self.kept = self.requested = self.nans = self.samples = self.emptied = 0
+        self.hist = np.zeros(HIST_BINS, dtype=np.int64)
+        self.zero = self.one = 0
+
+    def add(self, keep: np.ndarray, scores: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Count one block; returns its kept tokens per sample (S_b,) int64."""
+        off = check_offsets(offsets, keep.size)
+        n_i = np.diff(off)  # (S_b,)
+        kept = kept_per_sample(keep, off)  # (S_b,)
+        self.total += int(keep.size)
+        self.kept += int(kept.sum())
+        if self.level == "sample" and self.ratio is not None:
+            self.requested += int(ratio_counts(self.ratio, n_i).sum())
+        self.nans += int(np.count_nonzero(np.isnan(scores)))
+        self.samples += int(n_i.size)
+        self.emptied += int(np.count_nonzero(kept == 0))
+        h = kept_fraction_histogram(kept, n_i)
+        self.hist += np.asarray(h["counts"], dtype=np.int64)
+        self.zero += h["exactly_zero"]
+        self.one += h["exactly_one"]
+        return kept
+
+    def result(self, seed: int | None, threshold: float | None) -> dict[str, Any]:
+        level, ratio, total = self.level, self.ratio, self.total
+        requested: int | None = None
+        if level in ("global", "random") and ratio is not None:
+            requested = ratio_count(ratio, total)
+        elif level == "sample" and ratio is not None:
+            requested = self.requested
+        edges = np.histogram(np.zeros(0), bins=HIST_BINS, range=(0.0, 1.0))[1]
+        return {
+            "level": level,
+            "requested_ratio": ratio,
+            "requested_tokens": requested,
+            "achieved_ratio": (self.kept / total) if total else 0.0,
+            "kept_tokens": self.kept,
+            "total_response_tokens": total,
+            "dropped_tokens": total - self.kept,
+            "nan_scores": self.nans,
+            "samples_total": self.samples,
+            "samples_emptied": self.emptied,
+            "samples_kept": self.samples - self.emptied,
+            "kept_fraction_histogram": {
+                "edges": [round(float(e), 6) for e in edges],
+                "counts": [int(c) for c in self.hist],
+                "exactly_zero": self.zero,
+                "exactly_one": self.one,
+            },
+            "seed": seed,  # only the random level draws from it
+            "threshold": threshold if level == "threshold" else None,
+            "tie_rule": TIE_RULE,
+        }
 
 
 def tie_decided(keep: np.ndarray, scores: np.ndarray, offsets: np.ndarray, level: str) -> int:

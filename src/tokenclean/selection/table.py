@@ -69,8 +69,10 @@ def check_rows(
     ids_p: np.ndarray,
     len_s: np.ndarray,
     len_p: np.ndarray,
+    row0: int = 0,
 ) -> None:
-    """The score store must hold the prepared rows in the same order with the same lengths."""
+    """The score store must hold the prepared rows in the same order with the same lengths (the arrays
+    are rows ``row0 ...`` of both; errors name those rows)."""
     if ids_s.size != ids_p.size:
         raise DataError(
             f"{scores_dir}",
@@ -79,28 +81,36 @@ def check_rows(
         )
     if np.any(ids_s != ids_p):
         i = _first_mismatch(ids_s, ids_p)
+        r = row0 + i
         raise DataError(
-            f"{scores_dir}[row {i}]",
-            f"sample_id '{ids_s[i]}' but the prepared dataset {prepared_dir} has '{ids_p[i]}' at row {i}",
+            f"{scores_dir}[row {r}]",
+            f"sample_id '{ids_s[i]}' but the prepared dataset {prepared_dir} has '{ids_p[i]}' at row {r}",
             field="sample_id",
         )
     if np.any(len_s != len_p):
         i = _first_mismatch(len_s, len_p)
         raise DataError(
-            f"{scores_dir}[row {i}]",
+            f"{scores_dir}[row {row0 + i}]",
             f"sample '{ids_s[i]}' has {len_s[i]} scores but {len_p[i]} input_ids in {prepared_dir}",
             field="score",
         )
 
 
-def check_scored_positions(scores_dir: str | Path, t: TokenTable) -> None:
-    """A score at a position that is not trained means the arrays are misaligned: stop and name it."""
+def check_label_lengths(prep: str | Path, len_l: np.ndarray, len_p: np.ndarray, row0: int = 0) -> None:
+    if np.any(len_l != len_p):
+        i = row0 + _first_mismatch(len_l, len_p)
+        raise DataError(f"{prep}[row {i}]", "labels and input_ids differ in length", field="labels")
+
+
+def check_scored_positions(scores_dir: str | Path, t: TokenTable, row0: int = 0) -> None:
+    """A score at a position that is not trained means the arrays are misaligned: stop and name it (``t``
+    holds rows ``row0 ...``)."""
     bad = np.flatnonzero(~np.isnan(t.score) & (t.labels == IGNORE_INDEX))
     if bad.size:
         row = int(np.searchsorted(t.offsets, bad[0], side="right") - 1)
         pos = int(bad[0] - t.offsets[row])
         raise DataError(
-            f"{scores_dir}[row {row}]",
+            f"{scores_dir}[row {row0 + row}]",
             f"sample '{t.sample_ids[row]}' has a score at position {pos}, which is not a trained token "
             f"({bad.size} such positions in all); scores must be NaN where labels == {IGNORE_INDEX}",
             field="score",
@@ -150,9 +160,7 @@ def load_token_table(
     input_ids, len_p = list_column(pt, "input_ids", np.int32)
     labels, len_l = list_column(pt, "labels", np.int32)
     check_rows(scores_dir, prep, ids_s, ids_p, len_s, len_p)
-    if np.any(len_l != len_p):
-        i = _first_mismatch(len_l, len_p)
-        raise DataError(f"{prep}[row {i}]", "labels and input_ids differ in length", field="labels")
+    check_label_lengths(prep, len_l, len_p)
     offsets = np.concatenate([[0], np.cumsum(len_p, dtype=np.int64)])
     table = TokenTable(ids_p, offsets, input_ids, labels, score)
     check_scored_positions(scores_dir, table)
