@@ -140,3 +140,53 @@ def test_rank_share_splits_a_step_by_length(tmp_path: Path) -> None:
     assert r0.tolist() == [1, 3, 4] and r1.tolist() == [5, 0, 2]  # sorted 1,5,3,0,4,2 dealt out in turn
     assert sorted(r0.tolist() + r1.tolist()) == step.tolist()
     assert rank_share(step, lengths, 0, 1, False).tolist() == step.tolist()
+
+
+def test_a_rank_loads_only_its_rows_and_they_equal_the_full_load(tmp_path: Path) -> None:
+    """Issue 18: each rank reads its own samples (every row's length and kept count, the arrays of its
+    rows only), read in record batches of 7 rows; the loaded rows equal the full load's."""
+    import datasets
+
+    from tokenclean.training.collate import packed_micro_batches, rank_rows, rank_share
+
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(1, 50, int(rng.integers(2, 20))).tolist() for _ in range(60)]
+    labels = [[M if (j == 0 or rng.random() < 0.4) else t for j, t in enumerate(r)] for r in ids]
+    labels[3] = [M] * len(labels[3])  # dropped: no kept token
+    weights = [[0.5 if x != M else 0.0 for x in lab] for lab in labels]
+    old = datasets.config.DEFAULT_MAX_BATCH_SIZE
+    datasets.config.DEFAULT_MAX_BATCH_SIZE = 7
+    try:
+        path = save(tmp_path / "d", ids, labels, weights=weights)
+    finally:
+        datasets.config.DEFAULT_MAX_BATCH_SIZE = old
+    full = load_train_data(path, 12)
+    n, steps, gb = len(full), 4, 8  # 4 steps of 8 samples: about half of one epoch
+    shares = []
+    for rank in range(2):
+        rows = rank_rows(n, full.lengths, rank, 2, steps, gb, 3, 2, True)
+        part = load_train_data(path, 12, lambda d, r=rows: r)  # type: ignore[misc]
+        assert part.counts == dict(full.counts, samples_loaded=len(rows))
+        assert part.sample_ids == full.sample_ids and np.array_equal(part.lengths, full.lengths)
+        assert part.max_id == max(int(x.max()) for x in full.input_ids)
+        for i in range(n):
+            if i in set(rows.tolist()):
+                assert part.input_ids[i].tolist() == full.input_ids[i].tolist()
+                assert part.labels[i].tolist() == full.labels[i].tolist()
+                assert part.weights is not None and full.weights is not None
+                assert part.weights[i].tolist() == full.weights[i].tolist()
+            else:
+                assert part.input_ids[i] is None and part.labels[i] is None
+        for step in range(steps):  # every micro-batch this rank can build is loaded
+            idx = step_samples(n, gb, 3, step)
+            mine = rank_share(idx, full.lengths, rank, 2, True)
+            packed = packed_micro_batches(idx, full.lengths, rank, 2, 2)
+            for b in [mine, *packed, idx[:1]]:
+                collate(part, b)
+        shares.append(set(rows.tolist()))
+        not_mine = np.setdiff1d(np.arange(n), rows)
+        with pytest.raises(RuntimeError, match="not loaded by this process"):
+            collate(part, not_mine[:1])
+    assert len(shares[0]) < n and len(shares[1]) < n  # neither rank loads the whole set
+    seen = set(np.concatenate([step_samples(n, gb, 3, s) for s in range(steps)]).tolist())
+    assert shares[0] | shares[1] == seen  # together: every sample trained on, nothing else

@@ -80,6 +80,35 @@ def packed_micro_batches(
     return [arr[i : i + batch_size] for i in range(0, len(arr), batch_size)]
 
 
+def rank_rows(
+    n: int,
+    lengths: np.ndarray,
+    rank: int,
+    world: int,
+    steps: int,
+    global_batch: int,
+    seed: int,
+    batch_size: int,
+    group_by_length: bool,
+) -> np.ndarray:
+    """The samples rank ``rank`` of ``world`` trains on over the run's ``steps`` optimizer steps, sorted:
+    its share of every step by :func:`rank_share` and by :func:`packed_micro_batches` (the layout is decided
+    after the model loads, so both), and each step's first sample (the stand-in of a rank with none).
+    Shape (m,) int64; ``world = 1``: every sample."""
+    if world == 1:
+        return np.arange(n, dtype=np.int64)
+    mine = np.zeros(n, dtype=bool)
+    for step in range(steps):
+        if step % 64 == 0 and mine.all():
+            break
+        idx = step_samples(n, global_batch, seed, step)
+        mine[rank_share(idx, lengths, rank, world, group_by_length)] = True
+        for part in packed_micro_batches(idx, lengths, rank, world, batch_size):
+            mine[part] = True
+        mine[idx[:1]] = True
+    return np.flatnonzero(mine)
+
+
 @dataclass
 class MicroBatch:
     """One forward pass: the padded samples and their *candidate* tokens (every trained label, j >= 1).
@@ -130,6 +159,7 @@ def collate(
     per row (``row_tokens=NOT_PACKED``), or packed padding-free (:func:`tokenclean.packing.
     make_packed_batch`: samples back to back, ``position_ids`` restarting per sample) into rows of at most
     ``row_tokens`` tokens (None: one row). Packing needs data without an ``attention_mask`` column."""
+    data.check_loaded(idx)
     ids = [np.asarray(data.input_ids[i], dtype=np.int64) for i in idx]
     att = None if data.attention_mask is None else [data.attention_mask[i] for i in idx]
     pos = [trained_positions(data.labels[i]) for i in idx]  # (n_r,) positions j >= 1 that are trained

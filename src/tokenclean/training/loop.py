@@ -55,6 +55,7 @@ from tokenclean.training.collate import (
     collate,
     micro_batches,
     packed_micro_batches,
+    rank_rows,
     rank_share,
     step_samples,
     steps_per_epoch,
@@ -62,7 +63,7 @@ from tokenclean.training.collate import (
 )
 from tokenclean.training.config import TrainConfig
 from tokenclean.training.counted import write_counted
-from tokenclean.training.data import load_train_data
+from tokenclean.training.data import TrainData, load_train_data
 from tokenclean.training.distributed import StepDist
 from tokenclean.training.finish import finish
 from tokenclean.training.integrity import check_finished, discard_train_output, trim_log
@@ -157,9 +158,9 @@ def _setup_data(
     saved: dict[str, Any] | None,
 ) -> TrainRun:
     """Load the data, check it against the model's tokenizer, start the accelerator."""
-    data = load_train_data(data_dir, cfg.max_length)
-    setup.check_tokenizer(data.manifest, spec, data_dir)
     acc = setup.accelerator(device)
+    data = load_train_data(data_dir, cfg.max_length, _rows_of(cfg, acc))
+    setup.check_tokenizer(data.manifest, spec, data_dir)
     if saved is not None:
         setup.check_world_size(saved, acc.num_processes, out)
     policy = build_policy(cfg.policy, cfg.policy_settings, data)
@@ -169,6 +170,18 @@ def _setup_data(
             f"policy {policy.name!r} needs a weights column (tokenclean select --weights)",
         )
     return TrainRun(cfg, spec, data_dir, out, init_adapter, data, acc, None, policy)
+
+
+def _rows_of(cfg: TrainConfig, acc: Any) -> Callable[[TrainData], np.ndarray]:
+    """Which samples this process loads: the ones it trains on over the run (:func:`rank_rows`)."""
+
+    def rows(data: TrainData) -> np.ndarray:
+        world, gb = acc.num_processes, setup.global_batch(cfg, acc.num_processes)
+        steps = total_steps(len(data), gb, cfg.epochs, cfg.max_steps)
+        args = (steps, gb, cfg.seed, cfg.batch_size, cfg.group_by_length)
+        return rank_rows(len(data), data.lengths, acc.process_index, world, *args)
+
+    return rows
 
 
 def _setup_model(run: TrainRun) -> TrainRun:

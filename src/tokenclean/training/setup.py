@@ -101,7 +101,7 @@ def check_updates(cfg: TrainConfig, n_samples: int, world: int, data_dir: Path) 
 def check_vocab(data: TrainData, net: Any, data_dir: Path) -> None:
     """Every token id of the data must be inside the model's embedding table."""
     vocab = net.get_input_embeddings().num_embeddings
-    top = max(int(x.max()) for x in data.input_ids if len(x))
+    top = data.max_id if data.max_id is not None else max(int(x.max()) for x in data.input_ids if len(x))
     if top >= vocab:
         raise DataError(
             str(data_dir),
