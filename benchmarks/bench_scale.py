@@ -15,10 +15,14 @@ own writers. Every stage runs in fresh processes (``spawn``), so each process's 
   prepared rows gathered from the parts (``store.write_shard``);
 - ``score_index``: the finishing step (``merge_parts``): the index and manifest, no data read (before the
   per-rank data files, this step assembled the whole store in one process);
-- ``select_memory``: ``tokenclean select`` (global, K = 0.6), in memory, writing the cleaned dataset;
-- ``select_stream``: the exact streaming global top-k (:mod:`tokenclean.selection.streaming`) over P
-  processes (gloo when P > 1), each reading its contiguous rows of the store one record batch at a time;
-  its kept-token count is checked against ``select_memory``'s.
+- ``select``: ``tokenclean select`` (global, K = 0.6) in one process, writing the cleaned dataset: it
+  streams (:mod:`tokenclean.selection.streamed`: the cut in two passes, a counting pass, a writing pass,
+  one record batch at a time);
+- ``select_stream``: the exact streaming global top-k cut alone (:mod:`tokenclean.selection.streaming`)
+  over P processes (gloo when P > 1), each reading its contiguous rows of the store one record batch at a
+  time; its kept-token count is checked against ``select``'s;
+- ``train_load``: P processes, as P training ranks: each loads its share of the cleaned set for one epoch
+  at global batch 64 (:func:`tokenclean.training.collate.rank_rows`, ``load_train_data(..., rows)``).
 
 Printed per stage: wall seconds (process start and imports included) and the slowest process's own time
 (``seconds_in_process``, after imports), ns per (all-position) token of each, bytes written, peak RSS of each
@@ -126,7 +130,7 @@ def stage_score_index(rank: int, world: int, args: dict[str, Any]) -> dict[str, 
     return {}
 
 
-def stage_select_memory(rank: int, world: int, args: dict[str, Any]) -> dict[str, Any]:
+def stage_select(rank: int, world: int, args: dict[str, Any]) -> dict[str, Any]:
     from tokenclean.selection import select
 
     stats = select(args["store"], RATIO, "global", args["cleaned"], prepared_dir=args["prep"])
@@ -152,13 +156,27 @@ def stage_select_stream(rank: int, world: int, args: dict[str, Any]) -> dict[str
     return {"kept": kept, "k": cut.k, "select_seconds": time.perf_counter() - t0}
 
 
+def stage_train_load(rank: int, world: int, args: dict[str, Any]) -> dict[str, Any]:
+    from tokenclean.training.collate import rank_rows, total_steps
+    from tokenclean.training.data import load_train_data
+
+    def rows(data: Any) -> np.ndarray:
+        steps = total_steps(len(data), 64, 1, None)
+        return rank_rows(len(data), data.lengths, rank, world, steps, 64, 0, 8, True)
+
+    data = load_train_data(args["cleaned"], 4096, rows)
+    loaded = data.counts.get("samples_loaded", len(data))
+    return {"samples": len(data), "loaded": loaded}
+
+
 STAGES: dict[str, tuple[Callable[[int, int, dict[str, Any]], dict[str, Any]], bool]] = {
     "prepare": (stage_prepare, False),  # (function, runs in P processes)
     "score_parts": (stage_score_parts, True),
     "score_files": (stage_score_files, True),
     "score_index": (stage_score_index, False),
-    "select_memory": (stage_select_memory, False),
+    "select": (stage_select, False),
     "select_stream": (stage_select_stream, True),
+    "train_load": (stage_train_load, True),
 }
 
 
@@ -238,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "prepare": "prep",
         "score_parts": "store",
         "score_files": "store",
-        "select_memory": "cleaned",
+        "select": "cleaned",
     }
     try:
         for name in STAGES:
@@ -269,12 +287,16 @@ def main(argv: list[str] | None = None) -> int:
                 sel = max(o["select_seconds"] for o in r["outputs"])
                 result["stages"][name]["select_seconds"] = round(sel, 3)
                 print(f"select_stream: the three passes alone {sel:.2f} s, {sel * 1e9 / tokens:.1f} ns/token")
-                if "select_memory" in result["stages"]:
+                if "select" in result["stages"]:
                     stats = json.loads((Path(args["cleaned"]) / "selection_stats.json").read_text())
                     assert kept == stats["kept_tokens"], (
                         f"streaming kept {kept}, select {stats['kept_tokens']}"
                     )
                     result["stages"][name]["kept_tokens_equal_select"] = True
+            if name == "train_load":
+                loaded = [o["loaded"] for o in r["outputs"]]
+                result["stages"][name]["samples_loaded_per_process"] = loaded
+                print(f"train_load: {r['outputs'][0]['samples']} samples, loaded per process {loaded}")
             rss = ", ".join(f"{x / 2**30:.2f}" for x in r["rss"])
             print(
                 f"{name:15s} {r['seconds']:9.2f} s  {r['seconds'] * 1e9 / tokens:8.1f} ns/token  "

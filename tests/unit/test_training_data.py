@@ -162,31 +162,39 @@ def test_a_rank_loads_only_its_rows_and_they_equal_the_full_load(tmp_path: Path)
         datasets.config.DEFAULT_MAX_BATCH_SIZE = old
     full = load_train_data(path, 12)
     n, steps, gb = len(full), 4, 8  # 4 steps of 8 samples: about half of one epoch
-    shares = []
-    for rank in range(2):
-        rows = rank_rows(n, full.lengths, rank, 2, steps, gb, 3, 2, True)
-        part = load_train_data(path, 12, lambda d, r=rows: r)  # type: ignore[misc]
-        assert part.counts == dict(full.counts, samples_loaded=len(rows))
-        assert part.sample_ids == full.sample_ids and np.array_equal(part.lengths, full.lengths)
-        assert part.max_id == max(int(x.max()) for x in full.input_ids)
-        for i in range(n):
-            if i in set(rows.tolist()):
-                assert part.input_ids[i].tolist() == full.input_ids[i].tolist()
-                assert part.labels[i].tolist() == full.labels[i].tolist()
-                assert part.weights is not None and full.weights is not None
-                assert part.weights[i].tolist() == full.weights[i].tolist()
-            else:
-                assert part.input_ids[i] is None and part.labels[i] is None
-        for step in range(steps):  # every micro-batch this rank can build is loaded
-            idx = step_samples(n, gb, 3, step)
-            mine = rank_share(idx, full.lengths, rank, 2, True)
-            packed = packed_micro_batches(idx, full.lengths, rank, 2, 2)
-            for b in [mine, *packed, idx[:1]]:
-                collate(part, b)
-        shares.append(set(rows.tolist()))
-        not_mine = np.setdiff1d(np.arange(n), rows)
-        with pytest.raises(RuntimeError, match="not loaded by this process"):
-            collate(part, not_mine[:1])
-    assert len(shares[0]) < n and len(shares[1]) < n  # neither rank loads the whole set
     seen = set(np.concatenate([step_samples(n, gb, 3, s) for s in range(steps)]).tolist())
-    assert shares[0] | shares[1] == seen  # together: every sample trained on, nothing else
+    for packed in (False, True):
+        shares = []
+        for rank in range(2):
+            rows = rank_rows(n, full.lengths, rank, 2, steps, gb, 3, 2, True, packed)
+            part = load_train_data(path, 12, lambda d, r=rows: r)  # type: ignore[misc]
+            assert part.counts == dict(full.counts, samples_loaded=len(rows))
+            assert part.sample_ids == full.sample_ids and np.array_equal(part.lengths, full.lengths)
+            assert part.max_id == max(int(x.max()) for x in full.input_ids)
+            mine_set = set(rows.tolist())
+            for i in range(n):
+                if i in mine_set:
+                    assert part.input_ids[i].tolist() == full.input_ids[i].tolist()
+                    assert part.labels[i].tolist() == full.labels[i].tolist()
+                    assert part.weights is not None and full.weights is not None
+                    assert part.weights[i].tolist() == full.weights[i].tolist()
+                else:
+                    assert part.input_ids[i] is None and part.labels[i] is None
+            for step in range(steps):  # every micro-batch this rank builds is loaded, and equal
+                idx = step_samples(n, gb, 3, step)
+                parts = (
+                    packed_micro_batches(idx, full.lengths, rank, 2, 2)
+                    if packed
+                    else [rank_share(idx, full.lengths, rank, 2, True)]
+                )
+                for b in [*parts, idx[:1]]:
+                    a, f = collate(part, b), collate(full, b)
+                    assert a.keys.tolist() == f.keys.tolist()
+                    assert a.batch.input_ids.tolist() == f.batch.input_ids.tolist()
+            shares.append(mine_set)
+            not_mine = np.setdiff1d(np.arange(n), rows)
+            with pytest.raises(RuntimeError, match="not loaded by this process"):
+                collate(part, not_mine[:1])
+        assert shares[0] | shares[1] == seen  # together: every sample trained on, nothing else
+        firsts = {int(step_samples(n, gb, 3, s)[0]) for s in range(steps)}
+        assert not (shares[0] & shares[1]) - firsts  # apart from the stand-ins, no sample on both ranks

@@ -32,7 +32,7 @@ from tokenclean.selection.selector import reusable_selection
 from tokenclean.selection.stats import kept_per_sample
 from tokenclean.selection.streamed import write_streamed
 from tokenclean.selection.table import TokenTable, resolve_prepared_dir
-from tokenclean.selection.writer import CleanedSize, write_rows
+from tokenclean.selection.writer import CleanedSize, split_rows, write_rows
 from tokenclean.utils import (
     atomic_dir,
     get_logger,
@@ -95,12 +95,12 @@ def write_cleaned(
     manifest: dict[str, Any],
     weights: np.ndarray | None = None,
 ) -> None:
-    """Write the cleaned dataset of an in-memory table (one block of :func:`~.writer.write_rows`), its stats,
+    """Write the cleaned dataset of an in-memory table (in blocks, :func:`~.writer.write_rows`), its stats,
     emptied samples and manifest atomically into ``out``."""
     size = CleanedSize()
     size.add(table, kept_per_sample(keep, table.response_offsets) > 0)
     with atomic_dir(out) as tmp:
-        rows = [(0, table, keep, weights)]
+        rows = split_rows(table, keep, weights)
         write_rows(tmp, rows, size, weights is not None, manifest["cache_key"][:32])
         write_json_atomic(tmp / "selection_stats.json", stats)
         write_json_atomic(tmp / "manifest.json", dict(manifest, files=file_digests(tmp)))

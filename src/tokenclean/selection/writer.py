@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import numpy as np
 
 from tokenclean import IGNORE_INDEX
 from tokenclean.columns import list_array
+from tokenclean.selection.pending import Pending
 from tokenclean.selection.stats import kept_per_sample
 from tokenclean.selection.table import TokenTable
 
@@ -111,6 +112,25 @@ def emptied_records(table: TokenTable, kept_rows: np.ndarray, row0: int = 0) -> 
     ]
 
 
+def split_rows(
+    table: TokenTable, keep: np.ndarray, weights: np.ndarray | None, rows: int = 1000
+) -> Iterator[tuple[int, TokenTable, np.ndarray, np.ndarray | None]]:
+    """An in-memory table and its selection as blocks of ``rows`` samples (what :func:`write_rows` takes)."""
+    ro = table.response_offsets  # (S+1,)
+    n = table.offsets.size - 1
+    for a in range(0, max(n, 1), rows):
+        b = min(a + rows, n)
+        t0, t1, r0, r1 = int(table.offsets[a]), int(table.offsets[b]), int(ro[a]), int(ro[b])
+        sub = TokenTable(
+            table.sample_ids[a:b],
+            table.offsets[a : b + 1] - t0,
+            table.input_ids[t0:t1],
+            table.labels[t0:t1],
+            table.score[t0:t1],
+        )
+        yield a, sub, keep[r0:r1], None if weights is None else weights[r0:r1]
+
+
 @dataclass
 class CleanedSize:
     """What the cleaned set holds, counted before it is written: rows, positions and UTF-8 bytes of ids."""
@@ -149,18 +169,13 @@ def layout(rows: int, nbytes: int) -> tuple[list[int], int]:
 
 
 class DataFiles:
-    """Cleaned rows in, ``data-XXXXX-of-NNNNN.arrow`` files out, as ``save_to_disk`` cuts them.
-
-    Arrow's IPC writer sends up to 63 bytes of padding after a string array's data and up to 7 after a
-    fixed-width array's values when the buffer holds them (the next rows' bytes, in ``save_to_disk``'s one
-    table), so a record batch is written only once the rows after it are in the same buffer (64 bytes of
-    ids, 8 positions) or the pool has ended: the bytes then match. (Past 2**30 kept positions the
-    in-memory table was cut into list chunks, whose ends this does not mimic: the rows still match.)"""
+    """Cleaned rows in, ``data-XXXXX-of-NNNNN.arrow`` files out, as ``save_to_disk`` cuts them; a record
+    batch is written once its padding bytes are in the buffers (:class:`~.pending.Pending`)."""
 
     def __init__(self, out: Path, size: CleanedSize, with_weights: bool) -> None:
         self.out, self.features = out, cleaned_features(with_weights)
         self.bounds, self.batch = layout(size.rows, size.nbytes(with_weights))
-        self.pending: Any = None  # one contiguous pyarrow Table: the rows not yet written
+        self.pending = Pending()
         self.written = 0
         self.writer: Any = None
         self.file = -1
@@ -171,30 +186,16 @@ class DataFiles:
         return [f"data-{i:05d}-of-{n:05d}.arrow" for i in range(n)]
 
     def add(self, rows: Any, final: bool = False) -> None:
-        """Append cleaned rows (a pyarrow Table in the cleaned schema; ``final``: the last ones), writing
-        every record batch whose following bytes are in the buffer."""
-        import pyarrow as pa
-
+        """Append cleaned rows (a pyarrow Table in the cleaned schema, or None; ``final``: no rows follow),
+        writing every record batch that can be."""
         if rows is not None:
-            self.pending = rows if self.pending is None else pa.concat_tables([self.pending, rows])
-            self.pending = self.pending.combine_chunks()
-        while self.written < self.bounds[-1] and self.pending is not None:
+            self.pending.add(rows)
+        while self.written < self.bounds[-1]:
             f = int(np.searchsorted(self.bounds, self.written, side="right")) - 1  # file of the next row
             n = min(self.batch, self.bounds[f + 1] - self.written)
-            if self.pending.num_rows < n or not (final or self._followed(n)):
+            if self.pending.rows < n or not self.pending.followed(n, final):
                 return
             self._write(f, n)
-
-    def _followed(self, n: int) -> bool:
-        """Whether the buffer holds the padding bytes after the first ``n`` pending rows."""
-        import pyarrow.compute as pc
-
-        rest = self.pending.slice(n)
-        if rest.num_rows == 0:
-            return False
-        ids = int(pc.sum(pc.binary_length(rest.column("sample_id"))).as_py() or 0)
-        positions = int(pc.sum(pc.list_value_length(rest.column("input_ids"))).as_py() or 0)
-        return ids >= 64 and positions >= 8
 
     def _write(self, f: int, n: int) -> None:
         from datasets.arrow_writer import ArrowWriter
@@ -204,8 +205,7 @@ class DataFiles:
             path = self.out / self.names[f]
             self.writer = ArrowWriter(features=self.features, path=str(path), embed_local_files=True)
             self.file = f
-        self.writer.write_table(self.pending.slice(0, n))
-        self.pending = self.pending.slice(n)  # the same buffers: the padding of the next batch follows
+        self.writer.write_table(self.pending.take(n))
         self.written += n
         if self.written == self.bounds[f + 1]:
             self._close()

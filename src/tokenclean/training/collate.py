@@ -90,11 +90,11 @@ def rank_rows(
     seed: int,
     batch_size: int,
     group_by_length: bool,
+    packed: bool,
 ) -> np.ndarray:
     """The samples rank ``rank`` of ``world`` trains on over the run's ``steps`` optimizer steps, sorted:
-    its share of every step by :func:`rank_share` and by :func:`packed_micro_batches` (the layout is decided
-    after the model loads, so both), and each step's first sample (the stand-in of a rank with none).
-    Shape (m,) int64; ``world = 1``: every sample."""
+    its share of every step (:func:`packed_micro_batches` when ``packed``, else :func:`rank_share`) and
+    each step's first sample (the stand-in of a rank with none). Shape (m,) int64; ``world = 1``: all."""
     if world == 1:
         return np.arange(n, dtype=np.int64)
     mine = np.zeros(n, dtype=bool)
@@ -102,9 +102,11 @@ def rank_rows(
         if step % 64 == 0 and mine.all():
             break
         idx = step_samples(n, global_batch, seed, step)
-        mine[rank_share(idx, lengths, rank, world, group_by_length)] = True
-        for part in packed_micro_batches(idx, lengths, rank, world, batch_size):
-            mine[part] = True
+        if packed:
+            for part in packed_micro_batches(idx, lengths, rank, world, batch_size):
+                mine[part] = True
+        else:
+            mine[rank_share(idx, lengths, rank, world, group_by_length)] = True
         mine[idx[:1]] = True
     return np.flatnonzero(mine)
 

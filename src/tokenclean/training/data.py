@@ -48,6 +48,7 @@ class TrainData:
     row_lengths: np.ndarray | None = None  # (n,) int64 lengths after truncation (every row, loaded or not)
     loaded: np.ndarray | None = None  # (n,) bool rows whose arrays are here (None: every row)
     max_id: int | None = None  # the largest token id of every row
+    source: tuple[Path, list[str], int] | None = None  # (dir, columns, max_length) it is read from
 
     def prompt_mask(self, i: int) -> np.ndarray:
         """Prompt positions of sample ``i``: every attended position that is not a response token of the
@@ -291,9 +292,23 @@ def load_train_data(
     """Load, validate and truncate; drop (and count) samples with no kept token after truncation.
     ``rows``: which samples to load, given the data with every row's length and kept tokens (default:
     all); the others stay None and :meth:`TrainData.check_loaded` refuses them."""
+    data = index_train_data(data_dir, max_length)
+    fill_train_data(data, None if rows is None else rows(data))
+    return data
+
+
+def index_train_data(data_dir: str | Path, max_length: int) -> TrainData:
+    """Pass 1 of :func:`load_train_data`: every row checked, no token array loaded yet."""
     path = Path(data_dir)
     columns = _open(path)
     data = _index(path, columns, max_length)
-    wanted = np.arange(len(data)) if rows is None else np.asarray(rows(data), dtype=np.int64)
-    _fill(path, columns, max_length, data, wanted)
+    data.source = (path, columns, max_length)
     return data
+
+
+def fill_train_data(data: TrainData, rows: np.ndarray | None) -> None:
+    """Pass 2 of :func:`load_train_data`: the arrays of ``rows`` (None: all) of an indexed dataset."""
+    assert data.source is not None, "fill_train_data needs index_train_data's result"
+    path, columns, max_length = data.source
+    wanted = np.arange(len(data)) if rows is None else np.asarray(rows, dtype=np.int64)
+    _fill(path, columns, max_length, data, wanted)

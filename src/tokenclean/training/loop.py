@@ -63,7 +63,7 @@ from tokenclean.training.collate import (
 )
 from tokenclean.training.config import TrainConfig
 from tokenclean.training.counted import write_counted
-from tokenclean.training.data import TrainData, load_train_data
+from tokenclean.training.data import fill_train_data, index_train_data
 from tokenclean.training.distributed import StepDist
 from tokenclean.training.finish import finish
 from tokenclean.training.integrity import check_finished, discard_train_output, trim_log
@@ -159,7 +159,7 @@ def _setup_data(
 ) -> TrainRun:
     """Load the data, check it against the model's tokenizer, start the accelerator."""
     acc = setup.accelerator(device)
-    data = load_train_data(data_dir, cfg.max_length, _rows_of(cfg, acc))
+    data = index_train_data(data_dir, cfg.max_length)  # the arrays: after the layout, _load_rows
     setup.check_tokenizer(data.manifest, spec, data_dir)
     if saved is not None:
         setup.check_world_size(saved, acc.num_processes, out)
@@ -172,16 +172,13 @@ def _setup_data(
     return TrainRun(cfg, spec, data_dir, out, init_adapter, data, acc, None, policy)
 
 
-def _rows_of(cfg: TrainConfig, acc: Any) -> Callable[[TrainData], np.ndarray]:
-    """Which samples this process loads: the ones it trains on over the run (:func:`rank_rows`)."""
-
-    def rows(data: TrainData) -> np.ndarray:
-        world, gb = acc.num_processes, setup.global_batch(cfg, acc.num_processes)
-        steps = total_steps(len(data), gb, cfg.epochs, cfg.max_steps)
-        args = (steps, gb, cfg.seed, cfg.batch_size, cfg.group_by_length)
-        return rank_rows(len(data), data.lengths, acc.process_index, world, *args)
-
-    return rows
+def _load_rows(run: TrainRun) -> None:
+    """Load the token arrays of the samples this process trains on over the run (:func:`rank_rows`, for
+    the micro-batch layout chosen), not the whole set."""
+    cfg, data, world = run.cfg, run.data, run.acc.num_processes
+    args = (run.n_steps, run.global_batch, cfg.seed, cfg.batch_size, cfg.group_by_length)
+    packed = run.row_tokens != NOT_PACKED
+    fill_train_data(data, rank_rows(len(data), data.lengths, run.acc.process_index, world, *args, packed))
 
 
 def _setup_model(run: TrainRun) -> TrainRun:
@@ -208,6 +205,7 @@ def _setup_optimizer(run: TrainRun, identity: dict[str, Any], saved: dict[str, A
     warn_if_no_update(len(run.data), cfg, run.n_steps, acc.num_processes)
     run.scheduler = setup.scheduler(run.optimizer, cfg, run.n_steps)
     run.row_tokens = setup.packed_rows(run.net, cfg, run.data)
+    _load_rows(run)
     state = TrainState(identity=identity, world_size=acc.num_processes)
     if saved is not None:
         args = (run.out, acc, run.model, run.net, run.optimizer, run.scheduler, run.policy)
