@@ -40,25 +40,36 @@ class Block:
 
 
 Blocks = Callable[[], Iterator[Block]]
+REBUILD_STORE = (
+    "rebuild the store: tokenclean score --data PREPARED --base BASE --reference REF --out STORE --force"
+)
+REBUILD_PREPARED = (
+    "rebuild it: tokenclean prepare --data SOURCE --tokenizer TOKENIZER --out PREPARED --force, then score it"
+)
 
 
-def _dataset(d: Path, cols: tuple[str, ...]) -> Any:
+def _dataset(d: Path, cols: tuple[str, ...], rebuild: str) -> Any:
     import datasets
 
     if not (d / "dataset_info.json").exists() and not (d / "state.json").exists():
-        raise DataError(str(d), "not a dataset directory (expected datasets.save_to_disk output)")
-    ds = datasets.load_from_disk(str(d))  # memory-mapped: the row count and columns, no data read
+        raise DataError(str(d), f"not a dataset directory (expected datasets.save_to_disk output); {rebuild}")
+    try:
+        ds = datasets.load_from_disk(str(d))  # memory-mapped: the row count and columns, no data read
+    except Exception as e:  # a format this datasets version cannot read
+        raise DataError(str(d), f"cannot be read as a dataset ({type(e).__name__}: {e}); {rebuild}") from None
     for c in cols:
         if c not in ds.column_names:
-            raise DataError(str(d), f"missing column '{c}' (has {', '.join(ds.column_names)})", field=c)
+            raise DataError(
+                str(d), f"missing column '{c}' (has {', '.join(ds.column_names)}); {rebuild}", field=c
+            )
     return ds
 
 
 def token_blocks(scores_dir: str | Path, prep: str | Path, column: str = "score") -> Blocks:
     """The joined pool of a score store and its prepared dataset, block by block (see the module doc)."""
     scores_dir, prep = Path(scores_dir), Path(prep)
-    ns = len(_dataset(scores_dir, ("sample_id", column)))
-    np_ = len(_dataset(prep, ("sample_id", "input_ids", "labels")))
+    ns = len(_dataset(scores_dir, ("sample_id", column), REBUILD_STORE))
+    np_ = len(_dataset(prep, ("sample_id", "input_ids", "labels"), REBUILD_PREPARED))
     if ns != np_:
         raise DataError(
             f"{scores_dir}",

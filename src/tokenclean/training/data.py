@@ -130,7 +130,12 @@ def _open(path: Path) -> list[str]:
         raise DataError(where, f"is a DatasetDict ({', '.join(ds)}); pass one split's directory")
     for col in ("input_ids", "labels"):
         if col not in ds.column_names:
-            raise DataError(where, f"missing column (columns: {', '.join(ds.column_names)})", field=col)
+            raise DataError(
+                where,
+                f"missing column (columns: {', '.join(ds.column_names)}); rebuild it with tokenclean "
+                "prepare (or select) --force",
+                field=col,
+            )
     return list(ds.column_names)
 
 
