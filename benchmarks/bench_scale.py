@@ -37,6 +37,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue
 import resource
 import shutil
 import socket
@@ -162,7 +163,7 @@ def stage_train_load(rank: int, world: int, args: dict[str, Any]) -> dict[str, A
 
     def rows(data: Any) -> np.ndarray:
         steps = total_steps(len(data), 64, 1, None)
-        return rank_rows(len(data), data.lengths, rank, world, steps, 64, 0, 8, True)
+        return rank_rows(len(data), data.lengths, rank, world, steps, 64, 0, 8, True, True)
 
     data = load_train_data(args["cleaned"], 4096, rows)
     loaded = data.counts.get("samples_loaded", len(data))
@@ -203,7 +204,16 @@ def run_stage(name: str, world: int, args: dict[str, Any]) -> dict[str, Any]:
     procs = [ctx.Process(target=_child, args=(fn, r, n, args, q)) for r in range(n)]
     for p in procs:
         p.start()
-    results = sorted(q.get() for _ in procs)
+    results = []
+    while len(results) < len(procs):  # a process that dies sends nothing: stop instead of waiting
+        try:
+            results.append(q.get(timeout=5))
+        except queue.Empty:
+            if any(p.exitcode not in (None, 0) for p in procs):
+                for p in procs:
+                    p.terminate()
+                raise SystemExit(f"stage {name}: a process exited with an error") from None
+    results.sort()
     for p in procs:
         p.join()
         if p.exitcode:
