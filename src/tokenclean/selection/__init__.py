@@ -7,7 +7,10 @@
 - :mod:`tokenclean.selection.selector`: the offline selector base (a subclass gives ``keep(table)``, the base
   writes the cleaned set, ``dropped.jsonl``, stats and manifest once); :mod:`tokenclean.selection.levels`
   the score-based selectors (global, sample, random, threshold, soft weights), :mod:`.xtf` XTF;
-- :mod:`tokenclean.selection.cleaned`: the ``select`` stage writing the cleaned dataset.
+- :mod:`tokenclean.selection.cleaned`: the ``select`` stage writing the cleaned dataset; it streams
+  (:mod:`.streamed`): the pool read block by block (:mod:`.blocks`), the cut by the streaming selection
+  (:mod:`.streaming`), the cleaned set written in the files ``save_to_disk`` wrote (:mod:`.writer`,
+  :mod:`.pending`), memory one record batch whatever the pool.
 
 Synthetic stores and prepared data for tests and benchmarks: :mod:`tokenclean.testing.stores`.
 """
