@@ -69,6 +69,12 @@ def test_two_ranks_share_the_evaluation_and_match_one_process(tiny_model_dir: Pa
     one = json.loads((root / "one" / "rank0.json").read_text())
     two = [json.loads((root / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
 
+    # each rank computed about half of the held-out tokens (counted by the hook, and as evaluate reports)
+    total = one["quick_seen"]["tokens"]
+    shares = [rec["quick_seen"]["tokens"] / total for rec in two]
+    print(f"held-out tokens computed: 1 process {total}, ranks {[r['quick_seen']['tokens'] for r in two]}")
+    assert all(0.35 <= s <= 0.65 for s in shares), shares
+
     # held-out loss: same numbers as one process (counts exactly), on every rank, written once by rank 0
     want = one["quick"]["tasks"]
     for rec in two:
@@ -83,11 +89,6 @@ def test_two_ranks_share_the_evaluation_and_match_one_process(tiny_model_dir: Pa
     written = json.loads((root / "two" / "eval_quick.json").read_text())
     assert written["tasks"]["heldout_loss"]["value"] == two[0]["quick"]["tasks"]["heldout_loss"]["value"]
 
-    # each rank computed about half of the held-out tokens (counted by the hook, and as evaluate reports)
-    total = one["quick_seen"]["tokens"]
-    shares = [rec["quick_seen"]["tokens"] / total for rec in two]
-    print(f"held-out tokens computed: 1 process {total}, ranks {[r['quick_seen']['tokens'] for r in two]}")
-    assert all(0.35 <= s <= 0.65 for s in shares), shares
     per_rank = two[0]["quick"]["tasks"]["heldout_loss"]["details"]["per_rank"]
     assert [p["samples"] for p in per_rank] == [10, 10]
     assert (
