@@ -52,6 +52,7 @@ class EvalResult(TypedDict, total=False):
     average: float | None  # unweighted mean over ``average_over``
     average_over: list[str]
     limit: float | None
+    processes: int  # launched ranks that shared the evaluation (1: one process)
     seconds: float
     versions: dict[str, Any]
     harness_config: dict[str, Any]

@@ -99,7 +99,6 @@ def save_checkpoint(
 
 
 SHARDED = "sharded"
-_TRAINABLE_ONLY = {"ignore_frozen_params": True, "strict": False}
 
 
 def _write_shards(d: Path, model: Any, optimizer: Any) -> None:
@@ -108,7 +107,7 @@ def _write_shards(d: Path, model: Any, optimizer: Any) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    opts = StateDictOptions(**_TRAINABLE_ONLY)
+    opts = StateDictOptions(ignore_frozen_params=True, strict=False)  # trainable only
     weights, optim = get_state_dict(model, getattr(optimizer, "optimizer", optimizer), options=opts)
     dcp.save({"model": weights, "optimizer": optim}, checkpoint_id=str(d))
 
@@ -118,10 +117,10 @@ def _read_shards(d: Path, model: Any, optimizer: Any) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-    opts = StateDictOptions(**_TRAINABLE_ONLY)
+    opts = StateDictOptions(ignore_frozen_params=True, strict=False)  # trainable only
     inner = getattr(optimizer, "optimizer", optimizer)
     weights, optim = get_state_dict(model, inner, options=opts)  # the shapes and shards to read into
-    state = {"model": weights, "optimizer": optim}
+    state: dict[str, Any] = {"model": weights, "optimizer": optim}
     dcp.load(state, checkpoint_id=str(d))  # fails naming a key the checkpoint lacks
     set_state_dict(
         model, inner, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=opts
