@@ -33,6 +33,16 @@ class EngineError(TokencleanError):
     """A stage's tasks did not all complete."""
 
 
+def require_datatrove() -> None:
+    """Fail with the install command when the optional extra is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("datatrove") is None:
+        raise ConfigError(
+            "the datatrove engine is not installed: pip install 'tokenclean[engine]' (datatrove, pure Python)"
+        )
+
+
 @dataclass
 class TaskStep:
     """One datatrove pipeline step: ``fn(job, rank)`` for the task's rank (picklable: a module-level

@@ -61,8 +61,10 @@ def _clear(out: Path, spec: PoolSpec) -> None:
     shutil.rmtree(out / ".engine", ignore_errors=True)
 
 
-def run_pool(spec: PoolSpec, ex: ExecutorSpec) -> dict[str, Any]:
-    """Run the three stages; returns ``{"prepared", "scores", "selected"}``: each stage's manifest."""
+def run_pool(spec: PoolSpec, ex: ExecutorSpec, on_part: Any = None) -> dict[str, Any]:
+    """Run the three stages; returns ``{"prepared", "scores", "selected"}``: the manifests of the first two
+    and the selection stats. ``on_part(rank, k, phase)`` is called in a score task after each part it
+    saved (in-process executors only: a local executor with one worker)."""
     if spec.tasks < 1:
         from tokenclean.errors import ConfigError
 
@@ -73,7 +75,7 @@ def run_pool(spec: PoolSpec, ex: ExecutorSpec) -> dict[str, Any]:
     if spec.force:
         _clear(out, spec)
     prepared = pool_prepare(spec, ex)
-    scores = pool_score(spec, ex)
+    scores = pool_score(spec, ex, on_part)
     selected = pool_select(spec, ex)
     return {"prepared": prepared, "scores": scores, "selected": selected}
 

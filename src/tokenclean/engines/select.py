@@ -168,7 +168,9 @@ def select_write(job: SelectJob, rank: int) -> dict[str, Any]:
     keep, _ = cut.mask(scores, 0)  # (N_r,) the same mask GlobalCut.masks gives chunk by chunk
     stats = selection_stats(keep, scores, offsets, "global", job.ratio, job.seed, None)
     arrow, kept_rows = cleaned_arrow(table, keep)
-    emptied = [dict(e, row=e["row"] + lo) for e in _emptied_records(table, kept_rows)]
+    emptied = [  # the lines of dropped.jsonl, with rows of the whole pool
+        json.dumps(dict(e, row=e["row"] + lo), ensure_ascii=False) for e in _emptied_records(table, kept_rows)
+    ]
     info = {"rows": int(arrow.num_rows), "stats": stats, "emptied": emptied}
     return write_arrow_shard(out, rank, job.num_tasks, arrow, cleaned_features(), info)
 
@@ -215,7 +217,7 @@ def select_index(job: SelectJob, rank: int = 0) -> dict[str, Any]:
     warn_if_ties_decide(stats, out)
     files = write_dataset_index(out, markers, cleaned_features(), job.key)
     with open(out / "dropped.jsonl", "w") as f:
-        f.writelines(json.dumps(e, ensure_ascii=False) + "\n" for m in markers for e in m["emptied"])
+        f.writelines(line + "\n" for m in markers for line in m["emptied"])
     write_json_atomic(out / "selection_stats.json", stats)
     for name in ("dropped.jsonl", "selection_stats.json"):
         files[name] = {"size": (out / name).stat().st_size, "sha256": sha256_file(out / name)}
