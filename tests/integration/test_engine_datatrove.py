@@ -93,7 +93,23 @@ def work(tmp_path_factory: pytest.TempPathFactory, tiny_tok, tiny_model_dir: Pat
 
 
 def _pool_args(out: str) -> list[str]:
-    return ["--data", "sft.jsonl", "--base", "model", "--reference", "adapter", "--out", out, "--tasks", "3"]
+    return [
+        "--data",
+        "sft.jsonl",
+        "--base",
+        "model",
+        "--reference",
+        "adapter",
+        "--out",
+        out,
+        "--tasks",
+        "3",
+    ] + [
+        "--shard-size",
+        "4",
+        "--device",
+        "cpu",
+    ]
 
 
 def _same_dataset(a_dir: Path, b_dir: Path, cols: tuple[str, ...] | None = None) -> None:
