@@ -13,6 +13,7 @@ model:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -39,6 +40,22 @@ def _env() -> dict[str, str]:
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
+
+
+def _run_to_death(cmd: list[str], cwd: Path) -> tuple[int, str]:
+    """Run ``cmd`` in its own session until it dies; then end what it left behind (datatrove's local
+    executor starts a ``multiprocess`` manager process, which outlives a driver killed with ``os._exit``).
+    Returns the exit status and stderr."""
+    import signal
+
+    with open(cwd / "killed.err", "w") as err:
+        p = subprocess.Popen(
+            cmd, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
+        )
+        rc = p.wait(timeout=900)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(p.pid, signal.SIGKILL)  # the orphaned manager, if any (same process group)
+    return rc, (cwd / "killed.err").read_text()
 
 
 def ok(p: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -93,23 +110,8 @@ def work(tmp_path_factory: pytest.TempPathFactory, tiny_tok, tiny_model_dir: Pat
 
 
 def _pool_args(out: str) -> list[str]:
-    return [
-        "--data",
-        "sft.jsonl",
-        "--base",
-        "model",
-        "--reference",
-        "adapter",
-        "--out",
-        out,
-        "--tasks",
-        "3",
-    ] + [
-        "--shard-size",
-        "4",
-        "--device",
-        "cpu",
-    ]
+    args = "--data sft.jsonl --base model --reference adapter --tasks 3 --shard-size 4 --device cpu"
+    return [*args.split(), "--out", out]
 
 
 def _same_dataset(a_dir: Path, b_dir: Path, cols: tuple[str, ...] | None = None) -> None:
@@ -194,8 +196,8 @@ def test_a_killed_score_task_is_redone_not_lost_or_duplicated(work: Path) -> Non
 
     (work / "kill.py").write_text(textwrap.dedent(KILL_SCRIPT))
     out = work / "killed" / "pool"
-    p = _run([sys.executable, str(work / "kill.py"), str(out), "kill"], work)
-    assert p.returncode == 3, p.stderr[-4000:]
+    rc, err = _run_to_death([sys.executable, str(work / "kill.py"), str(out), "kill"], work)
+    assert rc == 3, err[-4000:]
     first = (work / "killed/parts.log").read_text().split("\n")[:-1]
     assert first[-1].startswith("1 ") and not any(x.startswith("2 ") for x in first)
     scores = out / "scores"

@@ -53,6 +53,18 @@ def _logs(out: Path, stage: str, key: str) -> Path:
     return out / ".engine" / f"{stage}-{key[:12]}"
 
 
+def _fresh(stage_out: Path, logs: Path, redo_finished: bool) -> None:
+    """Start a stage from scratch when its task records are not this key's (its inputs or settings changed,
+    or it never ran: the output, owned by the pool, is from something else), or when a finished output is
+    not reused (``redo_finished``: damaged, or from an input that cannot be hashed): remove the output and
+    the records. Otherwise keep both: the tasks resume."""
+    if not logs.exists() or (redo_finished and (stage_out / "manifest.json").exists()):
+        if stage_out.exists():
+            log.info("computing %s from scratch", stage_out)
+        shutil.rmtree(stage_out, ignore_errors=True)
+        shutil.rmtree(logs, ignore_errors=True)
+
+
 def _clear(out: Path, spec: PoolSpec) -> None:
     """``--force``: remove the stage outputs (each checked to be tokenclean's own) and the engine records."""
     for name, kind in zip(STAGES, ("prepare", "score", "select")):
@@ -91,9 +103,11 @@ def pool_prepare(spec: PoolSpec, ex: ExecutorSpec) -> dict[str, Any]:
     ident, identity = ep.identity_of(
         spec.data, tok, spec.fmt, spec.template, spec.max_length, spec.skip_invalid
     )
-    old = decide(out, "prepare", identity, reusable=bool(ident["sha256"]))
+    old = decide(out, "prepare", identity, replace_stale=True, reusable=bool(ident["sha256"]))
     if old is not None:
         return dict(old, reused=True)
+    logs = _logs(Path(spec.out), "prepare", sha256_json(identity))
+    _fresh(out, logs, redo_finished=True)
     mark_owned(out, "prepare")
     n = ep.count_records(spec.data, spec.fmt, spec.skip_invalid)
     job = ep.PrepareJob(
@@ -101,7 +115,6 @@ def pool_prepare(spec: PoolSpec, ex: ExecutorSpec) -> dict[str, Any]:
         dict(tokenizer_identity(tok), source=name),
         spec.fmt, spec.template, spec.max_length, spec.skip_invalid,
     )  # fmt: skip
-    logs = _logs(Path(spec.out), "prepare", sha256_json(identity))
     run_step("prepare", ep.prepare_shard, job, spec.tasks, logs, ex)
     run_step("prepare-index", ep.prepare_index, job, 1, logs / "index", ex)
     return dict(json.loads((out / "manifest.json").read_text()))
@@ -117,6 +130,16 @@ def score_job(spec: PoolSpec) -> Any:
     )  # fmt: skip
 
 
+def _models(spec: PoolSpec) -> Any:
+    """The base and reference identities (content hashes, no weights loaded), as the scoring plan has
+    them: a model changed in place gives the score step a new key, so its tasks run again (and refuse the
+    old store, as ``tokenclean score`` does, until ``--force``)."""
+    from tokenclean.scoring.models import pair_identities, resolve_pair
+
+    mode, base_spec, ref_spec = resolve_pair(spec.base, spec.reference, None)
+    return [mode, *pair_identities(mode, base_spec, ref_spec)]
+
+
 def pool_score(spec: PoolSpec, ex: ExecutorSpec, on_part: Any = None) -> dict[str, Any]:
     """The score, store and index steps (the score tasks return at once for a finished store)."""
     from tokenclean.engines import score as es
@@ -124,8 +147,9 @@ def pool_score(spec: PoolSpec, ex: ExecutorSpec, on_part: Any = None) -> dict[st
     out = Path(spec.out)
     job = score_job(spec)
     prepared = json.loads((out / "prepared" / "manifest.json").read_text())
-    key = sha256_json([asdict(job), prepared["cache_key"], prepared.get("files")])
+    key = sha256_json([asdict(job), _models(spec), prepared["cache_key"], prepared.get("files")])
     logs = _logs(out, "score", key)
+    _fresh(out / "scores", logs, redo_finished=False)
     fn = es.score_shard if on_part is None else _ScoreWithHook(on_part)
     run_step("score", fn, job, spec.tasks, logs, ex)
     run_step("store", es.store_shard, job, spec.tasks, logs / "store", ex)
@@ -180,11 +204,12 @@ def pool_select(spec: PoolSpec, ex: ExecutorSpec) -> dict[str, Any]:
 
     job = select_job(spec)
     out = Path(job.out)
-    old = reusable_selection(out, job.fields["identity"], force=False, replace_stale=False)
+    old = reusable_selection(out, job.fields["identity"], force=False, replace_stale=True)
     if old is not None:
         return old
-    mark_owned(out, "select")
     logs = _logs(Path(spec.out), "select", job.key)
+    _fresh(out, logs, redo_finished=True)
+    mark_owned(out, "select")
     run_step("select-high", es.select_high, job, spec.tasks, logs / "high", ex)
     run_step("select-low", es.select_low, job, spec.tasks, logs / "low", ex)
     run_step("select-write", es.select_write, job, spec.tasks, logs / "write", ex)

@@ -99,12 +99,12 @@ def select_high(job: SelectJob, rank: int) -> None:
 def _bucket(job: SelectJob) -> tuple[int, int, int]:
     """(k, bucket of the k-th best key, tokens in the buckets before it) from every task's pass 1."""
     highs = _load_all(job, "high")
-    counts = sum(h["counts"] for h in highs)
-    hist = sum(h["hist"] for h in highs)
+    counts = np.sum([h["counts"] for h in highs], axis=0)  # (2,) tokens, NaNs
+    hist = np.sum([h["hist"] for h in highs], axis=0)  # (BINS,)
     k = min(n_keep(job.ratio, int(counts[0])), int(counts[0] - counts[1]))
     if k <= 0:
         return 0, 0, 0
-    high, before = _locate(np.asarray(hist), k)
+    high, before = _locate(hist, k)
     return k, high, before
 
 
@@ -124,7 +124,7 @@ def global_cut(job: SelectJob, rank: int) -> tuple[GlobalCut, int]:
     if k <= 0:
         return GlobalCut(0, None, 0), 0
     lows = [h["hist"] for h in _load_all(job, "low")]
-    low, before_low = _locate(np.asarray(sum(lows)), k - before)
+    low, before_low = _locate(np.sum(lows, axis=0), k - before)
     need = k - before - before_low  # ties at the cut that are kept, over all tasks
     mine = [int(h[low]) for h in lows]  # ties at the cut in each task's rows
     ties = int(min(max(need - sum(mine[:rank]), 0), mine[rank]))
