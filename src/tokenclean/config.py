@@ -96,7 +96,8 @@ class Runtime:
     )
     threads: int | None = setting(
         None,
-        "torch CPU threads per process (null: the cores idle at start, or OMP_NUM_THREADS if set)",
+        "torch CPU threads per process (null: OMP_NUM_THREADS if set, else every usable core, since "
+        "tokenclean makes OpenMP waits passive; see docs/scoring.md)",
         bounds=">= 1",
     )
     group_timeout: float = setting(

@@ -60,3 +60,30 @@ def test_step_truth_in_a_run_and_groundtruth_agree(tmp_path: Path, tiny_model_di
     for label in ("correct", "mistake", "after"):
         assert got["classes"][label]["kept"] == m["classes"][label]["kept"]  # the CLI and the run agree
     assert got["classes"]["mistake"]["auroc_decisive"] == mis["auroc_decisive"]
+
+
+def test_groundtruth_run_reproduces_a_seeded_runs_table(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    """``tokenclean groundtruth --run`` recomputes every method's recovery (a selection, a random draw and an
+    online method's counted tokens, over two seeds) from the run's files and finds the recorded table; a
+    recorded value changed by hand is reported and exits 1."""
+    from tokenclean.cli import main
+
+    from_steps([_traces(tmp_path)], tmp_path / "bbm")
+    data, truth = tmp_path / "bbm" / "data.jsonl", tmp_path / "bbm" / "truth.jsonl"
+    root = tmp_path / "run"
+    over = [f"run_dir={root}", f"model.base={tiny_model_dir}", f"data.path={data}", f"data.truth={truth}"]
+    over += ["data.truth_positive=[correct]", "data.truth_noise=[mistake,after]", "data.heldout=null"]
+    over += ["methods=[random,fixed_model,dft]", "seeds=[0,1]", "report=false", "eval.suite=none"]
+    summary = run(load_run_config(TINY, over))
+    assert {"random", "fixed_model", "dft"} <= set(summary["methods"])
+    assert main(["groundtruth", "--run", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "over 2 seed(s)" in out and "equal to the table recorded" in out and "(3 methods" in out
+    path = root / "summary.json"
+    top = json.loads(path.read_text())
+    top["methods"]["dft"]["classes"]["mistake"]["kept"] += (
+        0.01  # a table that no longer follows from the files
+    )
+    path.write_text(json.dumps(top))
+    assert main(["groundtruth", "--run", str(root)]) == 1
+    assert "dft: classes.mistake.kept" in capsys.readouterr().out

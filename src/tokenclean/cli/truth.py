@@ -93,12 +93,45 @@ def truth_summary(
     return {"methods": {"selection": m}, "seeds_used": [], "labels": tt.names, "samples": len(ids)}
 
 
+def _groundtruth_run(a: argparse.Namespace) -> int:
+    """``--run RUN_DIR``: the run's recovery table recomputed from its outputs, checked against its summary."""
+    from tokenclean.pipelines.groundtruth import recompute_run, recovery_differences
+    from tokenclean.report.truth_tables import class_table, decisive_table, results_table
+
+    if a.data or a.truth or a.selection or a.scores:
+        raise DataError(
+            "groundtruth", "--run takes the data, truth and selections from the run; drop the others"
+        )
+    top, methods = recompute_run(Path(a.run))
+    summary = {
+        **top,
+        "methods": {n: {**(top.get("methods") or {}).get(n, {}), **m} for n, m in methods.items()},
+    }
+    seeds = top.get("seeds_used") or []
+    print(f"{a.run}: recovery recomputed from the run's outputs over {max(len(seeds), 1)} seed(s)")
+    print(results_table(summary))
+    print("\nPer truth label: share of its tokens kept [95% interval] / mean score")
+    print(class_table(summary))
+    print(decisive_table(summary))
+    diffs = recovery_differences(top, methods)
+    if diffs:
+        print(f"\nDIFFERS from {a.run}/summary.json in {len(diffs)} values:")
+        print("\n".join(f"  {d}" for d in diffs[:50]))
+        return 1
+    print(f"\nequal to the table recorded in {a.run}/summary.json ({len(methods)} methods, every value)")
+    return 0
+
+
 def _groundtruth(a: argparse.Namespace) -> int:
     from tokenclean.models.loader import load_tokenizer
     from tokenclean.outputs import check_file_target
     from tokenclean.report.truth_tables import class_table, decisive_table, results_table
     from tokenclean.utils import read_json, write_json_atomic
 
+    if a.run:
+        return _groundtruth_run(a)
+    if not (a.data and a.truth):
+        raise DataError("groundtruth", "give --data FILE and --truth FILE (or --run RUN_DIR)")
     if not (a.selection or a.scores):
         raise DataError("groundtruth", "give --selection DIR and/or --scores DIR")
     if a.out:  # refused before any work: an input, or a file that is not an earlier summary
@@ -136,11 +169,18 @@ def _groundtruth(a: argparse.Namespace) -> int:
 
 def _groundtruth_args(s: argparse.ArgumentParser) -> None:
     s.add_argument(
-        "--data", required=True, type=existing("file"), help="the SFT file the prepared data came from"
+        "--run",
+        default=None,
+        type=existing("run directory"),
+        help="a finished `tokenclean run` with truth: recompute its recovery table from its outputs and "
+        "check it against its summary.json (exit 1 when a value differs)",
+    )
+    s.add_argument(
+        "--data", default=None, type=existing("file"), help="the SFT file the prepared data came from"
     )
     s.add_argument(
         "--truth",
-        required=True,
+        default=None,
         type=existing("file"),
         help='JSONL: {"id", "spans": [[start, end, label], ...]}',
     )

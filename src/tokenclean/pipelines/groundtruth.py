@@ -321,3 +321,84 @@ def _brief(metrics: dict[str, Any] | None) -> str:
     if not metrics:
         return "-"
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+def _seed_dirs(root: Path, top: dict[str, Any]) -> list[Path]:
+    """The run directories behind a finished run: its seeds' (``per_seed``, found under ``root`` when the
+    recorded path was relative to another working directory) or the run itself."""
+    per_seed = top.get("per_seed") or {}
+    if not per_seed:
+        return [root]
+    dirs = []
+    for s, recorded in per_seed.items():
+        d = Path(recorded)
+        dirs.append(d if (d / "summary.json").exists() else root / f"seed_{s}")
+    return dirs
+
+
+def recompute_run(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(recorded summary, recomputed methods) of a finished run with truth: the recovery of every method
+    computed again from the run's files (cleaned sets, score stores, counted tokens, the truth file), over
+    the same seeds and with the same bootstrap, to check that the run's table follows from its outputs."""
+    from tokenclean.errors import DataError
+    from tokenclean.pipelines.config import load_run_config
+    from tokenclean.utils import read_json
+
+    path = root / "summary.json"
+    if not path.exists():
+        raise DataError(str(path), "no summary: not a finished tokenclean run directory")
+    top = read_json(path)
+    runs = []
+    for sd in _seed_dirs(root, top):
+        for need in ("config.yaml", "summary.json"):
+            if not (sd / need).exists():
+                raise DataError(str(sd / need), "missing: the run did not finish this seed")
+        runs.append(Run(load_run_config(sd / "config.yaml"), sd, read_json(sd / "summary.json")))
+    d = runs[0].cfg.data
+    if d.synthetic is None and d.truth is None:
+        raise DataError(str(root / "config.yaml"), "the run has no token truth", field="data.truth")
+    for p in (d.path, d.truth):
+        if p is not None and d.synthetic is None and not Path(p).exists():
+            raise DataError(
+                str(root / "config.yaml"),
+                f"{p} does not exist from this directory; run from where the run was started",
+                field="data",
+            )
+    return top, aggregate(runs, load_truth(runs[0]))
+
+
+def recovery_differences(recorded: dict[str, Any], recomputed: dict[str, Any]) -> list[str]:
+    """Where the recomputed recovery (means, intervals, per-label shares) differs from the recorded one
+    (beyond 1e-9), as ``method: key recorded -> recomputed`` lines; empty when the table reproduces."""
+    out = []
+    for name, new in recomputed.items():
+        old = (recorded.get("methods") or {}).get(name) or {}
+        for key in ("recovery", "recovery_ci", "classes", "classes_ci"):
+            a, b = _flat(old.get(key)), _flat(new.get(key))
+            for k in sorted(set(a) | set(b)):
+                x, y = a.get(k), b.get(k)
+                if not _same(x, y):
+                    out.append(f"{name}: {key}.{k} {x} -> {y}")
+    return out
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict/list flattened to ``a.b.0`` keys (None: empty)."""
+    if isinstance(node, dict):
+        return {k2: v for k, x in node.items() for k2, v in _flat(x, f"{prefix}{k}.").items()}
+    if isinstance(node, list):
+        return {k2: v for i, x in enumerate(node) for k2, v in _flat(x, f"{prefix}{i}.").items()}
+    return {} if node is None and not prefix else {prefix.rstrip("."): node}
+
+
+def _same(x: Any, y: Any) -> bool:
+    """Equal, or numbers within 1e-9, or both missing (None or NaN: JSON writes NaN as null)."""
+
+    def missing(v: Any) -> bool:
+        return v is None or (isinstance(v, float) and v != v)
+
+    if missing(x) and missing(y):
+        return True
+    if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+        return abs(x - y) <= 1e-9
+    return bool(x == y)
