@@ -253,6 +253,26 @@ def test_a_failed_prepare_task_leaves_no_shard_and_only_it_is_redone(
     _same_dataset(work / "ref/prepared", prepared, PREPARED_COLS)
 
 
+def test_another_number_of_tasks_starts_an_unfinished_stage_afresh(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datasets.arrow_writer import ArrowWriter
+
+    from tokenclean.engines import pool as ep
+    from tokenclean.engines.datatrove_engine import EngineError, ExecutorSpec
+
+    monkeypatch.chdir(work)
+    real = ArrowWriter.finalize
+    monkeypatch.setattr(ArrowWriter, "finalize", lambda self, *a, **k: (_ for _ in ()).throw(OSError("full")))
+    spec = ep.PoolSpec("sft.jsonl", "model", str(work / "retasked"), tasks=3)
+    with pytest.raises(EngineError, match="full"):
+        ep.pool_prepare(spec, ExecutorSpec(workers=1))
+    monkeypatch.setattr(ArrowWriter, "finalize", real)
+    m = ep.pool_prepare(ep.PoolSpec("sft.jsonl", "model", str(work / "retasked"), tasks=2), ExecutorSpec())
+    assert m["engine"]["tasks"] == 2 and len(list((work / "retasked/.engine").glob("prepare-*"))) == 2
+    _same_dataset(work / "ref/prepared", work / "retasked/prepared", PREPARED_COLS)
+
+
 @pytest.mark.parametrize("tasks", [1, 2, 4])
 def test_map_reduce_select_equals_in_memory_select_with_ties_and_nan(tmp_path: Path, tasks: int) -> None:
     from tokenclean.engines import pool as ep

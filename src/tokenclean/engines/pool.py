@@ -50,6 +50,8 @@ class PoolSpec:
 
 
 def _logs(out: Path, stage: str, key: str) -> Path:
+    """A stage's datatrove logging directory (its completion records): ``key`` hashes the stage's inputs,
+    settings and number of tasks (a task's shard is ``r`` of ``n``)."""
     return out / ".engine" / f"{stage}-{key[:12]}"
 
 
@@ -106,7 +108,7 @@ def pool_prepare(spec: PoolSpec, ex: ExecutorSpec) -> dict[str, Any]:
     old = decide(out, "prepare", identity, replace_stale=True, reusable=bool(ident["sha256"]))
     if old is not None:
         return dict(old, reused=True)
-    logs = _logs(Path(spec.out), "prepare", sha256_json(identity))
+    logs = _logs(Path(spec.out), "prepare", sha256_json([identity, spec.tasks]))
     _fresh(out, logs, redo_finished=True)
     mark_owned(out, "prepare")
     n = ep.count_records(spec.data, spec.fmt, spec.skip_invalid)
@@ -207,7 +209,7 @@ def pool_select(spec: PoolSpec, ex: ExecutorSpec) -> dict[str, Any]:
     old = reusable_selection(out, job.fields["identity"], force=False, replace_stale=True)
     if old is not None:
         return old
-    logs = _logs(Path(spec.out), "select", job.key)
+    logs = _logs(Path(spec.out), "select", sha256_json([job.key, spec.tasks]))
     _fresh(out, logs, redo_finished=True)
     mark_owned(out, "select")
     run_step("select-high", es.select_high, job, spec.tasks, logs / "high", ex)
