@@ -169,6 +169,35 @@ def spawn(a: argparse.Namespace, name: str) -> dict[str, Any]:
     return json.loads((a.work / f"{name}.json").read_text())
 
 
+def rate(r: dict[str, Any]) -> float:
+    return r["tokens"] / r["seconds"]
+
+
+def summary(res: dict[str, dict[str, Any]], precisions: list[str]) -> None:
+    """The table of every approach and, per precision, each one's rate and peak RSS against a baseline
+    measured in the same run (trl, and trlpack for tcpack)."""
+    print("\n| approach | tokens | kept | seconds | tokens/s | peak RSS | load start/end |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in res.items():
+        print(
+            f"| {name} | {r['tokens']} | {r['kept']} | {r['seconds']:.1f} | {rate(r):.1f} | "
+            f"{r['peak_rss_mb']:.0f} MB | {r['load'][0]:.2f}/{r['load'][1]:.2f} |"
+        )
+    for prec in precisions:
+        for name, base in (
+            ("trlpack", "trl"),
+            ("tcpack", "trl"),
+            ("tcpack", "trlpack"),
+            ("tokenclean", "trl"),
+        ):
+            o, b = res[f"{name}-{prec}"], res[f"{base}-{prec}"]
+            note = " (target >= 1.3x; peak RSS <= 1)" if name == "tokenclean" else ""
+            print(
+                f"{prec}: {name} / {base} tokens/s = {rate(o) / rate(b):.2f}x; "
+                f"peak RSS = {o['peak_rss_mb'] / b['peak_rss_mb']:.2f}x{note}"
+            )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("/tmp/tokenclean-bench-training"))
@@ -192,27 +221,7 @@ def main() -> None:
     for prec in a.precisions.split(","):
         for name in (f"trl-{prec}", f"trlpack-{prec}", f"tcpack-{prec}", f"tokenclean-{prec}"):
             res[name] = spawn(a, name)
-    print("\n| approach | tokens | kept | seconds | tokens/s | peak RSS | load start/end |")
-    print("|---|---|---|---|---|---|---|")
-    for name, r in res.items():
-        rate = r["tokens"] / r["seconds"]
-        print(
-            f"| {name} | {r['tokens']} | {r['kept']} | {r['seconds']:.1f} | {rate:.1f} | "
-            f"{r['peak_rss_mb']:.0f} MB | {r['load'][0]:.2f}/{r['load'][1]:.2f} |"
-        )
-    for prec in a.precisions.split(","):
-        tc, trl = res[f"tokenclean-{prec}"], res[f"trl-{prec}"]
-        for other in ("trlpack", "tcpack"):
-            o = res[f"{other}-{prec}"]
-            rel = (o["tokens"] / o["seconds"]) / (trl["tokens"] / trl["seconds"])
-            print(
-                f"{prec}: {other} / trl tokens/s = {rel:.2f}x; peak RSS = {o['peak_rss_mb'] / trl['peak_rss_mb']:.2f}x"
-            )
-        speed = (tc["tokens"] / tc["seconds"]) / (trl["tokens"] / trl["seconds"])
-        mem = tc["peak_rss_mb"] / trl["peak_rss_mb"]
-        print(
-            f"{prec}: tokenclean / TRL tokens/s = {speed:.2f}x (target >= 1.3x); peak RSS = {mem:.2f}x (<= 1)"
-        )
+    summary(res, a.precisions.split(","))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ them; they are not tokenclean dependencies) and check that the first batch count
     python benchmarks/check_trainer_exports.py axolotl --export EXPORT_DIR --source CLEANED --model MODEL_DIR
 
 The source set is read with ``datasets`` only (plus tokenclean's ``token_signals`` when the source tree is on
-PYTHONPATH), so this runs under the other tool's own transformers/torch. For every sample of the first batch
+PYTHONPATH), so this runs under the other tool's own transformers/torch. tests/integration/test_trainer_loaders.py
+runs it in the venvs .ci/run builds (docs/integrations.md, "Checking the exports in the real packages"). For every sample of the first batch
 the counted positions (``labels != -100`` after the tool's collator, shifted) must equal the kept tokens of the
 cleaned set, and the tool's model loss on that batch must equal the token mean over the kept tokens.
 """
@@ -57,7 +58,21 @@ def check_batch(batch: dict[str, Any], kept: dict[tuple[int, ...], list[int]], m
     }
 
 
+def stub_torchaudio() -> None:
+    """LLaMA-Factory 0.9.5 imports ``torchaudio`` at module level for audio inputs only, and PyPI has no
+    torchaudio build for torch 2.13: an empty module stands in when it is missing (text SFT never uses it)."""
+    import importlib.machinery
+    import importlib.util
+    import types
+
+    if importlib.util.find_spec("torchaudio") is None:
+        stub = types.ModuleType("torchaudio")
+        stub.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)  # find_spec() answers, no dist
+        sys.modules["torchaudio"] = stub
+
+
 def llamafactory(a: argparse.Namespace) -> dict[str, Any]:
+    stub_torchaudio()
     import yaml
     from llamafactory.data import (
         SFTDataCollatorWith4DAttentionMask,

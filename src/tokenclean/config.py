@@ -103,8 +103,8 @@ class Runtime:
     group_timeout: float = setting(
         DEFAULT_GROUP_TIMEOUT_S,
         "seconds a process of a launched run (accelerate launch, torchrun) waits in a collective for the "
-        "others before the run fails; work of rank 0 alone (prepare, select, evaluation, assembling a "
-        "store) is waited for outside collectives and never counts against it",
+        "others before the run fails; work of rank 0 alone (prepare, select, assembling a store) is "
+        "waited for outside collectives and never counts against it (evaluation is shared by the ranks)",
         bounds="> 0",
     )
 

@@ -8,9 +8,10 @@ Timeouts. A collective (a barrier, an all-reduce) fails when a rank waits longer
 timeout (torch's defaults: 10 minutes for NCCL, 30 for gloo). tokenclean sets it from ``--group-timeout``
 (:class:`tokenclean.config.Runtime`, default :data:`DEFAULT_GROUP_TIMEOUT_S`) when it creates the group, and
 no stage makes ranks wait in a collective while one rank does long work alone: a rank-0-first stage
-(:func:`rank_zero_first`: prepare, subset, select, evaluation) and a long rank-0 write
+(:func:`rank_zero_first`: prepare, subset, select) and a long rank-0 write
 (:func:`after_rank_zero`) make the other ranks poll the launcher's key-value store for rank 0's "done"
-instead, which has no timeout (a rank that dies ends the launched job through the launcher).
+instead, which has no timeout (a rank that dies ends the launched job through the launcher). Evaluation
+is data-parallel over the ranks (:mod:`tokenclean.evaluation.parallel`), so no rank waits for it alone.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def rank_zero_first(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run ``fn`` on rank 0 first; the other ranks run it after (and find its output ready to reuse),
     waiting for rank 0 outside any collective (:func:`after_rank_zero`), so a stage longer than the
     group timeout does not fail the run. For stages whose output is written once (prepare, subset,
-    select, evaluation). No-op for one process."""
+    select). No-op for one process."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

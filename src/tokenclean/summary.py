@@ -52,6 +52,7 @@ class EvalResult(TypedDict, total=False):
     average: float | None  # unweighted mean over ``average_over``
     average_over: list[str]
     limit: float | None
+    processes: int  # launched ranks that shared the evaluation (1: one process)
     seconds: float
     versions: dict[str, Any]
     harness_config: dict[str, Any]
@@ -198,6 +199,7 @@ NOT_SHOWN: dict[str, str] = {
     "report": "where the report was written; the report itself",
     "suite": "the task columns name what ran",
     "limit": "an evaluation setting, in the run's config.yaml",
+    "processes": "how many ranks shared an evaluation; the numbers are the same as one process's",
     "versions": "package versions, for reproduction, not a result",
     "harness_config": "lm-eval settings, for reproduction",
     "harness_task": "the task column uses the benchmark name",

@@ -170,7 +170,8 @@ def test_score_on_two_processes_is_bit_identical(work: Path) -> None:
 
 
 def test_run_pipeline_uses_every_process(work: Path) -> None:
-    """`tokenclean run` under 2 processes: scoring sharded by rank, training on both ranks, rank 0 writes."""
+    """`tokenclean run` under 2 processes: scoring sharded by rank, training on both ranks, evaluation
+    (the quick suite's held-out loss) shared by both ranks, rank 0 writes."""
     cfg = Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml"
     args = [
         "run",
@@ -178,8 +179,13 @@ def test_run_pipeline_uses_every_process(work: Path) -> None:
         f"model.base={work / 'model'}",
         f"run_dir={work / 'run'}",
         "methods=[fixed_model]",
+        "eval.suite=quick",
+        "data.heldout=builtin:sample",
     ]
     ok(launch(2, args, work))
+    ev = json.loads((work / "run" / "methods" / "fixed_model" / "eval.json").read_text())
+    per_rank = ev["tasks"]["heldout_loss"]["details"]["per_rank"]
+    assert ev["processes"] == 2 and [p["samples"] for p in per_rank] == [10, 10]
     done = json.loads((work / "run" / "methods" / "fixed_model" / "train" / "done.json").read_text())
     scores = json.loads((work / "run" / "scores" / "pool" / "manifest.json").read_text())
     assert done["world_size"] == 2 and done["global_batch_size"] == 8

@@ -129,3 +129,32 @@ def test_token_weight_columns(tmp_path: Path, tiny_tok: Any, tiny_tok_dir: Path)
     f.write_text(json.dumps({"id": "c", "weights": [0.25] * (n - 1)}) + "\n")
     with pytest.raises(DataError, match=r"w\.jsonl:1: field 'weights'"):
         import_weights(prep, "tokens", f, tmp_path / "out3")
+
+
+def test_bad_records_are_named_by_file_line_and_field(
+    tmp_path: Path, tiny_tok: Any, tiny_tok_dir: Path
+) -> None:
+    src, prep = prepared(tmp_path, tiny_tok, tiny_tok_dir, ROWS, "bad")
+    rows = [dict(r) for r in ROWS]
+    rows[1] = {"id": "b", "messages": [dict(m) for m in ROWS[1]["messages"]]}
+    rows[1]["messages"][1]["weight"] = "heavy"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: field 'messages\[1\]\.weight': expected a finite"):
+        import_weights(prep, "messages", src, tmp_path / "out", tokenizer=tiny_tok)
+    src.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps({"id": "x", "text": "no messages"}) + "\n")
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: field 'messages'"):
+        import_weights(prep, "messages", src, tmp_path / "out", tokenizer=tiny_tok)
+    n = len(by_id(prep)["c"]["input_ids"])
+    f = tmp_path / "w.jsonl"
+    good = json.dumps({"id": "c", "weights": [1.0] * n}) + "\n"
+    f.write_text(good + good)
+    with pytest.raises(
+        DataError, match=r"w\.jsonl:2: field 'id': duplicate id 'c' \(first at .*w\.jsonl:1\)"
+    ):
+        import_weights(prep, "tokens", f, tmp_path / "out")
+    f.write_text(json.dumps({"id": "c", "weights": [-1.0] * n}) + "\n")
+    with pytest.raises(DataError, match=r"w\.jsonl:1: field 'weights\[0\]': expected a finite number >= 0"):
+        import_weights(prep, "tokens", f, tmp_path / "out")
+    f.write_text(json.dumps({"id": "zz", "weights": [1.0] * n}) + "\n")
+    with pytest.raises(DataError, match=r"w\.jsonl:1: .*not in the prepared set"):
+        import_weights(prep, "tokens", f, tmp_path / "out")

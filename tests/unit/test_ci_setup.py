@@ -42,6 +42,24 @@ def test_a_missing_test_dependency_skips_but_fails_under_ci(target: str, hide: s
     assert f"CI is set but {hide} is not installed" in res.stdout
 
 
+def test_trainer_loaders_skip_without_their_venvs_but_fail_under_ci() -> None:
+    """axolotl / LLaMA-Factory live in venvs of their own (.ci/trainer-venvs, run by .ci/run); without their
+    Pythons the loader test skips, and under CI it fails."""
+    target = "tests/integration/test_trainer_loaders.py"
+    names = ("TOKENCLEAN_LLAMAFACTORY_PYTHON", "TOKENCLEAN_AXOLOTL_PYTHON")
+    for ci, code, said in ((False, 0, "2 skipped"), (True, 1, "2 failed")):
+        env = {k: v for k, v in os.environ.items() if k not in (*names, "CI")} | (
+            {"CI": "true"} if ci else {}
+        )
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", target]
+        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == code and said in res.stdout, res.stdout[-3000:]
+        assert "(unset) is not a Python with axolotl installed" in res.stdout
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert '.ci/trainer-venvs "$WORK"' in ci and all(f'export {n}="$WORK/' in ci for n in names)
+    assert subprocess.run(["bash", "-n", str(ROOT / ".ci" / "trainer-venvs")]).returncode == 0
+
+
 def test_no_test_skips_on_its_own_for_a_missing_module() -> None:
     """Every optional dependency goes through tokenclean.testing.require (skip, or fail under CI)."""
     offenders = [

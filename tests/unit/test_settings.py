@@ -184,7 +184,7 @@ def test_docs_settings_md_is_the_generated_text() -> None:
 
     text = settings_markdown()
     assert "| `lr` | `0.0001` | > 0 | `train --lr` |" in text
-    assert "| `batch_tokens` | `null` | >= 16 | `score --batch-tokens` |" in text
+    assert "| `batch_tokens` | `null` | >= 16 | `score --batch-tokens`, `pool --batch-tokens` |" in text
     assert (ROOT / "docs" / "settings.md").read_text() == text, (
         "regenerate: tokenclean settings > docs/settings.md"
     )

@@ -9,7 +9,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tokenclean.cli import data, evaluation, export, pipelines, report, scoring, selection, training, truth
+from tokenclean.cli import (
+    data,
+    evaluation,
+    export,
+    pipelines,
+    pool,
+    report,
+    scoring,
+    selection,
+    training,
+    truth,
+)
 from tokenclean.cli.args import Command, HelpFormatter, add_command
 from tokenclean.errors import TokencleanError
 
@@ -19,6 +30,7 @@ COMMANDS: tuple[Command, ...] = (
     *data.COMMANDS,  # prepare, inspect, split
     *scoring.COMMANDS,  # score
     *selection.COMMANDS,  # select, xtf
+    *pool.COMMANDS,  # pool (prepare, score, select on a data engine)
     *training.COMMANDS,  # train, merge
     *export.COMMANDS,  # export, import-weights (other trainers)
     *evaluation.COMMANDS,  # eval, eval-data
@@ -27,7 +39,7 @@ COMMANDS: tuple[Command, ...] = (
     *pipelines.COMMANDS,  # run, demo, validate-config, settings
 )
 
-PRINTS_ITS_RESULT = frozenset({"prepare", "score", "select", "xtf", "train", "merge"})
+PRINTS_ITS_RESULT = frozenset({"prepare", "score", "select", "xtf", "train", "merge", "pool"})
 """Commands that print their result line themselves (to stdout)."""
 
 

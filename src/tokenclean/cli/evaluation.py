@@ -41,7 +41,10 @@ def _eval(a: argparse.Namespace) -> int:
         dtype=a.dtype,
         batch_tokens=a.batch_tokens,
     )
-    print(format_table(r))
+    from tokenclean.runtime import launched_world
+
+    if launched_world()[0] == 0:  # under a launcher every rank evaluates its share; rank 0 prints
+        print(format_table(r))
     return 0
 
 

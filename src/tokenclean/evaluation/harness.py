@@ -22,6 +22,7 @@ import yaml
 
 from tokenclean.errors import ConfigError, DataError, TokencleanError
 from tokenclean.evaluation.local_data import DATA_DIR_ENV, local_file, read_records, write_records
+from tokenclean.evaluation.parallel import SINGLE, EvalGroup
 from tokenclean.evaluation.suites import MMLU_SUBJECTS, EvalDataError, TaskSpec
 from tokenclean.utils import get_logger
 
@@ -295,21 +296,54 @@ def write_custom_configs(inc: Path, customs: Sequence[CustomTask]) -> list[str]:
 
 
 def run_harness(
-    model: Any, tokenizer: Any, include_dir: Path, names: Sequence[str], limit: float | None, batch_size: int
-) -> dict[str, Any]:
-    """``simple_evaluate`` on an in-memory model; built-in tasks are not indexed (include_defaults=False)."""
+    model: Any,
+    tokenizer: Any,
+    include_dir: Path,
+    names: Sequence[str],
+    limit: float | None,
+    batch_size: int,
+    group: EvalGroup = SINGLE,
+) -> dict[str, Any] | None:
+    """``simple_evaluate`` on an in-memory model; built-in tasks are not indexed (include_defaults=False).
+
+    Under a launched group every rank runs it on its own model: lm-evaluation-harness gives rank ``r`` every
+    N-th document of each task and gathers the per-document metrics on rank 0, which alone gets the results
+    (the other ranks get None)."""
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm = _harness_lm(model, tokenizer, batch_size, group)
     tm = TaskManager(include_path=str(include_dir), include_defaults=False)
     out = lm_eval.simple_evaluate(
         model=lm, tasks=list(names), task_manager=tm, limit=limit, log_samples=False, bootstrap_iters=1000
     )
-    if out is None:
-        raise TokencleanError("lm-evaluation-harness returned no results (not the main process?)")
-    return dict(out)
+    if out is None and group.is_main:
+        raise TokencleanError("lm-evaluation-harness returned no results on rank 0")
+    return None if out is None else dict(out)
+
+
+def _harness_lm(model: Any, tokenizer: Any, batch_size: int, group: EvalGroup) -> Any:
+    """lm-eval's ``HFLM`` around the in-memory model. HFLM sets itself up as one process when handed a model
+    object (its own accelerate support needs a model name, and it counts GPUs, so never on CPU), so under a
+    launched group its rank and world size are set here from ``group``, and the two members that would use
+    its (unset) accelerator go through accelerate's collectives (``gather_object`` is lm-eval's own)."""
+    from lm_eval.models.huggingface import HFLM
+
+    if group.world == 1:
+        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+
+    class RankLM(HFLM):  # type: ignore[misc]  # lm-eval ships no type information
+        def all_gather(self, tensor: Any) -> Any:
+            from accelerate.utils import gather
+
+            return gather(tensor)
+
+        def barrier(self) -> None:
+            group.barrier()
+
+    lm = RankLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm._rank, lm._world_size = group.rank, group.world
+    return lm
 
 
 def _n_samples(raw: dict[str, Any], name: str) -> int:

@@ -26,6 +26,7 @@ import numpy as np
 
 from tokenclean.alignment import trained_positions
 from tokenclean.errors import DataError, ModelError
+from tokenclean.evaluation.parallel import SINGLE, EvalGroup, rank_samples
 from tokenclean.utils import read_json
 
 
@@ -99,20 +100,49 @@ def heldout_metrics(
     limit: int | None = None,
     batch_tokens: int = 2048,
     progress: bool = True,
+    group: EvalGroup = SINGLE,
 ) -> dict[str, Any]:
     """Held-out response loss, perplexity, token accuracy and exact match of ``model`` on a prepared split.
 
-    Equals a per-sample ``log_softmax(model(x).logits)`` gathered at the trained positions (see module doc)."""
-    from tqdm.auto import tqdm
-
+    Equals a per-sample ``log_softmax(model(x).logits)`` gathered at the trained positions (see module doc).
+    Under a launched group each rank evaluates its share of the samples (:func:`rank_samples`) and the sums
+    are reduced over the ranks: the same numbers as one process up to float summation order;
+    ``per_rank`` records each rank's samples and tokens."""
     prepared_dir = Path(prepared_dir)
     _check_tokenizer(prepared_dir, tokenizer)
     samples = load_heldout(prepared_dir, limit)
     if not samples:
         raise DataError(str(prepared_dir), "no sample with a trained token")
-    device = next(model.parameters()).device
     lengths = np.array([len(x) for x, _ in samples])
-    tot = {"loss_sum": 0.0, "tokens": 0, "hits": 0, "all_hit": 0}
+    mine = rank_samples(lengths, group.rank, group.world)
+    own = _sums(model, [samples[i] for i in mine], batch_tokens, progress and group.is_main)
+    loss_sum, tokens, hits, all_hit = group.sum(np.array([own[k] for k in _SUMS])).tolist()
+    per_rank = group.gather({"samples": len(mine), "tokens": int(lengths[mine].sum())})
+    loss = loss_sum / tokens
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "token_accuracy": hits / tokens,
+        "exact_match": all_hit / len(samples),
+        "n_samples": len(samples),
+        "n_tokens": int(tokens),
+        "per_rank": per_rank,
+        "prepared_dir": str(prepared_dir.resolve()),
+    }
+
+
+_SUMS = ("loss_sum", "tokens", "hits", "all_hit")
+
+
+def _sums(
+    model: Any, samples: list[tuple[np.ndarray, np.ndarray]], batch_tokens: int, progress: bool
+) -> dict[str, float]:
+    """Summed loss (float64) and counts of trained tokens, greedy hits and all-hit samples over ``samples``."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    lengths = np.array([len(x) for x, _ in samples], dtype=np.int64)
+    tot = dict.fromkeys(_SUMS, 0.0)
     bar = tqdm(total=int(lengths.sum()), unit="tok", desc="held-out loss", disable=not progress)
     for batch in length_batches(lengths, batch_tokens):
         s = _batch_stats(model, [samples[i] for i in batch], device)
@@ -121,16 +151,7 @@ def heldout_metrics(
         tot["all_hit"] += sum(s["all_hit"])
         bar.update(int(lengths[batch].sum()))
     bar.close()
-    loss = tot["loss_sum"] / tot["tokens"]
-    return {
-        "loss": loss,
-        "perplexity": math.exp(loss),
-        "token_accuracy": tot["hits"] / tot["tokens"],
-        "exact_match": tot["all_hit"] / len(samples),
-        "n_samples": len(samples),
-        "n_tokens": int(tot["tokens"]),
-        "prepared_dir": str(prepared_dir.resolve()),
-    }
+    return tot
 
 
 def heldout_entries(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:

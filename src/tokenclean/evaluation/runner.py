@@ -13,6 +13,7 @@ from tokenclean.config import DEFAULT_DEVICE
 from tokenclean.errors import ConfigError, ModelError
 from tokenclean.evaluation import harness
 from tokenclean.evaluation.local_data import resolve_data_dir
+from tokenclean.evaluation.parallel import EvalGroup, eval_group
 from tokenclean.evaluation.suites import SUITES, TaskSpec, suite_tasks, task_spec
 from tokenclean.utils import get_logger, package_versions, write_json_atomic
 
@@ -93,6 +94,23 @@ def _versions() -> dict[str, str]:
     return v
 
 
+def _harness(
+    lm: Any,
+    tok: Any,
+    specs: list[TaskSpec],
+    customs: list[harness.CustomTask],
+    sources: dict[str, Any],
+    limit: float | None,
+    batch_size: int,
+    group: EvalGroup,
+) -> dict[str, Any] | None:
+    """lm-evaluation-harness on the benchmarks and task YAMLs (rank 0 gets the results, other ranks None)."""
+    with tempfile.TemporaryDirectory(prefix="tokenclean-eval-") as inc:
+        names = harness.write_task_configs(Path(inc), specs, sources)
+        names += harness.write_custom_configs(Path(inc), customs)
+        return harness.run_harness(lm, tok, Path(inc), names, limit, batch_size, group)
+
+
 def evaluate(
     model: Any,
     adapter: str | None = None,
@@ -129,19 +147,17 @@ def evaluate(
     sources = harness.plan_sources(specs, resolve_data_dir(data_dir)) if specs else {}
     if specs or customs:
         harness.harness_tasks_dir()  # lm-eval missing: say so before loading the model
+    group, device = eval_group(device)
     lm, tok = _load(model, adapter, tokenizer, dtype, device)
     entries: dict[str, dict[str, Any]] = {}
     if heldout is not None:
         from tokenclean.evaluation.quick import heldout_entries, heldout_metrics
 
         n = int(limit) if limit is not None and limit >= 1 else None
-        entries.update(heldout_entries(heldout_metrics(lm, heldout, tok, n, batch_tokens, progress)))
-    raw: dict[str, Any] = {}
-    if specs or customs:
-        with tempfile.TemporaryDirectory(prefix="tokenclean-eval-") as inc:
-            names = harness.write_task_configs(Path(inc), specs, sources)
-            names += harness.write_custom_configs(Path(inc), customs)
-            raw = harness.run_harness(lm, tok, Path(inc), names, limit, batch_size)
+        metrics = heldout_metrics(lm, heldout, tok, n, batch_tokens, progress and group.is_main, group)
+        entries.update(heldout_entries(metrics))
+    raw = _harness(lm, tok, specs, customs, sources, limit, batch_size, group) if specs or customs else {}
+    if raw:  # rank 0 (the others get rank 0's result below)
         entries.update(harness.summarize(raw, specs, sources))
         entries.update(harness.summarize_custom(raw, customs))
     bench = [s.name for s in specs] + [c.name for c in customs]
@@ -150,14 +166,18 @@ def evaluate(
         "model": str(model) if isinstance(model, (str, Path)) else type(model).__name__,
         "adapter": str(adapter) if adapter else None,
         "tasks": entries,
-        "average": _average(entries, bench),
+        "average": _average(entries, bench) if group.is_main else None,
         "average_over": bench,
         "limit": limit,
+        "processes": group.world,
         "seconds": round(time.perf_counter() - t0, 2),
         "versions": _versions(),
-        "harness_config": {k: raw.get(k) for k in ("n-shot", "versions", "config") if k in raw},
+        "harness_config": {k: raw.get(k) for k in ("n-shot", "versions", "config") if k in raw}
+        if raw
+        else {},
     }
-    if target is not None:
+    result = group.broadcast(result)  # every rank returns rank 0's numbers
+    if target is not None and group.is_main:
         from tokenclean.outputs import output_lock
 
         with output_lock(target):

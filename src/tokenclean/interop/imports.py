@@ -112,7 +112,10 @@ def token_weight_rows(path: str | Path) -> dict[str, tuple[str, list[Any]]]:
     for idx, loc, row in iter_raw_rows(path):
         if not isinstance(row.get("weights"), list):
             raise DataError(loc, "expected a list of per-token weights", field="weights")
-        out[row_sample_id(row, idx, loc)] = (loc, row["weights"])
+        sid = row_sample_id(row, idx, loc)
+        if sid in out:
+            raise DataError(loc, f"duplicate id {sid!r} (first at {out[sid][0]})", field="id")
+        out[sid] = (loc, row["weights"])
     return out
 
 

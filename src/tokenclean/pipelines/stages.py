@@ -350,24 +350,22 @@ def eval_identity(run: Run, adapter: Path | None, heldout: Path | None) -> dict[
     }
 
 
-@rank_zero_first
 def eval_stage(run: Run, name: str, adapter: Path | None, out: Path) -> dict[str, Any] | None:
     """Evaluate base (+ adapter) with the configured suite on ``model.device`` in ``eval.dtype``; reused
-    from ``out`` only when its identity (:func:`eval_identity`) matches."""
+    from ``out`` only when its identity (:func:`eval_identity`) matches. Under a launched group every rank
+    evaluates its share (:mod:`tokenclean.evaluation.parallel`; rank 0 decides reuse and writes ``out``)."""
     e = run.cfg.eval
     if e.suite == "none":
         return None
     from tokenclean.evaluation import evaluate
+    from tokenclean.evaluation.parallel import eval_group
 
     heldout = run.root / "data" / "heldout"
     identity = eval_identity(run, adapter, heldout if heldout.exists() else None)
-    if out.exists():
-        old = read_json(out)
-        if old.get("stage_identity") == identity:
-            log.info("reusing %s (same model, adapter, data, suite, device and dtype)", out)
-            return {k: v for k, v in old.items() if k != "stage_identity"}
-        diff = identity_diff(old.get("stage_identity"), identity)
-        log.info("recomputing %s: changed since it was computed: %s", out, ", ".join(diff))
+    group, _ = eval_group(run.cfg.model.device)
+    reused = group.broadcast(_reusable_eval(out, identity) if group.is_main else None)
+    if reused is not None:
+        return dict(reused)
     res = evaluate(
         run.cfg.model.base,
         adapter=str(adapter) if adapter else None,
@@ -379,10 +377,25 @@ def eval_stage(run: Run, name: str, adapter: Path | None, out: Path) -> dict[str
         out=None,
         device=run.cfg.model.device,
         dtype=e.dtype,
+        progress=group.is_main,
     )
-    write_json_atomic(out, dict(res, stage_identity=identity))
-    log.info("eval %s: %s", name, _eval_line(res))
+    if group.is_main:
+        write_json_atomic(out, dict(res, stage_identity=identity))
+        log.info("eval %s: %s", name, _eval_line(res))
     return res
+
+
+def _reusable_eval(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The result in ``out`` when it was computed with ``identity``, else None (logged either way)."""
+    if not out.exists():
+        return None
+    old = read_json(out)
+    if old.get("stage_identity") == identity:
+        log.info("reusing %s (same model, adapter, data, suite, device and dtype)", out)
+        return {k: v for k, v in old.items() if k != "stage_identity"}
+    diff = identity_diff(old.get("stage_identity"), identity)
+    log.info("recomputing %s: changed since it was computed: %s", out, ", ".join(diff))
+    return None
 
 
 def _eval_line(res: dict[str, Any]) -> str:

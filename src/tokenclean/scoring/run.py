@@ -194,6 +194,7 @@ def score_dataset(
     force: bool = False,
     on_part: Callable[[int, str], None] | None = None,
     replace_stale: bool = False,
+    parts_only: bool = False,
 ) -> dict[str, Any]:
     """Score every trained token of a prepared dataset with ``base`` and the reference; write the store.
 
@@ -203,7 +204,9 @@ def score_dataset(
     ``k % num_shards == shard_index``; the last to finish assembles. Returns the manifest (``complete`` is
     False when other shards are still missing). ``on_part(k, phase)`` is called after each part (chunk k, "base" or "ref") is saved.
     ``packing`` (auto, on, off): padding-free batches, see :func:`tokenclean.scoring.models.resolve_packing`;
-    the manifest records the layout and ``padding_efficiency`` (real tokens / computed tokens)."""
+    the manifest records the layout and ``padding_efficiency`` (real tokens / computed tokens).
+    ``parts_only`` (a data engine's score task, :mod:`tokenclean.engines`): score this shard's parts and
+    return the manifest entries the store would get (``complete`` False), writing no data file or index."""
     from tokenclean.models.loader import resolve_device
 
     t0 = time.time()
@@ -231,6 +234,9 @@ def score_dataset(
     phases = store.PHASES if pair.mode != "base_only" else ("base",)
     pending = [(k, ph) for ph in phases for k in mine if not store.part_done(out, k, ph)]
     check = _run_parts(pair, data, out, pending, dtype, shard_size, batch_tokens, progress, on_part, layout)
+    if parts_only:
+        manifest = store_manifest(plan, data, device, batch_tokens, num_shards, check, pair.merge_reference)
+        return dict(manifest, **layout_entries(pair, layout), complete=False)
     if launched is not None:
         return _assemble_on_rank0(
             launched, out, plan, data, device, batch_tokens, num_shards, check, pair, t0, layout

@@ -12,6 +12,7 @@ OPTIONAL = {
     "mypy": "pip install -e '.[dev]'",
     "ruff": "pip install -e '.[dev]'",
     "skimage": "pip install -e '.[dev]' (scikit-image)",
+    "datatrove": "pip install -e '.[dev]' (or '.[engine]')",
 }
 """What the full test suite needs beyond the core install, and how to get it."""
 HIDE_ENV = "TOKENCLEAN_TEST_HIDE"

@@ -1,9 +1,14 @@
 """Resumable checkpoints: OUT/checkpoint/ holds the last one, written atomically.
 
 Contents: ``adapter/`` (the LoRA weights in PEFT format, usable on their own), ``optimizer.pt``,
-``scheduler.pt``, ``rng.pt`` (torch CPU and CUDA generators, Python's and NumPy's global state) and
-``state.json`` (optimizer step = data position, token counters, elapsed seconds, the run identity).
-Restoring them and continuing gives the same adapter as an uninterrupted run.
+``scheduler.pt``, ``rng.pt`` (torch CPU and CUDA generators, Python's and NumPy's global state of every
+rank) and ``state.json`` (optimizer step = data position, token counters, elapsed seconds, the run
+identity). Restoring them and continuing gives the same adapter as an uninterrupted run.
+
+Sharded parameters (FSDP): ``sharded/`` replaces ``adapter/`` and ``optimizer.pt``: a
+``torch.distributed.checkpoint`` of the trainable (LoRA) parameters and their optimizer state only, each
+rank writing its own shards (``__RANK_0.distcp``; rank 0 adds ``.metadata``). The frozen base weights are
+neither gathered nor written; they come from the base model on resume.
 """
 
 from __future__ import annotations
@@ -44,9 +49,12 @@ def _set_rng_state(s: dict[str, Any]) -> None:
     np.random.set_state(np_state)
 
 
-def is_sharded(acc: Any) -> bool:
-    """Whether parameters are sharded across ranks (FSDP / DeepSpeed): saving needs every rank."""
-    return str(acc.distributed_type).split(".")[-1] in ("FSDP", "DEEPSPEED")
+def is_sharded(acc: Any, model: Any = None) -> bool:
+    """Whether parameters are sharded across ranks (FSDP / DeepSpeed, or a ``model`` whose parameters are
+    FSDP2 ``DTensor`` shards): saving needs every rank."""
+    if str(acc.distributed_type).split(".")[-1] in ("FSDP", "DEEPSPEED"):
+        return True
+    return model is not None and any(type(p).__name__ == "DTensor" for p in model.parameters())
 
 
 def _write_states(d: Path, scheduler: Any, rng: list, policy_state: Any, state: dict[str, Any]) -> None:
@@ -68,29 +76,55 @@ def save_checkpoint(
     state: dict[str, Any],
     policy_state: dict[str, Any] | None = None,
 ) -> None:
-    """Write OUT/checkpoint. One process or DDP: rank 0 writes it atomically (the previous one is replaced
-    only once this one is complete), with every rank's RNG state gathered into ``rng.pt``. FSDP/DeepSpeed:
-    every rank writes its shard through ``accelerator.save_state`` into ``checkpoint/accelerate``, and
-    rank 0 writes ``state.json`` last (a checkpoint counts only when it exists)."""
-    from accelerate.utils import gather_object
+    """Write OUT/checkpoint atomically (the previous one is replaced only once this one is complete), with
+    every rank's RNG state gathered into ``rng.pt``. One process or DDP: rank 0 writes it. Sharded (FSDP):
+    every rank writes its shards of the trainable parameters and optimizer state into ``sharded/``
+    (:func:`_write_shards`), rank 0 the rest."""
+    from accelerate.utils import broadcast_object_list, gather_object
 
     rng = gather_object([_rng_state()]) if acc.num_processes > 1 else [_rng_state()]
-    if is_sharded(acc):
-        d = out / CHECKPOINT
-        if acc.is_main_process:
-            (d / "state.json").unlink(missing_ok=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(d / "accelerate"))
-        if acc.is_main_process:
-            _write_states(d, scheduler, rng, policy_state, state)
-        acc.wait_for_everyone()
-        return
+    sharded = is_sharded(acc, model)
     if acc.is_main_process:
         with atomic_dir(out / CHECKPOINT) as tmp:
-            net.save_pretrained(str(tmp / "adapter"), save_embedding_layers=False)
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            if sharded:
+                broadcast_object_list([str(tmp)])  # where the other ranks write their shards
+                _write_shards(tmp / SHARDED, model, optimizer)
+            else:
+                net.save_pretrained(str(tmp / "adapter"), save_embedding_layers=False)
+                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             _write_states(tmp, scheduler, rng, policy_state, state)
+    elif sharded:
+        _write_shards(Path(broadcast_object_list([None])[0]) / SHARDED, model, optimizer)
     acc.wait_for_everyone()
+
+
+SHARDED = "sharded"
+
+
+def _write_shards(d: Path, model: Any, optimizer: Any) -> None:
+    """This rank's shards of the trainable parameters and of their optimizer state (every rank calls it;
+    ``torch.distributed.checkpoint``: rank 0 writes the metadata once every rank has written)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    opts = StateDictOptions(ignore_frozen_params=True, strict=False)  # trainable only
+    weights, optim = get_state_dict(model, getattr(optimizer, "optimizer", optimizer), options=opts)
+    dcp.save({"model": weights, "optimizer": optim}, checkpoint_id=str(d))
+
+
+def _read_shards(d: Path, model: Any, optimizer: Any) -> None:
+    """Load :func:`_write_shards`'s checkpoint into the (sharded) model and optimizer (every rank)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+    opts = StateDictOptions(ignore_frozen_params=True, strict=False)  # trainable only
+    inner = getattr(optimizer, "optimizer", optimizer)
+    weights, optim = get_state_dict(model, inner, options=opts)  # the shapes and shards to read into
+    state: dict[str, Any] = {"model": weights, "optimizer": optim}
+    dcp.load(state, checkpoint_id=str(d))  # fails naming a key the checkpoint lacks
+    set_state_dict(
+        model, inner, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=opts
+    )
 
 
 def read_checkpoint_state(out: Path) -> dict[str, Any] | None:
@@ -124,8 +158,12 @@ def load_checkpoint(
     from safetensors.torch import load_file
 
     d = out / CHECKPOINT
-    if is_sharded(acc):
-        acc.load_state(str(d / "accelerate"))
+    if is_sharded(acc, model):
+        if not (d / SHARDED).is_dir():
+            raise ConfigError(
+                f"{d}: no {SHARDED}/ (written without FSDP, or by an older tokenclean); delete it to start over"
+            )
+        _read_shards(d / SHARDED, model, optimizer)
     else:
         weights = load_file(str(d / "adapter" / "adapter_model.safetensors"))
         res: Any = set_peft_model_state_dict(net, weights)

@@ -28,7 +28,7 @@ def finish(run: TrainRun, state: TrainState) -> dict[str, Any]:
     """Save the adapter, then done.json (last), then remove the checkpoint (rank 0; the others wait)."""
     acc, out = run.acc, run.out
     # sharded (FSDP): every rank takes part in gathering the LoRA matrices, never the frozen base weights
-    lora = trainable_state(run.net) if is_sharded(acc) else None
+    lora = trainable_state(run.net) if is_sharded(acc, run.model) else None
     done = done_record(run, state)
     if run.is_main:
         with atomic_dir(out / "adapter") as tmp:  # never resized; no Hub lookup

@@ -6,8 +6,9 @@ default, FSDP through an accelerate config; DeepSpeed is refused, see
 An Accelerator-driven loop rather than ``transformers.Trainer`` (docs/training.md says why): a token policy
 decides *inside* each step which tokens count (a no-grad signal pass, a top-k over all ranks, then the
 gradient pass), and the loss rule needs the step's weight sum over all ranks before the first backward
-(:mod:`tokenclean.training.loss`). Accelerate supplies the process group, DDP/FSDP wrapping, ``no_sync``,
-collectives and sharded checkpoints; tokenclean writes none of those itself.
+(:mod:`tokenclean.training.loss`). Accelerate supplies the process group, DDP/FSDP wrapping, ``no_sync`` and
+collectives; sharded (FSDP) checkpoints are ``torch.distributed.checkpoint``s of the trainable state
+(:mod:`tokenclean.training.checkpoint`). tokenclean writes none of those mechanisms itself.
 
 Data: optimizer step ``s`` takes the same samples whatever the number of processes
 (:func:`tokenclean.training.collate.step_samples`); rank ``r`` of ``N`` takes every N-th of them after a
