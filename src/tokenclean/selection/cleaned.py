@@ -32,7 +32,10 @@ from tokenclean.selection.selector import reusable_selection
 from tokenclean.selection.stats import kept_per_sample
 from tokenclean.selection.streamed import write_streamed
 from tokenclean.selection.table import TokenTable, resolve_prepared_dir
-from tokenclean.selection.writer import CleanedSize, split_rows, write_rows
+from tokenclean.selection.writer import CleanedSize, emptied_records, split_rows, write_rows
+from tokenclean.selection.writer import cleaned_arrow as cleaned_arrow  # these moved to .writer; the
+from tokenclean.selection.writer import cleaned_features as cleaned_features  # engines import them here
+from tokenclean.selection.writer import position_labels as position_labels
 from tokenclean.utils import (
     atomic_dir,
     get_logger,
@@ -44,6 +47,7 @@ from tokenclean.utils import (
 )
 
 log = get_logger("select")
+_emptied_records = emptied_records  # its old name (tokenclean.engines.select)
 
 SELECT_VERSION = 1  # bump when the output of select changes for the same inputs
 

@@ -98,10 +98,15 @@ def rank_rows(
     if world == 1:
         return np.arange(n, dtype=np.int64)
     mine = np.zeros(n, dtype=bool)
+    spe = steps_per_epoch(n, global_batch)
+    order = np.zeros(0, dtype=np.int64)
     for step in range(steps):
         if step % 64 == 0 and mine.all():
             break
-        idx = step_samples(n, global_batch, seed, step)
+        epoch, i = divmod(step, spe)
+        if i == 0 or not order.size:
+            order = epoch_order(n, seed, epoch)  # once per epoch: step_samples(step) is a slice of it
+        idx = order[i * global_batch : (i + 1) * global_batch]
         if packed:
             for part in packed_micro_batches(idx, lengths, rank, world, batch_size):
                 mine[part] = True
