@@ -368,3 +368,22 @@ def test_packed_training_equals_padded_and_logs_padding_efficiency(
         load_file(str(tmp_path / d / "adapter" / "adapter_model.safetensors")) for d in ("packed", "padded")
     )
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_counted_tokens_hold_every_samples_last_visit_when_a_run_ends_mid_epoch(
+    tmp_path: Path, prepared: Path, tiny_model_dir: Path
+) -> None:
+    """A run of 1.5 epochs (``budget.match_updates`` makes such runs): the recorded counted tokens cover every
+    sample, each from its last visit, so two seeds measure recovery on the same samples. Before, only the
+    last epoch-length of steps was kept, which misses the samples whose last visit came before it."""
+    from tokenclean.training.data import load_train_data
+
+    data = load_train_data(prepared, 64)
+    spe = -(-len(data) // 4)  # steps per epoch at batch 2 x accumulation 2
+    for seed in (0, 1):
+        out = tmp_path / f"s{seed}"
+        cfg = CFG.replace(max_steps=spe + spe // 2, policy="dft", policy_settings={}, seed=seed)
+        train(prepared, str(tiny_model_dir), out, cfg, progress=False)
+        recorded = counted_tokens(out, prepared)
+        assert set(recorded) == set(data.sample_ids)  # DFT counts every candidate of every visited sample
+        assert all(len(v) > 0 for v in recorded.values())

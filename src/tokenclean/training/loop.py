@@ -312,18 +312,22 @@ class _Loop:
         self, step: int, mbs: list[MicroBatch], weights: list[Any], mults: dict[int, Any]
     ) -> None:
         """Which tokens counted (and their effective weights: the policy's weight times an in-forward
-        multiplier such as DFT's ``sg(p)``) in each step of the last epoch, gathered from every rank into
-        OUT/counted/ by rank 0 (:mod:`tokenclean.training.counted`)."""
+        multiplier such as DFT's ``sg(p)``) and which samples each step trained on, in every step from the
+        start of the epoch that holds each sample's last visit, gathered from every rank into OUT/counted/ by
+        rank 0 (:mod:`tokenclean.training.counted`)."""
         r = self.run_
-        if step < r.n_steps - steps_per_epoch(len(r.data), r.global_batch):
+        spe = steps_per_epoch(len(r.data), r.global_batch)
+        if step < (max(0, r.n_steps - spe) // spe) * spe:  # before the epoch holding every last visit
             return
         keys = np.concatenate([mb.keys[w > 0] for mb, w in zip(mbs, weights)] or [np.zeros((0, 2), np.int64)])
+        rows = np.concatenate([mb.sample_rows for mb in mbs] or [np.zeros(0, np.int64)]).astype(np.int64)
+        all_rows = np.concatenate(self.dist.gather(rows))
         eff = [w[w > 0] * mults[k] if k in mults else w[w > 0] for k, w in enumerate(weights)]
         ws = np.concatenate(eff or [np.zeros(0, np.float32)]).astype(np.float32)
         all_keys = np.concatenate([k.reshape(-1, 2) for k in self.dist.gather(keys.reshape(-1))])
         all_w = np.concatenate(self.dist.gather(ws))
         if r.is_main:
-            write_counted(r.out, step, all_keys, all_w)
+            write_counted(r.out, step, all_keys, all_w, all_rows)
 
     def log_step(self, rec: dict[str, Any], step: int, state: TrainState) -> None:
         r = self.run_
