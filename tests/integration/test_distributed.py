@@ -103,6 +103,12 @@ def test_two_processes_equal_one_process_with_twice_the_batch(work: Path) -> Non
     assert [r["kept_tokens"] for r in la] == [r["kept_tokens"] for r in lb]  # the same tokens counted
     assert [r["tokens"] for r in la] == [r["tokens"] for r in lb]
     np.testing.assert_allclose([r["loss"] for r in la], [r["loss"] for r in lb], rtol=1e-5)
+    from tokenclean.training.counted import counted_tokens
+
+    ca, cb = counted_tokens(work / "two", work / "prepared"), counted_tokens(work / "one", work / "prepared")
+    assert {k: sorted(v) for k, v in ca.items()} == {
+        k: sorted(v) for k, v in cb.items()
+    } and ca  # rows gathered
     done = json.loads((work / "two" / "done.json").read_text())
     assert done["world_size"] == 2 and done["distributed_type"] == "MULTI_CPU"
     assert done["global_batch_size"] == 4 and done["policy"]["name"] == "rho1"
