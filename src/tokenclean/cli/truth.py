@@ -96,7 +96,7 @@ def truth_summary(
 def _groundtruth_run(a: argparse.Namespace) -> int:
     """``--run RUN_DIR``: the run's recovery table recomputed from its outputs, checked against its summary."""
     from tokenclean.pipelines.groundtruth import recompute_run, recovery_differences
-    from tokenclean.report.truth_tables import class_table, decisive_table, results_table
+    from tokenclean.report.truth_tables import print_all
 
     if a.data or a.truth or a.selection or a.scores:
         raise DataError(
@@ -109,10 +109,7 @@ def _groundtruth_run(a: argparse.Namespace) -> int:
     }
     seeds = top.get("seeds_used") or []
     print(f"{a.run}: recovery recomputed from the run's outputs over {max(len(seeds), 1)} seed(s)")
-    print(results_table(summary))
-    print("\nPer truth label: share of its tokens kept [95% interval] / mean score")
-    print(class_table(summary))
-    print(decisive_table(summary))
+    print_all(summary)
     diffs = recovery_differences(top, methods)
     if diffs:
         print(f"\nDIFFERS from {a.run}/summary.json in {len(diffs)} values:")
