@@ -7,7 +7,8 @@ No model: fake token ids, labels (a prompt of ~30% of each sample) and losses, w
 own writers. Every stage runs in fresh processes (``spawn``), so each process's peak RSS
 (``ru_maxrss``, which includes the ~0.3 GB of the imported libraries) is the stage's own:
 
-- ``prepare``: the prepared dataset through the ``prepare`` stage's writer (one process);
+- ``prepare``: the prepared dataset written as the ``prepare`` stage streams it (one process; blocks of
+  10,000 samples drawn and written one record batch each, :func:`tokenclean.testing.stores.prepared_from_blocks`);
 - ``score_parts``: P processes, as P scoring ranks: each reads its chunks' rows of the prepared data
   (runs of the global length order, ``PreparedData.samples``) and writes base and reference parts with the
   scoring stage's writer (``store.write_part``; losses are drawn, not computed);
@@ -28,7 +29,8 @@ Printed per stage: wall seconds (process start and imports included) and the slo
 (``seconds_in_process``, after imports), ns per (all-position) token of each, bytes written, peak RSS of each
 process. The JSON: ``{"tokens": T, "samples": N, "processes": P, "stages": {NAME: {"seconds",
 "ns_per_token", "seconds_in_process", "ns_per_token_in_process", "peak_rss_bytes",
-"peak_rss_bytes_per_process", "bytes"}}}``.
+"peak_rss_bytes_per_process", "peak_anon_bytes_per_process", "peak_file_bytes_per_process", "bytes"}}}``
+(peak RSS split into anonymous and file-backed pages: :class:`RssSplit`).
 """
 
 from __future__ import annotations
@@ -53,22 +55,19 @@ IGNORE = -100
 RATIO = 0.6
 
 
-def pool_arrays(n: int, mean_len: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Offsets (S+1,), input_ids (T,) int32 and labels (T,) int32 (prompt: the first ~30% of a sample),
-    drawn in blocks of 10,000 samples (no (T,) int64 temporaries)."""
-    rng = np.random.default_rng(seed)
-    lens = rng.integers(mean_len // 2, mean_len * 3 // 2 + 1, n).astype(np.int64)
+BLOCK = 10_000  # samples drawn and written at a time
+
+
+def pool_block(a: int, b: int, mean_len: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Samples ``[a, b)`` of the pool: offsets (n+1,), input_ids (T,) int32 and labels (T,) int32 (prompt:
+    the first ~30% of a sample), drawn from a generator of their own (any block alone is the same)."""
+    rng = np.random.default_rng([seed, a])
+    lens = rng.integers(mean_len // 2, mean_len * 3 // 2 + 1, b - a).astype(np.int64)
     off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    ids = np.empty(int(off[-1]), dtype=np.int32)
-    labels = np.empty_like(ids)
-    for a in range(0, n, 10_000):
-        b = min(a + 10_000, n)
-        t0, t1 = int(off[a]), int(off[b])
-        ids[t0:t1] = rng.integers(3, 32000, t1 - t0, dtype=np.int32)
-        labels[t0:t1] = ids[t0:t1]
-        block = lens[a:b]
-        pos = np.arange(t1 - t0, dtype=np.int64) - np.repeat(off[a:b] - t0, block)  # position in sample
-        labels[t0:t1][pos < np.repeat(np.maximum(1, (block * 3) // 10), block)] = IGNORE
+    ids = rng.integers(3, 32000, int(off[-1]), dtype=np.int32)
+    labels = ids.copy()
+    pos = np.arange(int(off[-1]), dtype=np.int64) - np.repeat(off[:-1], lens)  # position in its sample
+    labels[pos < np.repeat(np.maximum(1, (lens * 3) // 10), lens)] = IGNORE
     return off, ids, labels
 
 
@@ -76,13 +75,56 @@ def _rss() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def stage_prepare(rank: int, world: int, args: dict[str, Any]) -> dict[str, Any]:
-    from tokenclean.testing.stores import prepared_from_arrays
+class RssSplit:
+    """Peak anonymous and file-backed resident memory of this process, sampled every 10 ms from
+    ``/proc/self/status`` (``RssAnon``, ``RssFile``): ``ru_maxrss`` counts both, and the pages of a
+    memory-mapped Arrow file that a process has read stay resident (and counted) until the kernel needs
+    them, though they are page cache the kernel drops under pressure, not memory the process holds."""
 
-    off, ids, labels = pool_arrays(args["samples"], args["mean_len"], args["seed"])
-    names = [f"s{i:09d}" for i in range(args["samples"])]
-    prepared_from_arrays(args["prep"], names, off, ids, labels)
-    return {"tokens": int(off[-1])}
+    def __init__(self) -> None:
+        import threading
+
+        self.anon = self.file = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def sample(self) -> None:
+        try:
+            text = Path("/proc/self/status").read_text()
+        except OSError:
+            return
+        for line in text.splitlines():
+            if line.startswith("RssAnon:"):
+                self.anon = max(self.anon, int(line.split()[1]) * 1024)
+            elif line.startswith("RssFile:"):
+                self.file = max(self.file, int(line.split()[1]) * 1024)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.sample()
+
+    def stop(self) -> dict[str, int]:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+        return {"anon": self.anon, "file": self.file}
+
+
+def stage_prepare(rank: int, world: int, args: dict[str, Any]) -> dict[str, Any]:
+    from tokenclean.testing.stores import prepared_from_blocks
+
+    n, tokens = args["samples"], [0]
+
+    def blocks() -> Any:
+        for a in range(0, n, BLOCK):
+            b = min(a + BLOCK, n)
+            off, ids, labels = pool_block(a, b, args["mean_len"], args["seed"])
+            tokens[0] += int(off[-1])
+            yield [f"s{i:09d}" for i in range(a, b)], off, ids, labels
+
+    prepared_from_blocks(args["prep"], blocks())
+    return {"tokens": tokens[0]}
 
 
 def stage_score_parts(rank: int, world: int, args: dict[str, Any]) -> dict[str, Any]:
@@ -187,9 +229,11 @@ def _child(fn: Callable, rank: int, world: int, args: dict[str, Any], q: Any) ->
     import datasets
 
     datasets.disable_progress_bars()
+    split = RssSplit()
     t0 = time.perf_counter()
     out = fn(rank, world, args)
-    q.put((rank, dict(out, seconds_in_process=time.perf_counter() - t0), _rss()))
+    seconds = time.perf_counter() - t0
+    q.put((rank, dict(out, seconds_in_process=seconds, rss_split=split.stop()), _rss()))
 
 
 def run_stage(name: str, world: int, args: dict[str, Any]) -> dict[str, Any]:
@@ -288,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                 "ns_per_token_in_process": round(inner * 1e9 / tokens, 2),
                 "peak_rss_bytes": max(r["rss"]),
                 "peak_rss_bytes_per_process": r["rss"],
+                "peak_anon_bytes_per_process": [o["rss_split"]["anon"] for o in r["outputs"]],
+                "peak_file_bytes_per_process": [o["rss_split"]["file"] for o in r["outputs"]],
                 "bytes": size,
             }
             if name == "select_stream":
@@ -307,7 +353,10 @@ def main(argv: list[str] | None = None) -> int:
                 loaded = [o["loaded"] for o in r["outputs"]]
                 result["stages"][name]["samples_loaded_per_process"] = loaded
                 print(f"train_load: {r['outputs'][0]['samples']} samples, loaded per process {loaded}")
-            rss = ", ".join(f"{x / 2**30:.2f}" for x in r["rss"])
+            rss = ", ".join(
+                f"{x / 2**30:.2f} (anon {o['rss_split']['anon'] / 2**30:.2f}, file {o['rss_split']['file'] / 2**30:.2f})"
+                for x, o in zip(r["rss"], r["outputs"])
+            )
             print(
                 f"{name:15s} {r['seconds']:9.2f} s  {r['seconds'] * 1e9 / tokens:8.1f} ns/token  "
                 f"(in process {inner:8.2f} s, {inner * 1e9 / tokens:8.1f} ns/token)  "

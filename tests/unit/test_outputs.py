@@ -270,7 +270,7 @@ def test_a_read_only_out_is_found_before_the_work(src: Path, tmp_path: Path, tin
 
     monkeypatch.setattr(outputs, "_writable", lambda p: Path(p) != tmp_path)  # (root ignores chmod)
     called = []
-    monkeypatch.setattr("tokenclean.data.prepare.read_records", lambda *a, **k: called.append(1) or iter(()))
+    monkeypatch.setattr("tokenclean.engines.prepare.read_records", lambda *a, **k: called.append(1) or iter(()))
     with pytest.raises(TokencleanError, match=rf"cannot write --out .*: no write permission on {tmp_path}"):
         prepare(src, tiny_tok, tmp_path / "out", progress=False)
     assert not called

@@ -154,3 +154,41 @@ def test_smollm2_tokenizer_on_bundled_sample(tmp_path: Path, smollm_tok) -> None
     text = smollm_tok.decode(trained)
     assert text == "A spider has eight legs.<|im_end|>An insect has six legs.<|im_end|>"
     assert m2["tokens"]["trained"] > 0
+
+
+def _rows(out: Path) -> list[dict]:
+    return datasets.load_from_disk(str(out)).to_list()
+
+
+def test_streamed_in_record_batches_and_in_worker_processes(
+    tmp_path: Path, fixtures_dir: Path, tiny_tok, monkeypatch
+) -> None:
+    """Rows leave in record batches of ``BATCH_ROWS`` (memory: one batch, not the input), and two worker
+    processes (each its block of records, one data file each) write the same rows, counts and tokens."""
+    import pyarrow as pa
+
+    import tokenclean.engines.prepare as ep
+
+    src = tmp_path / "in.jsonl"
+    rows = [
+        {"instruction": f"question {i} " * (1 + i % 4), "output": f"answer {i} " * (1 + i % 3)}
+        for i in range(23)
+    ]
+    rows.insert(7, {"instruction": "", "output": ""})  # invalid: skipped and recorded by the last task
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    one = prepare(src, tiny_tok, tmp_path / "one", skip_invalid=True, progress=False)
+    monkeypatch.setattr(ep, "BATCH_ROWS", 5)
+    small = prepare(src, tiny_tok, tmp_path / "small", skip_invalid=True, progress=False)
+    (f,) = sorted((tmp_path / "small").glob("data-*.arrow"))
+    with pa.memory_map(str(f)) as mm:
+        batches = [b.num_rows for b in pa.ipc.open_stream(mm)]
+    assert batches == [5, 5, 5, 5, 3]  # 23 valid rows, 5 per batch
+    two = prepare(src, tiny_tok, tmp_path / "two", skip_invalid=True, progress=False, workers=2)
+    assert len(list((tmp_path / "two").glob("data-*.arrow"))) == 2
+    assert _rows(tmp_path / "one") == _rows(tmp_path / "small") == _rows(tmp_path / "two")
+    for m in (small, two):
+        assert m["counts"] == one["counts"] and m["tokens"] == one["tokens"]
+        assert m["identity"] == one["identity"]
+    assert one["counts"]["skipped_invalid"] == 1 and one["counts"]["written"] == 23
+    dropped = [json.loads(x) for x in (tmp_path / "two" / "dropped.jsonl").read_text().splitlines()]
+    assert [d["location"].rsplit(":", 1)[1] for d in dropped] == ["8"]

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from tokenclean.cli.args import Command, add_settings, data_source, existing, model_name, settings_from_args
 from tokenclean.pipelines.config import DataConfig
 
-_PREPARE_SETTINGS = ("format", "template", "max_length", "skip_invalid")
+_PREPARE_SETTINGS = ("format", "template", "max_length", "skip_invalid", "workers")
 
 
 def _prepare_args(s: argparse.ArgumentParser) -> None:
@@ -51,6 +51,7 @@ def _prepare(a: argparse.Namespace) -> int:
         skip_invalid=cfg.skip_invalid,
         tokenizer_name=a.tokenizer,
         force=a.force,
+        workers=cfg.workers,
     )
     c = m["counts"]
     print(

@@ -24,15 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from tokenclean import IGNORE_INDEX
-from tokenclean.data.formats import read_records
-from tokenclean.data.labels import encode_conversation
 from tokenclean.errors import DataError
 from tokenclean.outputs import decide, file_digests, guarded
 from tokenclean.utils import (
     RESULT,
     atomic_dir,
     get_logger,
-    package_versions,
     sha256_file,
     sha256_json,
     sha256_tree,
@@ -98,6 +95,7 @@ class _Tally:
     )
     n_tokens: int = 0
     n_trained: int = 0
+    written: int = 0  # rows added (flushed to a writer or still in ``cols``)
 
     def invalid(self, err: DataError, row: dict[str, Any] | None) -> None:
         self.counts["skipped_invalid"] += 1
@@ -133,6 +131,20 @@ class _Tally:
             self.cols[k].append(v)
         self.n_tokens += len(enc.input_ids)
         self.n_trained += n_tr
+        self.written += 1
+
+    @property
+    def buffered(self) -> int:
+        return len(self.cols["sample_id"])
+
+    def flush(self) -> Any:
+        """The buffered rows as a pyarrow Table in :func:`prepared_features`' schema; the buffer emptied."""
+        import pyarrow as pa
+
+        cols = {k: _chunked_lists(v) if k in LIST_COLUMNS else v for k, v in self.cols.items()}
+        table = pa.table(cols, schema=prepared_features().arrow_schema)
+        self.cols = {k: [] for k in self.cols}
+        return table
 
 
 def _identity(
@@ -150,30 +162,6 @@ def _identity(
     }
 
 
-def _encode_all(
-    data: str | Path, tokenizer: Any, fmt: str, template: str, max_length: int, skip: bool, progress: bool
-) -> _Tally:
-    """Read and tokenise every record of ``data`` (the one label builder, :func:`encode_conversation`)."""
-    from tqdm.auto import tqdm
-
-    tally = _Tally()
-    records = read_records(data, fmt, tally.invalid if skip else None)
-    total = _row_count(data) if progress else None
-    for rec in tqdm(records, desc="prepare", unit="sample", total=total, disable=not progress):
-        tally.add(rec, encode_conversation(rec.messages, tokenizer, template, max_length))
-    tally.counts["read"] += tally.counts["skipped_invalid"]
-    tally.counts["written"] = len(tally.cols["sample_id"])
-    if tally.counts["written"] == 0:
-        raise DataError(str(data), "no sample left to write (every row was invalid or had no trained token)")
-    if tally.counts["special_text_in_content"]:
-        log.warning(
-            "%d samples contain special-token text (e.g. a literal EOS string) in a message; it is "
-            "tokenised as the special token, as the HF stack does",
-            tally.counts["special_text_in_content"],
-        )
-    return tally
-
-
 @guarded("prepare", inputs=("data",))
 def prepare(
     data: str | Path,
@@ -187,16 +175,22 @@ def prepare(
     force: bool = False,
     progress: bool = True,
     replace_stale: bool = False,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Tokenise ``data`` and write the prepared dataset to ``out``. Returns the manifest.
+
+    Streams: rows are written one record batch at a time, so memory does not grow with the input.
+    ``workers`` > 1 tokenises in that many processes, each its contiguous block of records (one data file
+    each; the input is read once more first, to count its records); the rows are the same either way.
 
     ``out`` follows :mod:`tokenclean.outputs`: reused when it holds this identity (files verified),
     refused when it is not a prepared dataset, when it holds other inputs or settings (unless ``force``,
     or ``replace_stale`` for a pipeline's own stage directory) or while another process writes it."""
-    from tokenclean.models.loader import tokenizer_identity
 
     if max_length < 2:
         raise DataError("max_length", f"must be >= 2, got {max_length}")
+    if workers < 1:
+        raise DataError("workers", f"must be >= 1, got {workers}")
     out = Path(out)
     ident = input_identity(data)  # hashes the input once
     identity = _identity(ident, tokenizer, template, max_length, fmt, skip_invalid)
@@ -206,23 +200,17 @@ def prepare(
     if old is not None:
         return dict(old, reused=True)
     t0 = time.time()
-    tally = _encode_all(data, tokenizer, fmt, template, max_length, skip_invalid, progress)
-    counts = tally.counts
-    manifest = {
-        "stage": "prepare",
-        "cache_key": sha256_json(identity),
-        "identity": identity,
-        "input": ident,
-        "format": fmt,
-        "tokenizer": dict(tokenizer_identity(tokenizer), source=tokenizer_name or tokenizer.name_or_path),
-        "template": template,
-        "max_length": max_length,
-        "counts": counts,
-        "tokens": {"total": tally.n_tokens, "trained": tally.n_trained},
-        "versions": package_versions(),
-        "seconds": round(time.time() - t0, 3),
-    }
-    write_prepared_dir(out, tally.cols, manifest, tally.skipped)
+    manifest = _write_prepared(
+        data, tokenizer, out, ident, identity, fmt, template, max_length, skip_invalid,
+        tokenizer_name, progress, workers,
+    )  # fmt: skip
+    counts = manifest["counts"]
+    if counts["special_text_in_content"]:
+        log.warning(
+            "%d samples contain special-token text (e.g. a literal EOS string) in a message; it is "
+            "tokenised as the special token, as the HF stack does",
+            counts["special_text_in_content"],
+        )
     log.info(
         "prepared %d samples (%d read, %d truncated, %d dropped with no trained token, %d invalid skipped) "
         "-> %s in %.1fs",
@@ -232,10 +220,61 @@ def prepare(
         counts["dropped_no_trained_tokens"],
         counts["skipped_invalid"],
         out,
-        manifest["seconds"],
+        time.time() - t0,
         extra=RESULT,
     )
     return manifest
+
+
+def _write_prepared(
+    data: str | Path,
+    tokenizer: Any,
+    out: Path,
+    ident: dict[str, Any],
+    identity: dict[str, Any],
+    fmt: str,
+    template: str,
+    max_length: int,
+    skip_invalid: bool,
+    tokenizer_name: str | None,
+    progress: bool,
+    workers: int,
+) -> dict[str, Any]:
+    """Tokenise and write, streaming: ``workers`` tasks (:func:`tokenclean.engines.prepare.prepare_shard`,
+    each its contiguous block of records, one record batch in memory) write one data file each, then the
+    index step writes ``state.json``, ``dataset_info.json``, ``dropped.jsonl`` and the manifest, all in a
+    temporary directory moved into place at the end (atomic)."""
+    from tokenclean.engines import prepare as ep
+    from tokenclean.models.loader import tokenizer_identity
+
+    t0 = time.time()
+    src = str(data)
+    n = ep.count_records(src, fmt, skip_invalid) if workers > 1 else None
+    tok_entry = dict(tokenizer_identity(tokenizer), source=tokenizer_name or tokenizer.name_or_path)
+    with atomic_dir(out) as tmp:
+        job = ep.PrepareJob(
+            src, tokenizer_name or "", str(tmp), workers, n, identity, ident, tok_entry,
+            fmt, template, max_length, skip_invalid,
+        )  # fmt: skip
+        if workers == 1:
+            ep.prepare_shard(job, 0, tokenizer, progress=progress)
+        else:
+            _run_tasks(job, tokenizer, workers)
+        return ep.prepare_index(job, extra={"seconds": round(time.time() - t0, 3)})
+
+
+def _run_tasks(job: Any, tokenizer: Any, workers: int) -> None:
+    """The prepare tasks in ``workers`` fresh processes (``spawn``: no forked tokenizer threads), the
+    tokenizer sent to each."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tokenclean.engines import prepare as ep
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+        futures = [ex.submit(ep.prepare_shard, job, r, tokenizer) for r in range(workers)]
+        for f in futures:
+            f.result()
 
 
 LIST_COLUMNS = ("input_ids", "labels")

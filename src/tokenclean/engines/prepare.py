@@ -19,8 +19,8 @@ from typing import Any
 
 from tokenclean.data.formats import read_records
 from tokenclean.data.labels import encode_conversation
-from tokenclean.data.prepare import _chunked_lists, _Tally, input_identity, prepared_features
-from tokenclean.engines.shardfiles import done_markers, drop_work, write_arrow_shard, write_dataset_index
+from tokenclean.data.prepare import _row_count, _Tally, input_identity, prepared_features
+from tokenclean.engines.shardfiles import ShardWriter, done_markers, drop_work, write_dataset_index
 from tokenclean.errors import DataError
 from tokenclean.scoring.store import shard_done, shard_rows
 from tokenclean.utils import get_logger, package_versions, sha256_file, sha256_json, write_json_atomic
@@ -38,7 +38,7 @@ class PrepareJob:
     tokenizer: str  # loaded by each task (name, dir or alias)
     out: str  # the prepared dataset directory
     num_tasks: int
-    n_records: int  # valid records of ``data`` (:func:`count_records`)
+    n_records: int | None  # valid records of ``data`` (:func:`count_records`); None: one task, all
     identity: dict[str, Any]  # :func:`tokenclean.data.prepare._identity` of the inputs and settings
     input: dict[str, Any]  # :func:`tokenclean.data.prepare.input_identity` of ``data``
     tokenizer_entry: dict[str, Any]  # the manifest's ``tokenizer`` entry
@@ -55,43 +55,66 @@ def count_records(data: str, fmt: str, skip_invalid: bool) -> int:
     return sum(1 for _ in read_records(data, fmt, on_error))
 
 
-def prepare_shard(job: PrepareJob, rank: int) -> dict[str, Any]:
-    """Task ``rank``: tokenise records ``[lo, hi)`` (:func:`~tokenclean.scoring.store.shard_rows`) and write
-    its shard. A finished shard is kept (a task rerun after its shard was written does nothing)."""
-    from tokenclean.models.loader import load_tokenizer
+BATCH_ROWS = 1000  # rows tokenised before they are written as one record batch (memory: one batch)
+
+
+def prepare_shard(job: PrepareJob, rank: int, tok: Any = None, progress: bool = False) -> dict[str, Any]:
+    """Task ``rank``: tokenise records ``[lo, hi)`` (:func:`~tokenclean.scoring.store.shard_rows`; all of
+    them when ``job.n_records`` is None, for one task) and write its shard one record batch at a time, so
+    a task's memory does not grow with its shard. ``tok``: the tokenizer (default: loaded from
+    ``job.tokenizer``). A finished shard is kept (a task rerun after its shard was written does nothing)."""
+    from tqdm.auto import tqdm
 
     out = Path(job.out)
     done = shard_done(out, rank, job.num_tasks)
     if done is not None:
         return done
-    tok = load_tokenizer(job.tokenizer)
-    lo, hi = shard_rows(job.n_records, rank, job.num_tasks)
+    if tok is None:
+        from tokenclean.models.loader import load_tokenizer
+
+        tok = load_tokenizer(job.tokenizer)
+    if job.n_records is None:
+        if job.num_tasks != 1:
+            raise ValueError("prepare_shard: n_records is needed to split the records between tasks")
+        lo, hi = 0, None
+    else:
+        lo, hi = shard_rows(job.n_records, rank, job.num_tasks)
     last = rank == job.num_tasks - 1
     tally = _Tally()
     on_error = (tally.invalid if last else lambda err, row: None) if job.skip_invalid else None
-    for i, rec in enumerate(read_records(job.data, job.fmt, on_error)):
-        if i >= hi and not last:
-            break
-        if lo <= i < hi:
-            tally.add(rec, encode_conversation(rec.messages, tok, job.template, job.max_length))
-    import pyarrow as pa
+    writer = ShardWriter(out, rank, job.num_tasks, prepared_features())
+    total = (_row_count(job.data) if progress else None) if hi is None else hi - lo
+    bar = tqdm(desc="prepare", unit="sample", total=total, disable=not progress)
+    mine = 0  # records of [lo, hi) read
+    try:
+        for i, rec in enumerate(read_records(job.data, job.fmt, on_error)):
+            if hi is not None and i >= hi and not last:
+                break
+            if i >= lo and (hi is None or i < hi):
+                tally.add(rec, encode_conversation(rec.messages, tok, job.template, job.max_length))
+                mine += 1
+                bar.update(1)
+                if tally.buffered >= BATCH_ROWS:
+                    writer.write(tally.flush())
+        writer.write(tally.flush())
+        info = {
+            "rows": tally.written,
+            "records": [lo, lo + mine],
+            "counts": {k: tally.counts[k] for k in COUNTS},
+            "tokens": {"total": tally.n_tokens, "trained": tally.n_trained},
+            "skipped": tally.skipped,
+        }
+        return writer.close(info)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
 
-    cols = {k: _chunked_lists(v) if k in ("input_ids", "labels") else v for k, v in tally.cols.items()}
-    features = prepared_features()
-    table = pa.table(cols, schema=features.arrow_schema)
-    info = {
-        "rows": table.num_rows,
-        "records": [lo, hi],
-        "counts": {k: tally.counts[k] for k in COUNTS},
-        "tokens": {"total": tally.n_tokens, "trained": tally.n_trained},
-        "skipped": tally.skipped,
-    }
-    return write_arrow_shard(out, rank, job.num_tasks, table, features, info)
 
-
-def prepare_index(job: PrepareJob, rank: int = 0) -> dict[str, Any]:
+def prepare_index(job: PrepareJob, rank: int = 0, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The index step (one task, after every prepare task): the dataset files and the manifest, whose
-    counts are the shards' summed. Returns the manifest."""
+    counts are the shards' summed (plus ``extra`` entries). Returns the manifest."""
     t0 = time.time()
     out = Path(job.out)
     markers = done_markers(out, job.num_tasks, "prepare")
@@ -121,6 +144,7 @@ def prepare_index(job: PrepareJob, rank: int = 0) -> dict[str, Any]:
         "tokens": {k: sum(int(m["tokens"][k]) for m in markers) for k in ("total", "trained")},
         "versions": package_versions(),
         "engine": {"tasks": job.num_tasks, "index_seconds": round(time.time() - t0, 3)},
+        **(extra or {}),
         "files": files,
     }
     write_json_atomic(out / "manifest.json", manifest)

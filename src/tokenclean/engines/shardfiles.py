@@ -30,27 +30,63 @@ class ShardError(TokencleanError):
     """An engine stage's shards are missing or do not belong together."""
 
 
+class ShardWriter:
+    """Task ``index``'s data file written record batch by record batch (memory: one batch, whatever the
+    shard), then hashed once and marked (:meth:`close`). Rows go in as pyarrow Tables in ``features``'
+    schema (:meth:`write`); nothing reads as finished until the marker is written after the file."""
+
+    def __init__(self, out: Path, index: int, num: int, features: Any) -> None:
+        self.out, self.index, self.num, self.features = Path(out), index, num, features
+        self.path, self.marker = shard_paths(self.out, index, num)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.rows = 0
+        self._writer: Any = None
+
+    def write(self, table: Any) -> None:
+        if not table.num_rows:
+            return
+        if self._writer is None:
+            from datasets.arrow_writer import ArrowWriter
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = ArrowWriter(features=self.features, path=str(self.tmp))
+        self._writer.write_table(table.cast(self.features.arrow_schema))
+        self.rows += table.num_rows
+
+    def close(self, info: dict[str, Any]) -> dict[str, Any]:
+        """Finish the file (none when no row was written), hash it, write the marker holding ``info`` plus
+        ``index``, ``num``, ``file``, ``size`` and ``sha256``. Returns the marker."""
+        self.marker.parent.mkdir(parents=True, exist_ok=True)
+        info = dict(info, index=self.index, num=self.num, file=None)
+        if self._writer is not None:
+            try:
+                self._writer.finalize()
+            finally:
+                self._writer.close()
+            _fsync(self.tmp)
+            os.replace(self.tmp, self.path)
+            info.update(file=self.path.name, size=self.path.stat().st_size, sha256=sha256_file(self.path))
+        write_json_atomic(self.marker, info)
+        return info
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
+
+
 def write_arrow_shard(out: Path, index: int, num: int, table: Any, features: Any, info: dict) -> dict:
     """Write task ``index``'s rows (a pyarrow Table, possibly empty) as ``OUT/.work/data-*.arrow``, hash it
     once, then its marker holding ``info`` plus ``file``, ``size`` and ``sha256``. Returns the marker."""
-    from datasets.arrow_writer import ArrowWriter
-
-    path, marker = shard_paths(out, index, num)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info = dict(info, index=index, num=num, file=None)
-    if table.num_rows:
-        tmp = path.with_name(f".{path.name}.tmp")
-        writer = ArrowWriter(features=features, path=str(tmp))
-        try:
-            writer.write_table(table.cast(features.arrow_schema))
-            writer.finalize()
-        finally:
-            writer.close()
-        _fsync(tmp)
-        os.replace(tmp, path)
-        info.update(file=path.name, size=path.stat().st_size, sha256=sha256_file(path))
-    write_json_atomic(marker, info)
-    return info
+    w = ShardWriter(out, index, num, features)
+    try:
+        w.write(table)
+        return w.close(info)
+    except BaseException:
+        w.abort()
+        raise
 
 
 def _fsync(path: Path) -> None:

@@ -46,6 +46,12 @@ class DataConfig:
         default=None, metadata=_h("generate a ground-truth pool instead of reading data.path")
     )
     skip_invalid: bool = field(default=False, metadata=_h("skip invalid rows instead of stopping"))
+    workers: int = setting(
+        1,
+        "processes that tokenise the input (prepare), each its contiguous block of records and one data "
+        "file; the rows are the same for any number",
+        bounds=">= 1",
+    )
     truth: str | None = field(
         default=None, metadata=_h("truth JSONL of character spans over data.path (groundtruth/user_truth.py)")
     )

@@ -160,6 +160,7 @@ def prepare_file(run: Run, source: str | Path, out: Path) -> Path:
         skip_invalid=d.skip_invalid,
         tokenizer_name=run.cfg.model.base,
         replace_stale=True,
+        workers=d.workers,
     )
     return out
 

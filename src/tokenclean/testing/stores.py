@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,71 @@ def prepared_from_arrays(
     }
     write_prepared_dir(out, cols, manifest)
     return Path(out)
+
+
+def prepared_from_blocks(
+    out: str | Path,
+    blocks: Iterable[tuple[Sequence[str], np.ndarray, np.ndarray, np.ndarray]],
+    tokenizer: dict[str, Any] | None = None,
+) -> Path:
+    """A prepared dataset from blocks of rows ``(sample_ids, offsets, input_ids, labels)`` (flat arrays per
+    block, as in :func:`prepared_from_arrays`), written as the ``prepare`` stage streams: one record batch
+    per block (:class:`tokenclean.engines.shardfiles.ShardWriter`) and its index step, so memory is one
+    block, whatever the pool. The cache key hashes every block."""
+    import pyarrow as pa
+
+    from tokenclean.columns import list_array
+    from tokenclean.data.prepare import PREPARE_VERSION, prepared_features
+    from tokenclean.engines.prepare import PrepareJob, prepare_index
+    from tokenclean.engines.shardfiles import ShardWriter
+
+    out = Path(out)
+    writer = ShardWriter(out, 0, 1, prepared_features())
+    h = hashlib.sha256()
+    rows = total = trained_total = longest = 0
+    for names, offsets, input_ids, labels in blocks:
+        off = np.asarray(offsets, dtype=np.int64)
+        lengths = np.diff(off)
+        ids, lab = np.asarray(input_ids, dtype=np.int32), np.asarray(labels, dtype=np.int32)
+        trained = per_sample_sums(lab != IGNORE_INDEX, off)
+        h.update(digest(list(names), [off, ids, lab]).encode())
+        n = len(names)
+        writer.write(
+            pa.table(
+                {
+                    "sample_id": pa.array(list(names), pa.string()),
+                    "input_ids": list_array(ids, lengths),
+                    "labels": list_array(lab, lengths),
+                    "n_trained": pa.array(trained.astype(np.int32)),
+                    "length": pa.array(lengths.astype(np.int32)),
+                    "truncated": pa.array(np.zeros(n, dtype=bool)),
+                    "location": pa.array([f"synthetic:{rows + i + 1}" for i in range(n)], pa.string()),
+                }
+            )
+        )
+        rows, total, trained_total = rows + n, total + int(off[-1]), trained_total + int(trained.sum())
+        longest = max(longest, int(lengths.max(initial=0)))
+    counts = dict.fromkeys(
+        ("read", "truncated", "dropped_no_trained_tokens", "skipped_invalid", "special_text_in_content"), 0
+    )
+    counts["read"] = rows
+    writer.close(
+        {
+            "rows": rows,
+            "records": [0, rows],
+            "counts": counts,
+            "tokens": {"total": total, "trained": trained_total},
+            "skipped": [],
+        }
+    )
+    identity = {"v": PREPARE_VERSION, "synthetic": h.hexdigest()}
+    job = PrepareJob(
+        "synthetic", "none", str(out), 1, rows, identity,
+        {"path": "synthetic", "sha256": identity["synthetic"], "kind": "synthetic"},
+        tokenizer or {"name": "none"}, "synthetic", "none", longest,
+    )  # fmt: skip
+    prepare_index(job, extra={"synthetic": True, "seconds": 0.0})
+    return out
 
 
 def write_prepared(
