@@ -38,7 +38,14 @@ from typing import Any, ParamSpec, TypeVar
 
 from tokenclean.errors import ConfigError, OutputError
 from tokenclean.locks import LockError, lock_path, output_lock  # noqa: F401 (re-exported: one mechanism)
-from tokenclean.utils import CorruptFileError, get_logger, read_json, sha256_file, sha256_json
+from tokenclean.utils import (
+    CorruptFileError,
+    get_logger,
+    read_json,
+    sha256_file,
+    sha256_file_memo,
+    sha256_json,
+)
 
 log = get_logger("outputs")
 
@@ -356,7 +363,7 @@ def verify_files(
         size = p.stat().st_size
         if size != rec["size"]:
             return f"{rel} changed size ({rec['size']} -> {size} bytes; truncated or rewritten)"
-        if sha256_file(p) != rec["sha256"]:
+        if sha256_file_memo(p) != rec["sha256"]:
             return f"{rel} changed content (its SHA-256 differs from the one recorded when it was written)"
     unknown = sorted({p.relative_to(root).as_posix() for p in _listed(root, only)} - set(files))
     if unknown:

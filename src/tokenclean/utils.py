@@ -89,6 +89,27 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+_VERIFIED: dict[tuple[int, int, int, int, int], str] = {}
+SETTLED_NS = 2_000_000_000  # a file unchanged for this long has a timestamp any later write would change
+
+
+def sha256_file_memo(path: str | Path) -> str:
+    """:func:`sha256_file`, remembered for this process by the file's device, inode, size, mtime and
+    ctime, so an artifact that several stages of one run verify is read once, not once per stage. A digest
+    is remembered only for a file whose timestamps are older than ``SETTLED_NS`` (2 s) when it is hashed:
+    file timestamps tick coarsely (a few ms), so a file rewritten in place with the same size within a tick
+    of its hashing would keep them; after 2 s any write moves them."""
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    digest = _VERIFIED.get(key)
+    if digest is not None:
+        return digest
+    digest = sha256_file(path)
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > SETTLED_NS:
+        _VERIFIED[key] = digest
+    return digest
+
+
 def sha256_tree(path: str | Path) -> str:
     """Hex SHA-256 over every file of a directory (relative names and contents, sorted)."""
     root = Path(path)

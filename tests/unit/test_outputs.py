@@ -270,7 +270,9 @@ def test_a_read_only_out_is_found_before_the_work(src: Path, tmp_path: Path, tin
 
     monkeypatch.setattr(outputs, "_writable", lambda p: Path(p) != tmp_path)  # (root ignores chmod)
     called = []
-    monkeypatch.setattr("tokenclean.engines.prepare.read_records", lambda *a, **k: called.append(1) or iter(()))
+    monkeypatch.setattr(
+        "tokenclean.engines.prepare.read_records", lambda *a, **k: called.append(1) or iter(())
+    )
     with pytest.raises(TokencleanError, match=rf"cannot write --out .*: no write permission on {tmp_path}"):
         prepare(src, tiny_tok, tmp_path / "out", progress=False)
     assert not called
@@ -322,3 +324,32 @@ def test_identity_with_tuples_is_reused(tmp_path: Path) -> None:
     assert decide(out, "select", ident) == marker
     with pytest.raises(StaleOutputError, match=r"xtf\.filters"):
         decide(out, "select", {**ident, "xtf": {"filters": ("novelty",), "expert_words": ()}})
+
+
+def test_verification_reads_a_settled_file_once_per_process_and_sees_any_later_write(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Verifying an artifact again (each stage of a run verifies its inputs) does not re-read a file whose
+    timestamps are settled; a rewrite with the same size is still caught, and a fresh file is re-read."""
+    import time
+
+    import tokenclean.utils as utils
+    from tokenclean.outputs import file_digests, verify_files
+
+    f = tmp_path / "data.bin"
+    f.write_bytes(b"a" * 1000)
+    files = file_digests(tmp_path)
+    reads: list[str] = []
+    real = utils.sha256_file
+    monkeypatch.setattr(utils, "sha256_file", lambda p, *a: reads.append(str(p)) or real(p, *a))
+    monkeypatch.setattr(utils, "SETTLED_NS", 0)  # every timestamp counts as settled
+    assert verify_files(tmp_path, files) is None and verify_files(tmp_path, files) is None
+    assert len(reads) == 1  # read once
+    time.sleep(0.01)
+    f.write_bytes(b"b" * 1000)  # same size, new timestamps: read again, and caught
+    assert "changed content" in str(verify_files(tmp_path, files))
+    assert len(reads) == 2
+    monkeypatch.setattr(utils, "SETTLED_NS", 2_000_000_000)
+    f.write_bytes(b"a" * 1000)  # timestamps younger than 2 s: read at every verification until they settle
+    assert verify_files(tmp_path, files) is None and verify_files(tmp_path, files) is None
+    assert len(reads) == 4
