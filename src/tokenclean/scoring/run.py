@@ -10,7 +10,7 @@ batches; when every part is done, assemble the dataset and write the manifest.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from tokenclean import IGNORE_INDEX
 from tokenclean.alignment import scatter_to_positions
-from tokenclean.columns import flat_list, list_lengths, offsets_of
+from tokenclean.columns import StringColumn, flat_list, list_lengths, offsets_of
 from tokenclean.config import DEFAULT_DEVICE
 from tokenclean.errors import ConfigError, DataError, ModelError
 from tokenclean.outputs import content_id, guarded, load_dataset_dir, verify_input
@@ -63,7 +63,7 @@ class PreparedData:
         self.content = content_id(self.manifest["files"]) if self.manifest.get("files") else None
         self.ds = load_dataset_dir(self.dir, "re-run tokenclean prepare with --force").with_format("arrow")
         table = self.ds[:]  # memory-mapped, zero-copy
-        self.sample_ids: list[str] = table["sample_id"].to_pylist()
+        self.sample_ids = StringColumn(table["sample_id"])  # read on demand (no list of every id)
         self.lengths = list_lengths(table["input_ids"])  # (n,) int64, chunk by chunk
 
     def __len__(self) -> int:
@@ -413,7 +413,7 @@ def store_manifest(
 
 def merge_parts(
     out: Path,
-    sample_ids: list[str],
+    sample_ids: Sequence[str],
     lengths: np.ndarray,
     manifest: dict[str, Any],
     total: int,

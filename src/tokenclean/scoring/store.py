@@ -32,7 +32,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -309,7 +309,7 @@ def _block_table(
     out: Path,
     lo: int,
     hi: int,
-    sample_ids: list[str],
+    sample_ids: Sequence[str],
     lengths: np.ndarray,
     total: int,
     scorer: str,
@@ -364,7 +364,7 @@ def write_shard(
     out: Path,
     index: int,
     num: int,
-    sample_ids: list[str],
+    sample_ids: Sequence[str],
     lengths: np.ndarray,
     total: int,
     scorer: str,
