@@ -376,12 +376,12 @@ def test_a_parquet_file_that_is_not_parquet_is_named(tmp_path: Path, tiny_tok) -
 def test_a_full_disk_is_one_message_naming_the_output(
     tmp_path: Path, tiny_tok, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch, err: int
 ) -> None:
-    import tokenclean.data.prepare as prep_mod
+    import tokenclean.engines.shardfiles as shardfiles
 
     def full(*a: object, **k: object) -> None:
         raise OSError(err, os.strerror(err))
 
-    monkeypatch.setattr(prep_mod, "file_digests", full)
+    monkeypatch.setattr(shardfiles.ShardWriter, "write", full)  # prepare's rows, one record batch at a time
     out = tmp_path / "out"
     with pytest.raises(OutputError, match=rf"cannot write {out}: .*free space"):
         prepare(fixtures_dir / "alpaca.jsonl", tiny_tok, out, progress=False)

@@ -104,6 +104,7 @@ def prepared_from_arrays(
         },
         "tokens": {"total": int(off[-1]), "trained": int(trained.sum())},
         "versions": package_versions(),
+        "engine": {"tasks": 1, "index_seconds": 0.0},  # as prepare's manifest (its rows are one task's)
         "seconds": 0.0,
     }
     write_prepared_dir(out, cols, manifest)
