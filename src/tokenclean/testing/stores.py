@@ -52,6 +52,29 @@ def per_sample_sums(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return c[offsets[1:]] - c[offsets[:-1]]
 
 
+def _prepared_columns(
+    names: Sequence[str], off: np.ndarray, ids: np.ndarray, lab: np.ndarray, locations: Sequence[str]
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The ``prepare`` columns of rows given as flat (T,) int32 ``ids``/``lab`` and (S+1,) int64 ``off``, and
+    the trained tokens per row (S,)."""
+    import pyarrow as pa
+
+    from tokenclean.columns import list_array
+
+    lengths = np.diff(off)  # (S,)
+    trained = per_sample_sums(lab != IGNORE_INDEX, off)  # (S,)
+    cols = {
+        "sample_id": pa.array(list(names), pa.string()),
+        "input_ids": list_array(ids, lengths),
+        "labels": list_array(lab, lengths),
+        "n_trained": pa.array(trained.astype(np.int32)),
+        "length": pa.array(lengths.astype(np.int32)),
+        "truncated": pa.array(np.zeros(len(names), dtype=bool)),
+        "location": pa.array(list(locations), pa.string()),
+    }
+    return cols, trained
+
+
 def prepared_from_arrays(
     out: str | Path,
     sample_ids: Sequence[str],
@@ -63,27 +86,16 @@ def prepared_from_arrays(
 ) -> Path:
     """A prepared dataset from flat (T,) ``input_ids``/``labels`` and (S+1,) ``offsets``, through the
     ``prepare`` stage's writer."""
-    import pyarrow as pa
-
-    from tokenclean.columns import list_array
     from tokenclean.data.prepare import PREPARE_VERSION, write_prepared_dir
     from tokenclean.utils import package_versions, sha256_json
 
     off = np.asarray(offsets, dtype=np.int64)
     lengths = np.diff(off)  # (S,)
     ids, lab = np.asarray(input_ids, dtype=np.int32), np.asarray(labels, dtype=np.int32)
-    trained = per_sample_sums(lab != IGNORE_INDEX, off)  # (S,)
     n = len(sample_ids)
     identity = {"v": PREPARE_VERSION, "synthetic": digest(list(sample_ids), [off, ids, lab])}
-    cols = {
-        "sample_id": pa.array(list(sample_ids), pa.string()),
-        "input_ids": list_array(ids, lengths),
-        "labels": list_array(lab, lengths),
-        "n_trained": pa.array(trained.astype(np.int32)),
-        "length": pa.array(lengths.astype(np.int32)),
-        "truncated": pa.array(np.zeros(n, dtype=bool)),
-        "location": pa.array(list(locations or (f"synthetic:{i + 1}" for i in range(n))), pa.string()),
-    }
+    where = list(locations or (f"synthetic:{i + 1}" for i in range(n)))
+    cols, trained = _prepared_columns(sample_ids, off, ids, lab, where)
     manifest = {
         "stage": "prepare",
         "synthetic": True,
@@ -122,7 +134,6 @@ def prepared_from_blocks(
     block, whatever the pool. The cache key hashes every block."""
     import pyarrow as pa
 
-    from tokenclean.columns import list_array
     from tokenclean.data.prepare import PREPARE_VERSION, prepared_features
     from tokenclean.engines.prepare import PrepareJob, prepare_index
     from tokenclean.engines.shardfiles import ShardWriter
@@ -135,22 +146,11 @@ def prepared_from_blocks(
         off = np.asarray(offsets, dtype=np.int64)
         lengths = np.diff(off)
         ids, lab = np.asarray(input_ids, dtype=np.int32), np.asarray(labels, dtype=np.int32)
-        trained = per_sample_sums(lab != IGNORE_INDEX, off)
         h.update(digest(list(names), [off, ids, lab]).encode())
         n = len(names)
-        writer.write(
-            pa.table(
-                {
-                    "sample_id": pa.array(list(names), pa.string()),
-                    "input_ids": list_array(ids, lengths),
-                    "labels": list_array(lab, lengths),
-                    "n_trained": pa.array(trained.astype(np.int32)),
-                    "length": pa.array(lengths.astype(np.int32)),
-                    "truncated": pa.array(np.zeros(n, dtype=bool)),
-                    "location": pa.array([f"synthetic:{rows + i + 1}" for i in range(n)], pa.string()),
-                }
-            )
-        )
+        where = [f"synthetic:{rows + i + 1}" for i in range(n)]
+        cols, trained = _prepared_columns(names, off, ids, lab, where)
+        writer.write(pa.table(cols))
         rows, total, trained_total = rows + n, total + int(off[-1]), trained_total + int(trained.sum())
         longest = max(longest, int(lengths.max(initial=0)))
     counts = dict.fromkeys(
