@@ -70,6 +70,10 @@ def test_paper_configs_hold_the_paper_settings() -> None:
         ("train.batch_size=0", r"train\.batch_size"),
         ("eval.limit=many", r"^eval\.limit: expected"),
         ("report=yes please", r"^report: expected true or false"),
+        (
+            "selection.steps=avg",
+            r"^selection\.steps: expected one of \['mean', 'min', 'cut_mean', 'cut_min'\] or null, got 'avg'",
+        ),
     ],
 )
 def test_bad_values_name_the_key(override: str, match: str) -> None:

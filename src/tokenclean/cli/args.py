@@ -70,6 +70,8 @@ def show(value: Any) -> str:
         return "''"
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, str) and not value.isprintable():  # a newline: "\n", as YAML and the flags read it
+        return '"' + value.encode("unicode_escape").decode("ascii") + '"'
     return str(value)
 
 

@@ -66,6 +66,8 @@ def _select(a: argparse.Namespace) -> int:
         force=a.force,
         weights=a.weights,
         temperature=a.temperature,
+        steps=a.steps,
+        step_separator=a.step_separator,
     )
     from tokenclean.selection.stats import describe
 
@@ -128,6 +130,8 @@ def _select_args(s: argparse.ArgumentParser) -> None:
     add_setting(
         s, SoftWeightsSettings, "temperature", "peers.soft_token_cleaning", note=" (with --weights sigmoid)"
     )
+    add_setting(s, SelectionConfig, "steps", "selection")
+    add_setting(s, SelectionConfig, "step_separator", "selection")
     s.add_argument(
         "--force", action="store_true", help="recompute, or replace an OUT selected from other inputs"
     )

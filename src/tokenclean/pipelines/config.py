@@ -96,6 +96,14 @@ class SelectionConfig:
         default=None, metadata=_h("seed of the pool splits and cross-fit folds (null: selection.seed)")
     )
     sweep: tuple[float, ...] = setting((), "extra ratios for a token-proportion sweep", bounds="(0, 1]")
+    steps: Literal["mean", "min", "cut_mean", "cut_min"] | None = field(
+        default=None,
+        metadata=_h(
+            "rank step-level scores (score-based levels): each step's mean or min score, cut_*: the running "
+            "minimum along the trace; a step ends at a token containing step_separator (null: token scores)"
+        ),
+    )
+    step_separator: str = field(default="\n", metadata=_h("text that ends a reasoning step (with steps)"))
 
 
 @dataclass(frozen=True)

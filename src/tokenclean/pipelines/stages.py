@@ -311,13 +311,18 @@ def _write_rebased(new_vs_base: Path, prev_vs_base: Path, out: Path, identity: d
 def select_stage(run: Run, scores: Path, out: Path, level: str, ratio: float | None = None) -> Path:
     from tokenclean.selection import select
 
+    sel = run.cfg.selection
+    steps = sel.steps if level != "random" else None  # step scores rank; random ignores scores
     select(
         str(scores),
-        ratio if ratio is not None else run.cfg.selection.ratio,
+        ratio if ratio is not None else sel.ratio,
         level,
         str(out),
-        seed=run.cfg.selection.seed,
+        seed=sel.seed,
         replace_stale=True,
+        steps=steps,
+        step_separator=sel.step_separator,
+        tokenizer=run.tokenizer if steps else None,
     )
     return out
 

@@ -30,6 +30,7 @@ from tokenclean.selection import levels
 from tokenclean.selection.blocks import token_blocks
 from tokenclean.selection.selector import reusable_selection
 from tokenclean.selection.stats import kept_per_sample
+from tokenclean.selection.steps import check_mode, separator_vocab, stepped
 from tokenclean.selection.streamed import write_streamed
 from tokenclean.selection.table import TokenTable, resolve_prepared_dir
 from tokenclean.selection.writer import CleanedSize, emptied_records, split_rows, write_rows
@@ -91,6 +92,42 @@ def check_same_data(scores_dir: Path, prep: Path) -> None:
         )
 
 
+def step_settings(settings: dict[str, Any], steps: str, separator: str) -> dict[str, Any]:
+    """``settings`` with a checked step mode (:mod:`~.steps`); not for the random level (it ignores scores)."""
+    check_mode(steps)
+    if settings["level"] == "random":
+        raise ConfigError("steps: the random level ignores scores; use --level global, sample or threshold")
+    separator = separator.replace("\\n", "\n").replace("\\t", "\t")  # '\n' typed in a shell or YAML
+    if not separator:
+        raise ConfigError('step_separator: empty; give the text that ends a step, e.g. "\\n"')
+    return dict(settings, steps=steps, step_separator=separator)
+
+
+def prepared_tokenizer(prep: Path) -> Any:
+    """The tokenizer that prepared ``prep`` (its manifest's ``tokenizer``), checked against the recorded
+    vocabulary hash."""
+    from tokenclean.models.loader import load_tokenizer, tokenizer_identity
+
+    info = read_json(prep / "manifest.json").get("tokenizer") or {}
+    name = info.get("source") or info.get("name")
+    if not name or name == "none":
+        raise DataError(
+            str(prep / "manifest.json"),
+            "records no tokenizer, which step-level selection needs to find the step separator",
+            field="tokenizer",
+        )
+    tok = load_tokenizer(str(name))
+    got = tokenizer_identity(tok)["hash"]
+    if info.get("hash") and got != info["hash"]:
+        raise DataError(
+            str(prep / "manifest.json"),
+            f"tokenizer '{name}' loads with vocabulary hash {got[:12]}, but the data was prepared with "
+            f"{info['hash'][:12]}: not the same tokenizer",
+            field="tokenizer",
+        )
+    return tok
+
+
 def write_cleaned(
     out: str | Path,
     table: TokenTable,
@@ -123,6 +160,9 @@ def select(
     weights: str | None = None,
     temperature: float = 1.0,
     replace_stale: bool = False,
+    steps: str | None = None,
+    step_separator: str = "\n",
+    tokenizer: Any = None,
 ) -> dict[str, Any]:
     """Select tokens from a score store and write the cleaned dataset to ``out``. Returns the stats dict.
 
@@ -131,6 +171,9 @@ def select(
     The same inputs and settings reuse an existing ``out`` (its files verified) unless ``force``; an
     ``out`` that is not a selection, or one of other inputs or settings, is refused unless ``force`` (or
     ``replace_stale``, for a pipeline's own stage directory); see :mod:`tokenclean.outputs`.
+    ``steps`` ranks step-level scores instead (:mod:`~.steps`: ``mean``, ``min``, ``cut_mean``, ``cut_min``;
+    a step ends at a token containing ``step_separator``; ``tokenizer``: the prepared data's, loaded from
+    its manifest when None).
     """
     return select_many(
         scores_dir,
@@ -145,6 +188,9 @@ def select(
         weights,
         temperature,
         replace_stale,
+        steps,
+        step_separator,
+        tokenizer,
     )[0]
 
 
@@ -162,6 +208,9 @@ def select_many(
     weights: str | None = None,
     temperature: float = 1.0,
     replace_stale: bool = False,
+    steps: str | None = None,
+    step_separator: str = "\n",
+    tokenizer: Any = None,
 ) -> list[dict[str, Any]]:
     """Score once, select many: one cleaned dataset per ratio, each selected and written block by block
     (:mod:`~.streamed`: memory bounded by one record batch, whatever the pool).
@@ -182,6 +231,8 @@ def select_many(
         settings = levels.settings(level, r, seed, threshold, column)
         if weights is not None:
             settings = levels.weight_settings(settings, weights, temperature)
+        if steps is not None:
+            settings = step_settings(settings, steps, step_separator)
         identity = {
             "v": SELECT_VERSION,
             "settings": settings,
@@ -195,6 +246,10 @@ def select_many(
         return [j[4] for j in jobs]  # type: ignore[misc]
     blocks = token_blocks(scores_dir, prep, column)  # checks the columns and row counts
     check_same_data(scores_dir, prep)
+    if steps is not None:
+        blocks = stepped(
+            blocks, separator_vocab(tokenizer or prepared_tokenizer(prep), step_separator), steps
+        )
     results = []
     for settings, key, identity, out, reused in jobs:
         if reused is not None:

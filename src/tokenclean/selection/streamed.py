@@ -169,7 +169,10 @@ def write_streamed(
     _check(counts, settings, scores_dir, out)
     stats = counts.tally.result(selector.seed, selector.threshold)
     stats["tie_decided_tokens"] = counts.tie_decided()
-    warn_if_ties_decide(stats, out)
+    if settings.get("steps"):
+        stats["steps"] = {"mode": settings["steps"], "separator": settings["step_separator"]}
+    if not settings.get("steps"):  # step scores tie by design: every token of a step shares its score
+        warn_if_ties_decide(stats, out)
     record: dict[str, Any] = {}
     if isinstance(selector, levels.SoftWeights):
         record["weights"] = counts.weights.result(selector.mapping, selector.temperature)
