@@ -4,7 +4,8 @@
 #   noisy: the run's own warm-up (split 0 of the pool, mistakes included; seed 0 is the run's stage)
 #   clean: the same size (12 traces) of mistake-free traces outside the pool (a reference that knows the task)
 # then both score splits 1 and 2 (the tokens fixed-model cleaning selects from) against the base.
-# Needs: runs/bbmistake-data (tokenclean truth from-steps, see the config) and runs/real-mistakes/seed_0
+# Needs: runs/bbmistake-data (tokenclean truth from-steps as in the config's header, but with --limit 30,6: the
+# 36-trace pool docs/results.md measured this on) and runs/real-mistakes/seed_0
 # (the run's data and warm-up stages), and runs/bbmistake-data/clean_warmup.jsonl.
 # Analysis: python benchmarks/real_mistakes_analysis.py
 set -euo pipefail
