@@ -87,3 +87,42 @@ def test_groundtruth_run_reproduces_a_seeded_runs_table(tmp_path: Path, tiny_mod
     path.write_text(json.dumps(top))
     assert main(["groundtruth", "--run", str(root)]) == 1
     assert "dft: classes.mistake.kept" in capsys.readouterr().out
+
+
+def test_a_run_with_step_selection_cuts_each_trace_at_its_worst_step(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """``selection.steps: cut_min`` in a run: fixed-model's selection records it, and since a trace's step
+    scores never rise along the trace, every sample keeps a prefix of its scored response tokens."""
+    import datasets
+    import numpy as np
+
+    from_steps([_traces(tmp_path)], tmp_path / "bbm")
+    cfg = load_run_config(
+        TINY,
+        [
+            f"run_dir={tmp_path / 'run'}",
+            f"model.base={tiny_model_dir}",
+            f"data.path={tmp_path / 'bbm' / 'data.jsonl'}",
+            "data.heldout=null",
+            "methods=[fixed_model]",
+            "selection.steps=cut_min",
+            "report=false",
+            "eval.suite=none",
+        ],
+    )
+    m = run(cfg)["methods"]["fixed_model"]
+    cleaned = tmp_path / "run" / m["cleaned"]
+    stats = json.loads((cleaned / "selection_stats.json").read_text())
+    assert stats["steps"] == {"mode": "cut_min", "separator": "\n"}
+    ds = datasets.load_from_disk(str(cleaned))
+    prefixes = 0
+    for lab, resp, score in zip(ds["labels"], ds["response_labels"], ds["score"]):
+        resp_pos = np.flatnonzero(np.asarray(resp) != -100)
+        s = np.asarray(score, dtype=np.float64)[resp_pos]
+        scored = ~np.isnan(s)
+        assert np.all(np.diff(s[scored]) <= 0)  # the cut: step scores never rise along a trace
+        kept = (np.asarray(lab) != -100)[resp_pos][scored]
+        assert not np.any(kept[1:] & ~kept[:-1])  # kept tokens form a prefix of the scored ones
+        prefixes += int(kept.any() and not kept.all())
+    assert len(ds) >= 1 and prefixes >= 1

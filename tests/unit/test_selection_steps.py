@@ -249,3 +249,20 @@ def test_separator_vocab_of_a_byte_level_tokenizer(tiny_tok: Any) -> None:
     marked = [tiny_tok.decode([i]) for i in ids if ends[i]]
     assert marked and all("\n" in t for t in marked)
     assert not any(ends[i] for i in tiny_tok("Step one. Step two", add_special_tokens=False)["input_ids"])
+
+
+def test_a_tokenizer_other_than_the_prepared_datas_is_refused(
+    tmp_path: Path, tiny_tok: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tokenclean.errors import DataError
+
+    t = random_table(3)
+    rows = [slice(int(a), int(b)) for a, b in zip(t.offsets[:-1], t.offsets[1:])]
+    other = {"name": "some-other-tokenizer", "hash": "0" * 64}
+    prep = write_prepared(
+        tmp_path / "prep", [t.input_ids[r] for r in rows], [t.labels[r] for r in rows], tokenizer=other
+    )
+    store = write_score_store(tmp_path / "scores", prep, scores=[t.score[r] for r in rows])
+    with pytest.raises(DataError, match="not the same tokenizer"):
+        select(store, 0.5, "global", tmp_path / "o", steps="cut_min", tokenizer=tiny_tok)
+    assert not (tmp_path / "o").exists()

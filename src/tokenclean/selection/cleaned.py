@@ -103,26 +103,26 @@ def step_settings(settings: dict[str, Any], steps: str, separator: str) -> dict[
     return dict(settings, steps=steps, step_separator=separator)
 
 
-def prepared_tokenizer(prep: Path) -> Any:
-    """The tokenizer that prepared ``prep`` (its manifest's ``tokenizer``), checked against the recorded
-    vocabulary hash."""
+def prepared_tokenizer(prep: Path, tok: Any = None) -> Any:
+    """The tokenizer that prepared ``prep``: ``tok``, or the one its manifest's ``tokenizer`` names; either
+    is checked against the vocabulary hash the manifest records."""
     from tokenclean.models.loader import load_tokenizer, tokenizer_identity
 
     info = read_json(prep / "manifest.json").get("tokenizer") or {}
     name = info.get("source") or info.get("name")
-    if not name or name == "none":
+    if tok is None:
+        if not name or name == "none":
+            raise DataError(
+                str(prep / "manifest.json"),
+                "records no tokenizer, which step-level selection needs to find the step separator",
+                field="tokenizer",
+            )
+        tok = load_tokenizer(str(name))
+    if info.get("hash") and (got := tokenizer_identity(tok)["hash"]) != info["hash"]:
         raise DataError(
             str(prep / "manifest.json"),
-            "records no tokenizer, which step-level selection needs to find the step separator",
-            field="tokenizer",
-        )
-    tok = load_tokenizer(str(name))
-    got = tokenizer_identity(tok)["hash"]
-    if info.get("hash") and got != info["hash"]:
-        raise DataError(
-            str(prep / "manifest.json"),
-            f"tokenizer '{name}' loads with vocabulary hash {got[:12]}, but the data was prepared with "
-            f"{info['hash'][:12]}: not the same tokenizer",
+            f"the tokenizer for the step separator has vocabulary hash {got[:12]}, but the data was prepared "
+            f"with '{name}' ({info['hash'][:12]}): not the same tokenizer",
             field="tokenizer",
         )
     return tok
@@ -247,9 +247,7 @@ def select_many(
     blocks = token_blocks(scores_dir, prep, column)  # checks the columns and row counts
     check_same_data(scores_dir, prep)
     if steps is not None:
-        blocks = stepped(
-            blocks, separator_vocab(tokenizer or prepared_tokenizer(prep), step_separator), steps
-        )
+        blocks = stepped(blocks, separator_vocab(prepared_tokenizer(prep, tokenizer), step_separator), steps)
     results = []
     for settings, key, identity, out, reused in jobs:
         if reused is not None:
