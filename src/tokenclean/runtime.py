@@ -70,7 +70,26 @@ def process_group(cpu: bool | None = None) -> Any:
 
     cpu = (not torch.cuda.is_available()) if cpu is None else cpu
     # the timeout applies when this call creates the group (accelerate ignores it once set up)
-    return PartialState(cpu=cpu, timeout=timedelta(seconds=group_timeout()))
+    state = PartialState(cpu=cpu, timeout=timedelta(seconds=group_timeout()))
+    _destroy_at_exit()
+    return state
+
+
+@functools.cache
+def _destroy_at_exit() -> None:
+    """Destroy the process group when the process exits (registered once). A group left to the interpreter's
+    teardown can abort the process after its work is done (gloo: "terminate called without an active
+    exception", exit code -6), which fails a launched run that had finished."""
+    import atexit
+
+    def destroy() -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            with contextlib.suppress(Exception):  # exiting anyway: nothing to report to
+                dist.destroy_process_group()
+
+    atexit.register(destroy)
 
 
 def _store() -> Any:
