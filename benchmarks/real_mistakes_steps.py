@@ -32,18 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="where the selections go (default: a temp dir)")
     a = ap.parse_args(argv)
 
-    from tokenclean.pipelines.config import load_run_config
-    from tokenclean.pipelines.groundtruth import _evidence, _seed_dirs, load_truth, recovery_intervals
-    from tokenclean.pipelines.stages import Run
+    from tokenclean.pipelines.groundtruth import _evidence, finished_runs, load_truth, recovery_intervals
     from tokenclean.selection import select
     from tokenclean.selection.steps import separator_vocab
-    from tokenclean.utils import read_json
 
-    top = read_json(a.run / "summary.json")
-    runs = [
-        Run(load_run_config(d / "config.yaml"), d, read_json(d / "summary.json"))
-        for d in _seed_dirs(a.run, top)
-    ]
+    _, runs = finished_runs(a.run)
     truth = load_truth(runs[0])
     tok = runs[0].tokenizer
     ends = separator_vocab(tok, "\n")

@@ -213,6 +213,7 @@ def test_a_typed_backslash_n_is_a_newline() -> None:
 
     base = {"level": "global"}
     assert step_settings(base, "cut_min", "\\n")["step_separator"] == "\n"
+    assert np.array_equal(separator_vocab(FakeTokenizer(), "\\n"), ENDS)  # what select searches for
     assert step_settings(base, "cut_min", ". ")["step_separator"] == ". "
     with pytest.raises(ConfigError, match="step_separator: empty"):
         step_settings(base, "mean", "")

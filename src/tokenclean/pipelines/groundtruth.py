@@ -336,10 +336,9 @@ def _seed_dirs(root: Path, top: dict[str, Any]) -> list[Path]:
     return dirs
 
 
-def recompute_run(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(recorded summary, recomputed methods) of a finished run with truth: the recovery of every method
-    computed again from the run's files (cleaned sets, score stores, counted tokens, the truth file), over
-    the same seeds and with the same bootstrap, to check that the run's table follows from its outputs."""
+def finished_runs(root: Path) -> tuple[dict[str, Any], list[Run]]:
+    """(recorded summary, one :class:`Run` per seed) of a finished run directory; a missing summary or
+    seed is a DataError naming the file."""
     from tokenclean.errors import DataError
     from tokenclean.pipelines.config import load_run_config
     from tokenclean.utils import read_json
@@ -354,6 +353,16 @@ def recompute_run(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             if not (sd / need).exists():
                 raise DataError(str(sd / need), "missing: the run did not finish this seed")
         runs.append(Run(load_run_config(sd / "config.yaml"), sd, read_json(sd / "summary.json")))
+    return top, runs
+
+
+def recompute_run(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(recorded summary, recomputed methods) of a finished run with truth: the recovery of every method
+    computed again from the run's files (cleaned sets, score stores, counted tokens, the truth file), over
+    the same seeds and with the same bootstrap, to check that the run's table follows from its outputs."""
+    from tokenclean.errors import DataError
+
+    top, runs = finished_runs(root)
     d = runs[0].cfg.data
     if d.synthetic is None and d.truth is None:
         raise DataError(str(root / "config.yaml"), "the run has no token truth", field="data.truth")

@@ -30,7 +30,7 @@ from tokenclean.selection import levels
 from tokenclean.selection.blocks import token_blocks
 from tokenclean.selection.selector import reusable_selection
 from tokenclean.selection.stats import kept_per_sample
-from tokenclean.selection.steps import check_mode, separator_vocab, stepped
+from tokenclean.selection.steps import check_mode, check_separator, separator_vocab, stepped
 from tokenclean.selection.streamed import write_streamed
 from tokenclean.selection.table import TokenTable, resolve_prepared_dir
 from tokenclean.selection.writer import CleanedSize, emptied_records, split_rows, write_rows
@@ -97,10 +97,7 @@ def step_settings(settings: dict[str, Any], steps: str, separator: str) -> dict[
     check_mode(steps)
     if settings["level"] == "random":
         raise ConfigError("steps: the random level ignores scores; use --level global, sample or threshold")
-    separator = separator.replace("\\n", "\n").replace("\\t", "\t")  # '\n' typed in a shell or YAML
-    if not separator:
-        raise ConfigError('step_separator: empty; give the text that ends a step, e.g. "\\n"')
-    return dict(settings, steps=steps, step_separator=separator)
+    return dict(settings, steps=steps, step_separator=check_separator(separator))
 
 
 def prepared_tokenizer(prep: Path, tok: Any = None) -> Any:

@@ -43,10 +43,19 @@ def check_mode(mode: str, prefix: str = "steps") -> str:
     return mode
 
 
-def separator_vocab(tokenizer: Any, sep: str) -> np.ndarray:
-    """``(V,)`` bool: the token ids whose text contains ``sep`` (each id decoded alone)."""
+def check_separator(sep: str) -> str:
+    """The step separator as text: ``\\n`` and ``\\t`` typed in a shell or YAML become the characters; empty is
+    an error."""
+    sep = sep.replace("\\n", "\n").replace("\\t", "\t")
     if not sep:
-        raise ConfigError("step_separator: empty; give the text that ends a step, e.g. '\\n'")
+        raise ConfigError('step_separator: empty; give the text that ends a step, e.g. "\\n"')
+    return sep
+
+
+def separator_vocab(tokenizer: Any, sep: str) -> np.ndarray:
+    """``(V,)`` bool: the token ids whose text contains ``sep`` (:func:`check_separator`; each id decoded
+    alone)."""
+    sep = check_separator(sep)
     n = max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
     texts = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False)
     return np.fromiter((sep in t for t in texts), dtype=bool, count=n)
